@@ -1,0 +1,137 @@
+"""The ``align`` command line. ``main(argv) -> int`` is callable from tests.
+
+Argument parsing lives here; each command's work lives in its package and is imported only
+when that command runs, so ``align --help`` and recipe errors stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from rich.console import Console
+
+from align.config import RecipeError, dump_recipe, list_recipes, load_recipe
+
+JOBS = ("sft", "dpo", "rm", "rl", "pipeline")
+# job -> module whose run(loaded, resume=...) -> int carries it out.
+JOB_MODULES = {
+    "sft": "align.algorithms.sft",
+    "dpo": "align.algorithms.dpo",
+    "rm": "align.algorithms.rm",
+    "rl": "align.algorithms.rl.driver",
+    "pipeline": "align.algorithms.pipeline",
+}
+
+EXIT_BAD_INPUT = 2
+EXIT_NOT_BUILT = 3
+
+err = Console(stderr=True, highlight=False)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="align", description="Post-training and RL alignment for LLMs.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    rec = sub.add_parser("recipes", help="list shipped recipes or show one fully resolved")
+    rec_sub = rec.add_subparsers(dest="action", required=True)
+    rec_sub.add_parser("list", help="list shipped recipes")
+    show = rec_sub.add_parser("show", help="print a recipe with every default filled in")
+    show.add_argument("name", help="recipe name or path to a .yaml file")
+    show.add_argument("overrides", nargs="*", help="dotted overrides, e.g. learner.lr=1e-4")
+
+    for job in JOBS:
+        j = sub.add_parser(job, help=f"run a {job} job from a recipe")
+        j.add_argument("--recipe", required=True, help="recipe name or path to a .yaml file")
+        j.add_argument("overrides", nargs="*", help="dotted overrides, e.g. learner.lr=1e-4")
+        j.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
+        j.add_argument("--ray-address", default=None, help="join this Ray cluster (default: RAY_ADDRESS, else embedded)")
+
+    ev = sub.add_parser("eval", help="evaluate a model: accuracy per environment, toggle and budget control")
+    ev.add_argument("--model", required=True, help="HF checkpoint folder")
+    ev.add_argument("--recipe", required=True)
+    ev.add_argument("overrides", nargs="*")
+
+    envs = sub.add_parser("envs", help="environment plugins: list, sample tasks, run self-checks")
+    env_sub = envs.add_subparsers(dest="action", required=True)
+    env_sub.add_parser("list", help="name, source package and description of every environment")
+    sample = env_sub.add_parser("sample", help="print generated tasks")
+    sample.add_argument("name")
+    sample.add_argument("-n", type=int, default=5)
+    sample.add_argument("--seed", type=int, default=0)
+    test = env_sub.add_parser("test", help="run an environment's self-checks")
+    test.add_argument("name")
+
+    sb = sub.add_parser("sandbox", help="run untrusted Python in the code sandbox")
+    sb_sub = sb.add_subparsers(dest="action", required=True)
+    ex = sb_sub.add_parser("exec", help="run FILE.py and print one JSON result")
+    ex.add_argument("file")
+    ex.add_argument("--timeout-s", type=float, default=10.0)
+    ex.add_argument("--memory-mb", type=int, default=512)
+    ex.add_argument("--allow-rlimits-only", action="store_true", help="run without bwrap if it cannot start (weaker)")
+    return p
+
+
+def _handler(module: str, func: str) -> Callable[[argparse.Namespace], int] | None:
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name and module.startswith(e.name):
+            return None
+        raise
+    return getattr(mod, func, None)
+
+
+def _run_job(args: argparse.Namespace) -> int:
+    loaded = load_recipe(args.recipe, args.overrides, job=args.command)
+    if args.ray_address:
+        os.environ["RAY_ADDRESS"] = args.ray_address
+    run = _handler(JOB_MODULES[args.command], "run")
+    if run is None:
+        err.print(
+            f"[bold]align {args.command}[/]: recipe '{loaded.name}' is valid, but the {args.command} job is not built yet "
+            "in this version of align."
+        )
+        return EXIT_NOT_BUILT
+    return int(run(loaded, resume=args.resume))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    try:
+        if args.command == "recipes":
+            if args.action == "list":
+                for name, path in list_recipes().items():
+                    loaded = load_recipe(str(path))
+                    print(f"{name:28s} {loaded.recipe.job:9s} {loaded.recipe.description}")
+                return 0
+            loaded = load_recipe(args.name, args.overrides)
+            print(f"# recipe: {loaded.name} (from {', '.join(str(f) for f in loaded.files)})")
+            print(dump_recipe(loaded.recipe), end="")
+            return 0
+        if args.command in JOBS:
+            return _run_job(args)
+        module, func = {
+            "eval": ("align.evaluate", "cmd_eval"),
+            "envs": ("envs.cli", f"cmd_{args.action}"),
+            "sandbox": ("envs.code.cli", f"cmd_{args.action}"),
+        }[args.command]
+        handler = _handler(module, func)
+        if handler is None:
+            err.print(f"[bold]align {args.command}[/] is not built yet in this version of align.")
+            return EXIT_NOT_BUILT
+        return int(handler(args))
+    except RecipeError as e:
+        err.print(f"[bold red]error:[/] {e}", markup=True)
+        return EXIT_BAD_INPUT
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

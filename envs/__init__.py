@@ -1,0 +1,1 @@
+"""Environments: plugins that pose tasks and score trajectories (see envs/base.py)."""

@@ -1,0 +1,1 @@
+"""Recipes shipped with align (YAML files, package data)."""

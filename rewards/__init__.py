@@ -1,0 +1,1 @@
+"""Reward functions: plugins that score finished trajectories (see rewards/base.py)."""

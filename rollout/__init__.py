@@ -1,0 +1,1 @@
+"""Rollout: vLLM engines serving the policy, and episodes that run environments against it."""
