@@ -29,7 +29,7 @@ JOB_MODULES = {
 EXIT_BAD_INPUT = 2
 EXIT_NOT_BUILT = 3
 
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _build_parser() -> argparse.ArgumentParser:

