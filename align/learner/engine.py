@@ -1,0 +1,262 @@
+"""A learner: one DeepSpeed engine holding one data-parallel replica of the policy.
+
+The same class serves SFT, DPO, RM and RL: ``train_step`` takes this rank's micro-batches
+and an *objective* (a picklable function ``objective(model, micro_batch) -> (loss_sum,
+metrics)``). It is a plain class; ``align/cluster.py`` turns it into a Ray actor, and tests
+use it in-process.
+
+Loss normalisation: objectives return a *sum* over their units (tokens, pairs, sequences),
+and every micro-batch carries ``loss_denominator``, the count over the whole global batch.
+DeepSpeed divides by the accumulation steps and averages gradients over ranks, so the loss
+handed to it is ``loss_sum / denominator * world_size * accumulation_steps``: the gradient is
+then exactly the global-batch mean, whatever the split into ranks and micro-batches. That is
+why 2 learners x 1 accumulation step and 1 learner x 2 steps give the same loss curve.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from align.config.schema import LearnerConfig
+
+Objective = Callable[[nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
+MicroBatch = dict[str, torch.Tensor]
+
+
+def lr_lambda(cfg: LearnerConfig, total_steps: int) -> Callable[[int], float]:
+    """Warmup then constant / cosine / linear decay to ``min_lr_ratio`` (a multiplier of lr)."""
+
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+        shape = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.lr_schedule == "cosine" else 1 - progress
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape
+
+    return f
+
+
+def _use_bf16(cfg: LearnerConfig) -> bool:
+    if cfg.precision == "bf16":
+        return True
+    return cfg.precision == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+class Learner:
+    """One rank of a data-parallel DeepSpeed group. Call ``setup`` on every rank at once."""
+
+    def __init__(self, rank: int, world_size: int, cpus: float = 1.0) -> None:
+        self.rank, self.world_size = rank, world_size
+        if not torch.cuda.is_available():
+            torch.set_num_threads(max(1, int(cpus)))
+        self.engine: Any = None
+
+    # -------------------------------------------------------------- set-up
+
+    def address(self) -> tuple[str, int]:
+        """Host and a free port on this node, for rank 0 to serve the process group."""
+        import socket
+
+        import ray
+
+        host = ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"
+        with socket.socket() as s:
+            s.bind((host, 0))
+            return host, s.getsockname()[1]
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+
+    def setup(
+        self,
+        model_path: str,
+        cfg: LearnerConfig,
+        total_steps: int,
+        seed: int,
+        master: tuple[str, int],
+        model_kind: str = "causal_lm",
+        num_labels: int = 1,
+    ) -> None:
+        import deepspeed
+
+        os.environ.update(
+            RANK=str(self.rank), LOCAL_RANK="0", WORLD_SIZE=str(self.world_size),
+            MASTER_ADDR=master[0], MASTER_PORT=str(master[1]),
+        )  # fmt: skip
+        if not torch.distributed.is_initialized():
+            deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        self.cfg = cfg
+        torch.manual_seed(seed)
+        model = _load_for_training(model_path, model_kind, num_labels, _use_bf16(cfg))
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+            model.config.use_cache = False
+        if cfg.lora is not None:
+            from peft import LoraConfig as PeftLora
+            from peft import get_peft_model
+
+            modules_to_save = ["score"] if model_kind == "reward" else None
+            model = get_peft_model(
+                model,
+                PeftLora(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                         target_modules=cfg.lora.target_modules, modules_to_save=modules_to_save),
+            )  # fmt: skip
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
+        ds_config = {
+            "train_micro_batch_size_per_gpu": cfg.micro_batch_size_per_device,
+            "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+            "gradient_clipping": cfg.max_grad_norm,
+            "zero_optimization": {"stage": cfg.zero_stage},
+            "zero_allow_untested_optimizer": True,
+            "bf16": {"enabled": _use_bf16(cfg)},
+            "steps_per_print": 1 << 30,
+            "wall_clock_breakdown": False,
+        }
+        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+
+    # -------------------------------------------------------------- steps
+
+    def _scaled(self, loss_sum: torch.Tensor, mb: MicroBatch) -> torch.Tensor:
+        denom = float(mb["loss_denominator"])
+        return loss_sum / max(denom, 1e-9) * self.world_size * self.cfg.gradient_accumulation_steps
+
+    def train_step(self, micro_batches: list[MicroBatch], objective: Objective) -> dict[str, float]:
+        """One optimizer step over this rank's micro-batches (exactly ``gradient_accumulation_steps``)."""
+        if len(micro_batches) != self.cfg.gradient_accumulation_steps:
+            raise ValueError(f"got {len(micro_batches)} micro-batches, expected gradient_accumulation_steps={self.cfg.gradient_accumulation_steps}")
+        self.engine.train()
+        totals: dict[str, float] = {}
+        for mb in micro_batches:
+            mb = self._to_device(mb)
+            loss_sum, metrics = objective(self.engine, mb)
+            self.engine.backward(self._scaled(loss_sum, mb))
+            self.engine.step()
+            totals["loss"] = totals.get("loss", 0.0) + loss_sum.item() / float(mb["loss_denominator"])
+            for k, v in metrics.items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+        grad_norm = self.engine.get_global_grad_norm()
+        totals["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
+        totals["lr"] = float(self.engine.get_lr()[0])
+        return totals
+
+    @torch.no_grad()
+    def eval_step(self, micro_batches: list[MicroBatch], objective: Objective) -> dict[str, float]:
+        self.engine.eval()
+        totals: dict[str, float] = {}
+        for mb in micro_batches:
+            mb = self._to_device(mb)
+            loss_sum, metrics = objective(self.engine, mb)
+            totals["loss"] = totals.get("loss", 0.0) + loss_sum.item() / float(mb["loss_denominator"])
+            for k, v in metrics.items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+        return totals
+
+    @torch.no_grad()
+    def compute(self, micro_batches: list[MicroBatch], fn: Callable[[nn.Module, MicroBatch], torch.Tensor]) -> list[torch.Tensor]:
+        """Run ``fn`` (e.g. per-token log-probs) on each micro-batch in eval mode; results on CPU."""
+        self.engine.eval()
+        return [fn(self.engine, self._to_device(mb)).float().cpu() for mb in micro_batches]
+
+    def _to_device(self, mb: MicroBatch) -> MicroBatch:
+        device = self.engine.device
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in mb.items()}
+
+    # -------------------------------------------------------------- weights
+
+    @contextmanager
+    def _full_params(self) -> Iterator[nn.Module]:
+        """The module with full (gathered under ZeRO-3) and LoRA-merged weights."""
+        import deepspeed
+
+        module = self.engine.module
+        gather = deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None) if self.cfg.zero_stage == 3 else _null()
+        with gather:
+            merged = hasattr(module, "merge_adapter")
+            if merged:
+                module.merge_adapter()
+            try:
+                yield module
+            finally:
+                if merged:
+                    module.unmerge_adapter()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Full weights under their Hugging Face names (LoRA merged), on CPU: what rollout loads."""
+        with self._full_params() as module:
+            sd = module.state_dict()
+            if hasattr(module, "merge_adapter"):
+                sd = {_strip_peft(k): v for k, v in sd.items() if "lora_" not in k and "modules_to_save" not in k}
+            return {k: v.detach().to("cpu", copy=True) for k, v in sd.items()}
+
+    def save_hf(self, path: str, tokenizer_path: str | None = None) -> None:
+        """Write an HF folder (rank 0 writes; every rank must call it under ZeRO-3)."""
+        sd = self.state_dict()
+        if self.rank != 0:
+            return
+        module = self.engine.module
+        base = module.get_base_model() if hasattr(module, "get_base_model") else module
+        base.save_pretrained(path, state_dict=sd, safe_serialization=True)
+        if tokenizer_path:
+            from transformers import AutoTokenizer
+
+            AutoTokenizer.from_pretrained(tokenizer_path).save_pretrained(path)
+
+    # -------------------------------------------------------------- checkpoints
+
+    def save_state(self, path: str) -> None:
+        """DeepSpeed state (weights, optimizer, scheduler) plus this rank's RNG, into ``path``."""
+        self.engine.save_checkpoint(path, tag="learner")
+        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+        torch.save(rng, Path(path) / f"rng_rank{self.rank}.pt")
+
+    def load_state(self, path: str) -> None:
+        load_path, _ = self.engine.load_checkpoint(path, tag="learner")
+        if load_path is None:
+            raise FileNotFoundError(f"no learner state in {path}")
+        rng = torch.load(Path(path) / f"rng_rank{self.rank}.pt", weights_only=False)
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+
+    def barrier(self) -> None:
+        torch.distributed.barrier()
+
+
+@contextmanager
+def _null() -> Iterator[None]:
+    yield
+
+
+def _strip_peft(name: str) -> str:
+    return name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+
+
+def _load_for_training(path: str, kind: str, num_labels: int, bf16: bool) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    if kind == "causal_lm":
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    if kind == "reward":
+        from align.learner.reward_model import RewardModel
+
+        return RewardModel.from_causal_lm(path, num_labels=num_labels, dtype=dtype)
+    raise ValueError(f"unknown model kind {kind!r}; expected causal_lm or reward")
+
+
