@@ -13,8 +13,10 @@ import sys
 from collections.abc import Callable, Sequence
 
 from rich.console import Console
+from rich.markup import escape
 
-from align.config import RecipeError, dump_recipe, list_recipes, load_recipe
+from align.config import dump_recipe, list_recipes, load_recipe
+from align.errors import AlignError
 
 JOBS = ("sft", "dpo", "rm", "rl", "pipeline")
 # job -> module whose run(loaded, resume=...) -> int carries it out.
@@ -124,8 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             err.print(f"[bold]align {args.command}[/] is not built yet in this version of align.")
             return EXIT_NOT_BUILT
         return int(handler(args))
-    except RecipeError as e:
-        err.print(f"[bold red]error:[/] {e}", markup=True)
+    except AlignError as e:
+        err.print("[bold red]error:[/]", escape(str(e)))
         return EXIT_BAD_INPUT
 
 

@@ -19,11 +19,12 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from align.config.schema import RECIPE_MODELS, Recipe
+from align.errors import AlignError
 
 OVERRIDE_SOURCE = "command-line override"
 
 
-class RecipeError(ValueError):
+class RecipeError(AlignError, ValueError):
     """A recipe that cannot be used, with a message meant for the user."""
 
 

@@ -1,0 +1,242 @@
+"""What the SFT, DPO and RM drivers share: start checkpoint, data, learners, and the train loop.
+
+One loop for the three supervised jobs, so tokens/s, accumulation and resume are computed the
+same way everywhere (torchtune's copy-pasted recipes drifted apart on exactly these).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from align.cluster import LearnerGroup, init_ray
+from align.config import LoadedRecipe
+from align.data import BatchPlan, PreparedData, RowKind, iter_texts, load_splits, pad_batch, prepare_data, shard_batch
+from align.data.tokenize import example_lengths
+from align.errors import AlignError
+from align.learner.engine import MicroBatch, Objective
+from align.models import load_tokenizer, prepare_initial_checkpoint
+from align.runlog import Checkpoints, MetricsLog, plot_curves
+
+console = Console(highlight=False, soft_wrap=True)
+
+
+class JobError(AlignError, RuntimeError):
+    """A job cannot start or go on; the message says what to do."""
+
+
+def start_checkpoint(loaded: LoadedRecipe, texts: Callable[[], Any] | None = None) -> Path:
+    """The HF folder a job starts from: ``init_from``, else ``model.path``/a tiny model written to ``<run>/init``."""
+    r = loaded.recipe
+    if r.init_from is not None:
+        path = Path(r.init_from)
+        if not (path / "config.json").is_file():
+            raise JobError(
+                f"init_from: no checkpoint at '{path}' (expected an HF folder with config.json). "
+                "Run the stage that writes it first (for the tiny world: `align sft --recipe tiny-sft`), "
+                f"or override it: align {r.job} --recipe {loaded.name} init_from=PATH"
+            )
+        return path
+    return prepare_initial_checkpoint(r.model, r.tokenizer, Path(r.output_dir) / "init", texts=texts() if texts else None, seed=r.seed)
+
+
+@dataclass
+class Job:
+    """Everything a supervised driver needs, built once."""
+
+    loaded: LoadedRecipe
+    run_dir: Path
+    model_path: Path
+    tokenizer: Any
+    data: PreparedData
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+def prepare_job(loaded: LoadedRecipe, kind: RowKind, attribute_names: tuple[str, ...] = ()) -> Job:
+    r = loaded.recipe
+    splits = load_splits(r.data, kind, r.seed, attribute_names or None)
+
+    def texts() -> Any:
+        from align.tiny.world import world_texts
+
+        yield from iter_texts(splits.train)
+        yield from world_texts(seed=r.seed)
+
+    model_path = start_checkpoint(loaded, texts)
+    tokenizer = load_tokenizer(model_path)
+    data = prepare_data(r.data, kind, tokenizer, r.learner.max_seq_len, r.seed, attribute_names=attribute_names, rows=splits)
+    return Job(loaded, Path(r.output_dir), model_path, tokenizer, data, dict(data.stats))
+
+
+def global_batch_size(loaded: LoadedRecipe) -> int:
+    r = loaded.recipe
+    return r.learner.micro_batch_size_per_device * r.learner.gradient_accumulation_steps * r.cluster.num_learners
+
+
+def start_learners(loaded: LoadedRecipe, model_path: Path, total_steps: int, model_kind: str = "causal_lm", num_labels: int = 1) -> LearnerGroup:
+    r = loaded.recipe
+    init_ray(r.cluster.ray_address, num_cpus=int(r.cluster.num_learners * r.cluster.cpus_per_learner) + 1)
+    group = LearnerGroup(r.cluster)
+    group.setup(str(model_path), r.learner, total_steps, r.seed, model_kind, num_labels)
+    return group
+
+
+def micro_batches(
+    examples: list[dict[str, Any]],
+    indices: list[int],
+    world_size: int,
+    accumulation: int,
+    pad_id: int,
+    count_units: Callable[[MicroBatch], float],
+) -> list[list[MicroBatch]]:
+    """Per-rank padded micro-batches of one global batch, each carrying the global unit count."""
+    per_rank = [[pad_batch([examples[i] for i in mb], pad_id) for mb in shard_batch(indices, world_size, rank, accumulation)] for rank in range(world_size)]
+    total = sum(count_units(mb) for rank in per_rank for mb in rank)
+    for rank in per_rank:
+        for mb in rank:
+            mb["loss_denominator"] = torch.tensor(float(total))
+    return per_rank
+
+
+def supervised_tokens(mb: MicroBatch) -> float:
+    """Trained tokens in an SFT micro-batch (labels are shifted by one inside the loss)."""
+    return float((mb["labels"][:, 1:] != -100).sum())
+
+
+def evaluate_loss(job: Job, group: LearnerGroup, objective: Objective, count_units: Callable[[MicroBatch], float]) -> dict[str, float]:
+    """Eval metrics over the whole eval set, in global batches spread over the learners."""
+    examples = job.data.eval.examples
+    if not examples:
+        return {}
+    r = job.loaded.recipe
+    size = r.learner.micro_batch_size_per_device * group.size
+    totals: dict[str, float] = {}
+    for start in range(0, len(examples), size):
+        chunk = list(range(start, min(start + size, len(examples))))
+        # Ranks without examples get none: pad the split with repeats is wrong (counts twice), so
+        # evaluate the tail on rank 0 alone.
+        ranks = group.size if len(chunk) == size else 1
+        per_rank = [[pad_batch([examples[i] for i in part], job.tokenizer.pad_token_id)] for part in _split(chunk, ranks)]
+        per_rank += [[] for _ in range(group.size - len(per_rank))]
+        total = sum(count_units(mb) for rank in per_rank for mb in rank)
+        for rank in per_rank:
+            for mb in rank:
+                mb["loss_denominator"] = torch.tensor(float(total))
+        m = group.eval_step(per_rank, objective)
+        for k, v in m.items():
+            totals[k] = totals.get(k, 0.0) + (v * total if k == "loss" else v)
+        totals["_units"] = totals.get("_units", 0.0) + total
+    units = totals.pop("_units")
+    totals["loss"] = totals["loss"] / max(units, 1e-9)
+    return totals
+
+
+def _split(items: list[int], parts: int) -> list[list[int]]:
+    size = len(items) // parts
+    return [items[i * size : (i + 1) * size] for i in range(parts)]
+
+
+def train_loop(
+    job: Job,
+    objective: Objective,
+    count_units: Callable[[MicroBatch], float],
+    max_steps: int,
+    eval_every: int,
+    resume: bool,
+    model_kind: str = "causal_lm",
+    num_labels: int = 1,
+    eval_extra: Callable[[LearnerGroup, int], dict[str, float]] | None = None,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> tuple[LearnerGroup, dict[str, Any]]:
+    """Train ``max_steps`` optimizer steps with eval, checkpoints and resume; returns the group and a summary.
+
+    The data position is the step number: batch ``k`` of the :class:`BatchPlan` is the same in
+    every run, so resuming at step ``k`` replays exactly what an uninterrupted run would.
+    """
+    r = job.loaded.recipe
+    examples = job.data.train.examples
+    plan = BatchPlan(len(examples), global_batch_size(job.loaded), r.seed, lengths=example_lengths(examples))
+    ckpts = Checkpoints(job.run_dir, r.checkpoint.keep_last)
+    latest = ckpts.latest() if resume else None
+    if resume and latest is None:
+        console.print(f"[yellow]--resume: no checkpoint in {ckpts.root}; starting from step 0[/]")
+    group = start_learners(job.loaded, job.model_path, max_steps, model_kind, num_labels)
+    summary: dict[str, Any] = {"first_eval": None, "last_eval": None, "learner_nodes": group.node_ids()}
+    start = 0
+    if latest is not None:
+        import json
+
+        state = json.loads((latest / "state.json").read_text())
+        plan.check_state(state["plan"])
+        group.load_state(str(latest))
+        start = int(state["step"])
+        console.print(f"resumed from {latest} at step {start}")
+    log = MetricsLog(job.run_dir, resume_from_step=start if latest is not None else None)
+    log.log(start, "data", {k: float(v) for k, v in job.stats.items()})
+    pad_id = job.tokenizer.pad_token_id
+    step_times: list[float] = []
+    tokens_seen = 0
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console) as progress:  # fmt: skip
+        bar = progress.add_task(f"{r.job} {job.loaded.name}", total=max_steps, completed=start, info="")
+        if start == 0:
+            ev = evaluate_loss(job, group, objective, count_units)
+            if ev:
+                summary["first_eval"] = ev
+                log.log(0, "eval", ev)
+        for step in range(start, max_steps):
+            t0 = time.perf_counter()
+            per_rank = micro_batches(examples, plan.batch(step), group.size, r.learner.gradient_accumulation_steps, pad_id, count_units)
+            metrics = group.train_step(per_rank, objective)
+            dt = time.perf_counter() - t0
+            tokens = sum(float(mb["attention_mask"].sum()) for rank in per_rank for mb in rank if "attention_mask" in mb)
+            tokens_seen += int(tokens)
+            step_times.append(dt)
+            metrics.update(step_time_s=dt, tokens_per_s=tokens / dt, epoch=float(plan.epoch(step)))
+            done = step + 1
+            if done % r.log_every_steps == 0:
+                log.log(done, "train", metrics)
+            if on_step:
+                on_step(done, metrics)
+            progress.update(bar, completed=done, info=f"loss {metrics['loss']:.4f}  {metrics['tokens_per_s']:.0f} tok/s")
+            if done % eval_every == 0 or done == max_steps:
+                ev = evaluate_loss(job, group, objective, count_units)
+                if eval_extra:
+                    ev.update(eval_extra(group, done))
+                if ev:
+                    summary["last_eval"] = ev
+                    log.log(done, "eval", ev)
+                    progress.console.print(f"step {done}: " + "  ".join(f"eval {k} {v:.4g}" for k, v in ev.items()))
+            if done % r.checkpoint.every_steps == 0 and done < max_steps:
+                ckpts.save(done, lambda tmp: group.save_state(str(tmp)), {"plan": plan.state_dict()})
+    log.close()
+    summary.update(
+        steps=max_steps - start,
+        median_step_time_s=sorted(step_times)[len(step_times) // 2] if step_times else None,
+        tokens_per_s=tokens_seen / sum(step_times) if step_times else None,
+    )
+    return group, summary
+
+
+def finish(job: Job, group: LearnerGroup, plots: dict[str, tuple[str, str]], title: str) -> Path:
+    """Write the final HF folder (atomically) and the loss plot; returns the HF folder."""
+    import os
+    import shutil
+
+    final = job.run_dir / "final"
+    tmp = job.run_dir / ".final.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    group.save_hf(str(tmp), tokenizer_path=str(job.model_path))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    plot_curves(job.run_dir, plots, "loss.png", title)
+    return final
