@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from align.config.schema import ClusterConfig, LearnerConfig
+from align.errors import AlignError
 from align.learner.engine import Learner, MicroBatch, Objective
 
 # Before Ray is imported anywhere: listen on loopback only, and write no auth-token file.
@@ -26,7 +27,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 _PROPAGATED_ENV = ("TORCH_EXTENSIONS_DIR", "HF_HOME", "PIP_CACHE_DIR", "VLLM_LOGGING_LEVEL", "PYTHONPATH")
 
 
-class ClusterError(RuntimeError):
+class ClusterError(AlignError, RuntimeError):
     """The cluster cannot provide what the recipe asks for."""
 
 

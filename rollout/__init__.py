@@ -1,1 +1,27 @@
-"""Rollout: vLLM engines serving the policy, and episodes that run environments against it."""
+"""Rollout: vLLM engines serving the policy, and episodes that run environments against it.
+
+- :mod:`rollout.types`: ``GenRequest``, ``GenOutput``, ``Trajectory``, ``GenerateFn``.
+- :mod:`rollout.engine`: ``VLLMEngine``, one in-process vLLM engine (a Ray actor in ``align/cluster.py``).
+- :mod:`rollout.episode`: ``Batcher`` and ``run_episode`` (multi-turn, reasoning budgets).
+- :mod:`rollout.collect`: ``collect``, G concurrent episodes per task through one Batcher.
+
+Importing this package does not import vLLM; ``VLLMEngine`` does when it is built.
+"""
+
+from rollout.collect import collect
+from rollout.engine import VLLMEngine
+from rollout.episode import Batcher, derive_seed, engine_generate_fn, run_episode
+from rollout.types import GenerateFn, GenOutput, GenRequest, Trajectory
+
+__all__ = [
+    "Batcher",
+    "GenOutput",
+    "GenRequest",
+    "GenerateFn",
+    "Trajectory",
+    "VLLMEngine",
+    "collect",
+    "derive_seed",
+    "engine_generate_fn",
+    "run_episode",
+]
