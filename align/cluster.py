@@ -171,3 +171,72 @@ def _sum_metrics(results: list[dict[str, float]], keep_rank0: tuple[str, ...] = 
         if k in results[0]:
             out[k] = results[0][k]
     return out
+
+
+class RolloutGroup:
+    """M vLLM engines serving the policy; ``generate`` spreads a batch over them, in order."""
+
+    def __init__(self, cluster: ClusterConfig, rollout: Any, model_path: str, seed: int, in_process: bool = False) -> None:
+        from rollout.engine import VLLMEngine
+
+        self.in_process = in_process
+        kwargs = dict(
+            model_path=str(model_path),
+            gpu_memory_utilization=rollout.gpu_memory_utilization,
+            max_model_len=rollout.max_model_len,
+            enforce_eager=rollout.enforce_eager,
+            dtype="auto",
+            kv_cache_memory_bytes=rollout.kv_cache_memory_mb * 2**20 if rollout.kv_cache_memory_mb else None,
+        )
+        if in_process:
+            self.engines: list[Any] = [_Local(VLLMEngine(seed=seed, **kwargs))]
+            return
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        n = cluster.num_rollout_engines
+        bundle = {"CPU": 1.0}
+        if cluster.gpus_per_rollout_engine:
+            bundle["GPU"] = cluster.gpus_per_rollout_engine
+        self._pg = _placement_group([bundle] * n, "PACK", cluster.placement_timeout_s, f"{n} rollout engines")
+        remote_cls = ray.remote(VLLMEngine)
+        self.engines = [
+            remote_cls.options(
+                num_cpus=1,
+                num_gpus=cluster.gpus_per_rollout_engine,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self._pg, placement_group_bundle_index=i),
+            ).remote(seed=seed + i, **kwargs)
+            for i in range(n)
+        ]
+
+    async def generate(self, requests: list[Any]) -> list[Any]:
+        """One contiguous slice of ``requests`` per engine, run concurrently; outputs in request order."""
+        import asyncio
+
+        n = len(self.engines)
+        size = -(-len(requests) // n)
+        slices = [requests[i * size : (i + 1) * size] for i in range(n)]
+        if self.in_process:
+            parts = [await asyncio.to_thread(self.engines[0].generate.remote, requests)]
+        else:
+            parts = await asyncio.gather(*[e.generate.remote(s) for e, s in zip(self.engines, slices) if s])
+        return [out for part in parts for out in part]
+
+    def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Load new weights into every engine in place (no checkpoint on disk)."""
+        if self.in_process:
+            self.engines[0].update_weights.remote(state_dict)
+            return
+        import ray
+
+        ref = ray.put(state_dict)
+        ray.get([e.update_weights.remote(ref) for e in self.engines])
+
+    def shutdown(self) -> None:
+        if self.in_process:
+            return
+        import ray
+
+        for e in self.engines:
+            ray.kill(e)
+        ray.util.remove_placement_group(self._pg)

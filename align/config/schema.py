@@ -223,6 +223,9 @@ class RolloutConfig(Strict):
     backend: Literal["vllm"] = "vllm"
     sampling: SamplingConfig = SamplingConfig()
     gpu_memory_utilization: float = Field(0.15, gt=0, le=1)  # on CPU it means CPU memory
+    # KV-cache size in MiB; set on CPU, where vLLM's share-of-free-memory estimate is unreliable.
+    kv_cache_memory_mb: int | None = Field(None, ge=16)
+    max_model_len: int = Field(1024, ge=64)
     max_turns: int = Field(4, ge=1)
     enforce_eager: bool = True
 
