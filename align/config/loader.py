@@ -218,7 +218,25 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None, job: str 
         recipe = model.model_validate(data)
     except ValidationError as e:
         raise RecipeError(_format_errors(e, model, chain, override_keys)) from None
+    _check_plugins(recipe, path)
     return LoadedRecipe(name=name, recipe=recipe, files=tuple(p for p, _ in chain))  # type: ignore[arg-type]
+
+
+def _check_plugins(recipe: BaseModel, path: Path) -> None:
+    """Environment and reward names and params are validated by each plugin's own params model."""
+    from align.config.schema import RLRecipe
+
+    if not isinstance(recipe, RLRecipe):
+        return
+    from align.errors import AlignError as _Err
+    from align.plugins import validate_params
+
+    for kind, key, specs in (("env", "envs", recipe.envs), ("reward", "rewards", recipe.rewards)):
+        for i, spec in enumerate(specs):
+            try:
+                validate_params(kind, spec.name, spec.params)
+            except _Err as e:
+                raise RecipeError(f"{path}: {key}.{i} ({spec.name}): {e}") from None
 
 
 def dump_recipe(recipe: BaseModel) -> str:

@@ -39,7 +39,7 @@ def split_counts(shares: dict[str, float], total: int) -> dict[str, int]:
     return counts
 
 
-def _env_seed(seed: int, name: str) -> int:
+def env_seed(seed: int, name: str) -> int:
     return random.Random(f"generated:{seed}:{name}").randrange(2**31)
 
 
@@ -65,7 +65,7 @@ def generated_rows(cfg: GeneratedData, kind: RowKind) -> tuple[list[dict[str, An
         if n_train + n_eval == 0:
             continue
         env = make_env(name, None)
-        tasks = env.generate(n_train + n_eval, _env_seed(cfg.seed, name))
+        tasks = env.generate(n_train + n_eval, env_seed(cfg.seed, name))
         if len(tasks) < n_train + n_eval:
             raise ValueError(f"environment {name!r} generated {len(tasks)} tasks, {n_train + n_eval} were asked for")
         env_rows = []

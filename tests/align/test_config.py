@@ -99,3 +99,13 @@ def test_extends_cycle_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "b.yaml").write_text("extends: a.yaml\njob: sft\n")
     with pytest.raises(RecipeError, match="cycle"):
         load_recipe(str(tmp_path / "a.yaml"))
+
+
+def test_env_params_are_validated_by_the_plugin(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("extends: nano3-multienv-tiny\nenvs:\n  - {name: math, params: {dificulty: 2}}\n")
+    with pytest.raises(RecipeError, match=r"(?s)envs.0 \(math\).*dificulty.*did you mean .difficulty"):
+        load_recipe(str(bad))
+    bad.write_text("extends: nano3-multienv-tiny\nenvs:\n  - {name: maths}\n")
+    with pytest.raises(RecipeError, match=r"(?s)envs.0 \(maths\).*math"):
+        load_recipe(str(bad))

@@ -1,0 +1,99 @@
+"""InstructionFollowingEnv: single-turn answers scored by code-checked constraints.
+
+The answer is the text after the think block (an unclosed block leaves no answer). Reward is
+the fraction of the task's constraints the answer meets; ``correct`` means all of them.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from align.reasoning import THINK_CLOSE, THINK_OPEN, split_thinking
+from envs.base import Message, SelfCheck, StepResult, Task
+from envs.instruction_following.constraints import parse_constraints, score
+from envs.instruction_following.generator import TEMPLATES, Template, make_spec
+
+EXAMPLES_PATH = Path(__file__).parent / "data" / "examples.jsonl"
+
+
+def load_examples(path: Path = EXAMPLES_PATH) -> list[Task]:
+    with open(path) as f:
+        return [Task.from_dict(json.loads(line)) for line in f if line.strip()]
+
+
+def _reply(plan: str, answer: str) -> list[Message]:
+    return [{"role": "assistant", "content": f"{THINK_OPEN}{plan}{THINK_CLOSE}{answer}"}]
+
+
+class InstructionFollowingParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Generated tasks are drawn uniformly from these templates (envs/instruction_following/generator.py).
+    templates: tuple[Template, ...] = Field(TEMPLATES, min_length=1)
+
+
+class InstructionFollowingEnv:
+    """IFEval-style constraints checked by code; reward is the fraction met."""
+
+    name: ClassVar[str] = "instruction_following"
+    description: ClassVar[str] = "IFEval-style constraints checked by code (words, keywords, JSON, bullets, case); reward = fraction met."
+    Params: ClassVar[type[BaseModel]] = InstructionFollowingParams
+
+    def __init__(self, params: InstructionFollowingParams | None = None) -> None:
+        self.params = params or InstructionFollowingParams()
+
+    def reset(self, task: Task) -> list[Message]:
+        return list(task.prompt)
+
+    async def step(self, task: Task, history: list[Message], action: str) -> StepResult:
+        constraints = parse_constraints(task.answer)
+        _, answer = split_thinking(action)
+        met = score(answer, constraints)
+        reward = sum(met) / len(met) if met else 0.0
+        info = {
+            "answer": answer,
+            "met": [{"kind": c.kind, "ok": ok} for c, ok in zip(constraints, met)],
+            "failed": [c.describe() for c, ok in zip(constraints, met) if not ok],
+        }
+        return StepResult(reward=reward, done=True, correct=bool(met) and all(met), info=info)
+
+    def generate(self, n: int, seed: int) -> list[Task]:
+        rng = random.Random(seed)
+        tasks = []
+        for i in range(n):
+            spec = make_spec(rng.choice(self.params.templates), rng)
+            meta = {"template": spec.template, "plan": spec.plan, "demonstration": spec.good, "corruptions": list(spec.bad)}
+            prompt = [{"role": "user", "content": spec.prompt}]
+            tasks.append(Task(id=f"if-s{seed}-{i}", env=self.name, prompt=prompt, answer=spec.constraints, meta=meta))
+        return tasks
+
+    def demonstrate(self, task: Task) -> list[Message]:
+        """Needs ``meta.demonstration`` (generated tasks have it): constraints alone do not say what to write."""
+        if "demonstration" not in task.meta:
+            raise ValueError(f"task {task.id}: instruction_following can only demonstrate tasks with meta.demonstration")
+        return _reply(task.meta.get("plan", "follow the rules"), task.meta["demonstration"])
+
+    def corrupt(self, task: Task, rng: random.Random) -> list[Message]:
+        if not task.meta.get("corruptions"):
+            raise ValueError(f"task {task.id}: instruction_following can only corrupt tasks with meta.corruptions")
+        return _reply(task.meta.get("plan", "follow the rules"), rng.choice(task.meta["corruptions"]))
+
+    def self_checks(self) -> list[SelfCheck]:
+        rng = random.Random(0)
+        checks = []
+        generated = []
+        for template in TEMPLATES:
+            generated += InstructionFollowingEnv(InstructionFollowingParams(templates=(template,))).generate(1, seed=len(generated))
+        for task in generated + load_examples():
+            checks.append(SelfCheck(task, [self.demonstrate(task)[0]["content"]], True, f"demonstration of {task.id}"))
+            for bad in task.meta["corruptions"]:
+                checks.append(SelfCheck(task, [_reply("plan", bad)[0]["content"]], False, f"corruption of {task.id}: {bad[:30]!r}"))
+        t = generated[0]
+        checks.append(SelfCheck(t, [f"<think>plan {t.meta['demonstration']}"], False, "unclosed think block has no answer"))
+        checks.append(SelfCheck(t, ["<think>plan</think>"], False, "empty answer meets nothing"))
+        return checks

@@ -1,0 +1,138 @@
+"""The tiny world's instruction-following tasks: short orders with constraints a tiny model can learn.
+
+Every template gives a prompt under 25 tokens, a list of constraints (the gold), a one-line
+plan for the think block, a correct answer and a wrong one. Wrong answers break one or two
+constraints the way a careless model would (one item too few, commas where none were allowed,
+the case left unchanged), so preference pairs differ in what the constraint checks.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+Template = Literal["repeat", "lowercase", "uppercase", "bullets", "no_commas", "json", "ends_with", "forbidden", "word_count"]
+TEMPLATES: tuple[str, ...] = get_args(Template)
+
+CATEGORIES: dict[str, tuple[str, ...]] = {
+    "colors": ("red", "blue", "green", "pink", "black", "white", "gray"),
+    "animals": ("cat", "dog", "cow", "pig", "fox", "owl", "hen"),
+    "fruits": ("apple", "pear", "plum", "lime", "fig", "kiwi", "mango"),
+}
+SINGULAR = {"colors": "color", "animals": "animal", "fruits": "fruit"}
+WORDS = ("sun", "moon", "tree", "book", "cup", "hat", "car", "bird", "rain", "snow", "hello", "world", "good", "night", "day")
+NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five"}
+JSON_KEYS = {"color": CATEGORIES["colors"], "pet": CATEGORIES["animals"], "fruit": CATEGORIES["fruits"]}
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One generated task: prompt text, constraints (dicts), plan, right and wrong answers."""
+
+    template: str
+    prompt: str
+    constraints: list[dict[str, Any]]
+    plan: str
+    good: str
+    bad: tuple[str, ...]  # wrong answers; each breaks at least one constraint
+
+
+def _other(rng: random.Random, pool: tuple[str, ...], not_this: str) -> str:
+    return rng.choice([p for p in pool if p != not_this])
+
+
+def make_spec(template: str, rng: random.Random) -> Spec:
+    if template == "repeat":
+        word, n = rng.choice(WORDS), rng.randint(2, 4)
+        bad_n = n + rng.choice([-1, 1])
+        return Spec(
+            template,
+            f"Write the word {word} {NUMBER_WORDS[n]} times, separated by commas.",
+            [{"kind": "repeat_word", "word": word, "count": n, "separator": ","}],
+            f"{word}, {NUMBER_WORDS[n]} times, commas",
+            ", ".join([word] * n),
+            (", ".join([word] * bad_n), " ".join([word] * n)),
+        )
+    if template in ("lowercase", "uppercase"):
+        pair = rng.sample(WORDS, 2)
+        lower = template == "lowercase"
+        shown = " ".join(pair).upper() if lower else " ".join(pair)
+        good = " ".join(pair) if lower else " ".join(pair).upper()
+        return Spec(
+            template,
+            f"Reply in {template}: {shown}",
+            [{"kind": template}, {"kind": "include_keywords", "keywords": pair}],
+            template,
+            good,
+            (shown, good.capitalize() if lower else " ".join(pair).title()),
+        )
+    if template in ("bullets", "no_commas"):
+        cat = rng.choice(list(CATEGORIES))
+        n = rng.randint(2, 4)
+        chosen = rng.sample(CATEGORIES[cat], n)
+        fewer = chosen[: n - 1]
+        if template == "bullets":
+            return Spec(
+                template,
+                f"List {NUMBER_WORDS[n]} {cat} as bullets.",
+                [{"kind": "bullet_count", "count": n}, {"kind": "items_from", "options": list(CATEGORIES[cat]), "count": n}],
+                f"{NUMBER_WORDS[n]} {cat}, one per bullet",
+                "\n".join(f"- {c}" for c in chosen),
+                ("\n".join(f"- {c}" for c in fewer), ", ".join(chosen)),
+            )
+        return Spec(
+            template,
+            f"Name {NUMBER_WORDS[n]} {cat} without commas.",
+            [{"kind": "no_commas"}, {"kind": "items_from", "options": list(CATEGORIES[cat]), "count": n}],
+            f"{NUMBER_WORDS[n]} {cat}, spaces not commas",
+            " ".join(chosen),
+            (", ".join(chosen), " ".join(fewer)),
+        )
+    if template == "json":
+        key = rng.choice(list(JSON_KEYS))
+        value = rng.choice(JSON_KEYS[key])
+        return Spec(
+            template,
+            f'Reply in JSON with "{key}" set to "{value}".',
+            [{"kind": "json_format", "required": {key: value}}],
+            f"JSON, {key} is {value}",
+            json.dumps({key: value}),
+            (json.dumps({key: _other(rng, JSON_KEYS[key], value)}), f"{key}: {value}"),
+        )
+    if template == "ends_with":
+        say, end = rng.sample(WORDS, 2)
+        return Spec(
+            template,
+            f"Say {say} and end with the word {end}.",
+            [{"kind": "include_keywords", "keywords": [say]}, {"kind": "ends_with", "phrase": end}],
+            f"{say} first, {end} last",
+            f"{say} {end}",
+            (f"{end} {say}", say),
+        )
+    if template == "forbidden":
+        cat = rng.choice(list(CATEGORIES))
+        banned = rng.choice(CATEGORIES[cat])
+        return Spec(
+            template,
+            f"Name one {SINGULAR[cat]} that is not {banned}.",
+            [{"kind": "forbidden_words", "words": [banned]}, {"kind": "items_from", "options": list(CATEGORIES[cat]), "count": 1}],
+            f"{'an' if SINGULAR[cat][0] in 'aeiou' else 'a'} {SINGULAR[cat]}, not {banned}",
+            _other(rng, CATEGORIES[cat], banned),
+            (banned, f"{banned} {_other(rng, CATEGORIES[cat], banned)}"),
+        )
+    if template == "word_count":
+        n, key = rng.randint(3, 5), rng.choice(WORDS)
+        fill = [_other(rng, WORDS, key) for _ in range(n)]
+        good = fill[: n - 1] + [key]
+        rng.shuffle(good)
+        return Spec(
+            template,
+            f"Write exactly {NUMBER_WORDS[n]} words, one of them {key}.",
+            [{"kind": "word_count", "min_words": n, "max_words": n}, {"kind": "include_keywords", "keywords": [key]}],
+            f"{NUMBER_WORDS[n]} words with {key}",
+            " ".join(good),
+            (" ".join(fill), " ".join(good + [_other(rng, WORDS, key)])),
+        )
+    raise ValueError(f"unknown instruction_following template {template!r}; known: {', '.join(TEMPLATES)}")

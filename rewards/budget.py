@@ -1,0 +1,71 @@
+"""ReasoningBudgetReward: shape thinking to the toggle and the budget (a penalty, never a bonus)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from align.reasoning import round_budget, split_thinking
+from rewards.base import RewardInput
+
+
+class BudgetParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Subtracted when the rollout had to force </think> because the budget ran out.
+    forced_close_penalty: float = Field(0.5, ge=0)
+    # Subtracted in full at 2x the budget, in proportion below that: min(1, over / budget) * this.
+    overrun_penalty: float = Field(0.5, ge=0)
+    # Subtracted when a /no_think trajectory thinks anyway (a non-empty think block).
+    no_think_penalty: float = Field(1.0, ge=0)
+
+
+class ReasoningBudgetReward:
+    """Penalties for breaking the reasoning controls; 0.0 for a trajectory that keeps them.
+
+    * ``/no_think``: any thinking (``thinking_tokens > 0`` or a non-empty think block in the
+      completion) costs ``no_think_penalty``.
+    * ``/think`` with a budget: a forced close costs ``forced_close_penalty``; thinking past the
+      budget (possible when the rollout does not enforce it) costs up to ``overrun_penalty``.
+      The budget is the ladder step the system turn carried (``round_budget``).
+    * ``/think`` without a budget: ``None`` (not applicable), so the combiner skips it and the
+      trajectory's total is not moved by a rule that does not exist for it.
+
+    Zero rather than a bonus for compliance: a bonus would reward short, thoughtless answers
+    in budgeted mode on its own; the correctness reward is what should pay.
+
+    >>> from rewards.testing import trajectory
+    >>> ReasoningBudgetReward().score([
+    ...     trajectory("<think>2+2=4</think>4", budget=64, thinking_tokens=5),
+    ...     trajectory("<think>...</think>4", budget=64, thinking_tokens=64, forced_close=True),
+    ...     trajectory("<think>...</think>4", budget=64, thinking_tokens=96),
+    ...     trajectory("<think>2+2=4</think>4", thinking=False),
+    ...     trajectory("<think></think>4", thinking=False),
+    ...     trajectory("<think>2+2=4</think>4"),
+    ... ])
+    [0.0, -0.5, -0.25, -1.0, 0.0, None]
+    """
+
+    name: ClassVar[str] = "reasoning_budget"
+    description: ClassVar[str] = "Penalty for forced </think>, thinking over budget, and thinking in /no_think mode."
+    Params: ClassVar[type[BaseModel]] = BudgetParams
+
+    def __init__(self, params: BudgetParams | None = None) -> None:
+        self.params = params or BudgetParams()
+
+    def _one(self, x: RewardInput) -> float | None:
+        p = self.params
+        if not x.mode.thinking:
+            thought, _ = split_thinking(x.completion)
+            thinks = x.thinking_tokens > 0 or bool(thought and thought.strip())
+            return -p.no_think_penalty if thinks else 0.0
+        if x.mode.budget is None:
+            return None
+        budget = round_budget(x.mode.budget)
+        over = max(0, x.thinking_tokens - budget) / budget
+        penalty = (p.forced_close_penalty if x.forced_close else 0.0) + p.overrun_penalty * min(1.0, over)
+        return -penalty if penalty else 0.0
+
+    def score(self, batch: list[RewardInput]) -> list[float | None]:
+        return [self._one(x) for x in batch]
