@@ -264,12 +264,53 @@ class GRPOSettings(Strict):
     eval_every_steps: int = Field(10, ge=1)
 
 
+class RLReasoningConfig(Strict):
+    """Reasoning modes of RL prompts: a share in /no_think, a share with a thinking budget."""
+
+    no_think_fraction: float = Field(0.1, ge=0, le=1)
+    budget_fraction: float = Field(0.2, ge=0, le=1)
+    budgets: list[int] = [16, 32, 64]  # ladder steps drawn for budgeted prompts
+    eval_budgets: list[int] = [16, 32, 64]
+
+    @model_validator(mode="after")
+    def _fractions_fit(self) -> "RLReasoningConfig":
+        if self.no_think_fraction + self.budget_fraction > 1:
+            raise ValueError("no_think_fraction + budget_fraction must be at most 1")
+        return self
+
+
 class RLRecipe(JobBase):
+    """GRPO over several environments.
+
+    Gradient accumulation is derived, not set: every step trains on
+    ``prompts_per_step * generations_per_prompt`` sequences, cut into micro-batches of
+    ``learner.micro_batch_size_per_device`` on each of ``cluster.num_learners`` learners.
+    """
+
     job: Literal["rl"] = "rl"
     rollout: RolloutConfig = RolloutConfig()
     envs: list[EnvSpec] = [EnvSpec(name="math")]
     rewards: list[RewardSpec] = []
     grpo: GRPOSettings = GRPOSettings()
+    reasoning: RLReasoningConfig = RLReasoningConfig()
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> "RLRecipe":
+        per_step = self.grpo.prompts_per_step * self.grpo.generations_per_prompt
+        per_pass = self.cluster.num_learners * self.learner.micro_batch_size_per_device
+        if per_step % per_pass:
+            raise ValueError(
+                f"grpo.prompts_per_step * grpo.generations_per_prompt = {per_step} sequences must split evenly into "
+                f"cluster.num_learners * learner.micro_batch_size_per_device = {per_pass}"
+            )
+        if self.learner.gradient_accumulation_steps != 1:
+            raise ValueError("learner.gradient_accumulation_steps is derived in RL recipes; leave it at 1")
+        return self
+
+    @property
+    def accumulation_steps(self) -> int:
+        per_step = self.grpo.prompts_per_step * self.grpo.generations_per_prompt
+        return per_step // (self.cluster.num_learners * self.learner.micro_batch_size_per_device)
 
     @model_validator(mode="after")
     def _unique_envs(self) -> "RLRecipe":

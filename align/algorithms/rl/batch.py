@@ -1,0 +1,124 @@
+"""From trajectories to a training batch: scores, filters, group advantages, micro-batches.
+
+Pure functions over :class:`rollout.types.Trajectory` lists, tested on constructed groups.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from align.config.schema import GRPOSettings
+from align.losses import IGNORE, group_advantages
+
+
+@dataclass
+class Scored:
+    """A group of G trajectories of one prompt, with rewards and advantages."""
+
+    trajectories: list  # list[Trajectory]
+    rewards: list[float]
+    components: dict[str, list[float | None]] = field(default_factory=dict)
+    advantages: list[float] = field(default_factory=list)
+    # 0 drops a sequence from the loss (overlong filtering, or a filler group).
+    keep: list[int] = field(default_factory=list)
+
+    @property
+    def all_equal(self) -> bool:
+        return max(self.rewards) - min(self.rewards) < 1e-9
+
+
+def finalize(group: Scored, cfg: GRPOSettings) -> Scored:
+    """Advantages (leave-one-out or mean/std) and overlong filtering for one group.
+
+    Overlong filtering (DAPO): a truncated trajectory is left out of the loss, since its reward
+    says nothing about an answer it never gave; it still counts in the group's baseline.
+    """
+    adv = group_advantages(torch.tensor(group.rewards, dtype=torch.float64), cfg.baseline).tolist()
+    group.advantages = adv
+    group.keep = [0 if (cfg.overlong_filtering and t.truncated) else 1 for t in group.trajectories]
+    return group
+
+
+def select_groups(groups: Sequence[Scored], needed: int, dynamic_sampling: bool) -> tuple[list[Scored], list[Scored]]:
+    """(informative groups, dropped all-equal groups). Without dynamic sampling all groups are kept."""
+    if not dynamic_sampling:
+        return list(groups[:needed]), []
+    keep = [g for g in groups if not g.all_equal]
+    drop = [g for g in groups if g.all_equal]
+    return keep[:needed], drop
+
+
+def fill(groups: list[Scored], dropped: list[Scored], needed: int) -> list[Scored]:
+    """Top the step up to ``needed`` groups with dropped ones, out of the loss (keep = 0).
+
+    The learners need a fixed number of sequences per step (accumulation is fixed at start);
+    a filler's zero advantages and zero mask add nothing to the gradient or the denominator.
+    """
+    out = list(groups)
+    for g in dropped[: needed - len(out)]:
+        g.keep = [0] * len(g.trajectories)
+        out.append(g)
+    if len(out) < needed:
+        raise ValueError(f"only {len(out)} groups for {needed} slots")
+    return out
+
+
+@dataclass
+class Sequence_:
+    input_ids: list[int]
+    labels: list[int]  # the token at t, or IGNORE where there is no loss at t
+    rollout_logprobs: list[float]  # aligned with labels[1:]
+    advantage: float
+
+
+def to_sequences(groups: Sequence[Scored]) -> list[Sequence_]:
+    """Prompt + completion ids; labels only on policy tokens of kept trajectories."""
+    out = []
+    for g in groups:
+        for t, adv, keep in zip(g.trajectories, g.advantages, g.keep, strict=True):
+            ids = list(t.prompt_ids) + list(t.completion_ids)
+            labels = [IGNORE] * len(t.prompt_ids) + [tok if (m and keep) else IGNORE for tok, m in zip(t.completion_ids, t.loss_mask)]
+            lps = [0.0] * (len(t.prompt_ids) - 1) + list(t.rollout_logprobs)
+            out.append(Sequence_(ids, labels, lps, float(adv)))
+    return out
+
+
+def micro_batches(seqs: list[Sequence_], world_size: int, accumulation: int, pad_id: int, aggregation: str) -> list[list[dict[str, torch.Tensor]]]:
+    """Per-rank micro-batches, sorted by length (less padding), each with the global unit count."""
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i].input_ids))
+    parts = world_size * accumulation
+    size = len(seqs) // parts
+    chunks = [[seqs[i] for i in order[k * size : (k + 1) * size]] for k in range(parts)]
+    built = [_pad(c, pad_id) for c in chunks]
+    if aggregation == "token":
+        total = sum(float(mb["loss_mask"].sum()) for mb in built)
+    else:
+        total = sum(float((mb["loss_mask"].sum(-1) > 0).sum()) for mb in built)
+    for mb in built:
+        mb["loss_denominator"] = torch.tensor(max(total, 1.0))
+    return [built[r * accumulation : (r + 1) * accumulation] for r in range(world_size)]
+
+
+def _pad(seqs: list[Sequence_], pad_id: int) -> dict[str, torch.Tensor]:
+    n = max(len(s.input_ids) for s in seqs)
+    ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
+    labels = torch.full((len(seqs), n), IGNORE, dtype=torch.long)
+    attn = torch.zeros((len(seqs), n), dtype=torch.long)
+    lps = torch.zeros((len(seqs), n - 1), dtype=torch.float32)
+    for i, s in enumerate(seqs):
+        L = len(s.input_ids)
+        ids[i, :L] = torch.tensor(s.input_ids)
+        labels[i, :L] = torch.tensor(s.labels)
+        attn[i, :L] = 1
+        lps[i, : L - 1] = torch.tensor(s.rollout_logprobs[: L - 1])
+    return {
+        "input_ids": ids,
+        "attention_mask": attn,
+        "labels": labels,
+        "loss_mask": (labels[:, 1:] != IGNORE).float(),
+        "rollout_logprobs": lps,
+        "advantages": torch.tensor([s.advantage for s in seqs], dtype=torch.float32),
+    }

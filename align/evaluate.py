@@ -1,0 +1,188 @@
+"""Evaluation: held-out tasks played through vLLM and scored by their own environments.
+
+Measures what reasoning control promises: accuracy per environment with ``/think`` and
+``/no_think``; accuracy and thinking length at each budget of the ladder; budget adherence
+(thinking fits the budget without a forced close); toggle compliance (``/no_think`` answers
+with no thinking). :func:`summarize` is a pure function of trajectories, so the metrics are
+tested on constructed trajectories with known answers.
+
+Decoding is greedy (temperature 0), one sample per task and mode: the numbers are the model's
+deterministic behaviour, not a sampling estimate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from align.config.schema import SamplingConfig
+from align.reasoning import ReasoningMode
+from envs.base import Environment, Task
+
+
+@dataclass(frozen=True)
+class EvalMode:
+    label: str  # "think", "no_think", "budget_32", ...
+    mode: ReasoningMode
+
+
+def standard_modes(budgets: Sequence[int] = ()) -> list[EvalMode]:
+    modes = [EvalMode("think", ReasoningMode(True)), EvalMode("no_think", ReasoningMode(False))]
+    return modes + [EvalMode(f"budget_{b}", ReasoningMode(True, b)) for b in budgets]
+
+
+def _mean(xs: Sequence[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def summarize(results: Sequence[tuple[str, Any]]) -> dict[str, dict[str, dict[str, float | int | None]]]:
+    """Metrics per environment and mode label from ``(mode label, trajectory)`` pairs.
+
+    Per cell: ``n``, ``accuracy`` (share with ``correct`` true; a crashed sample counts as
+    wrong), ``reward`` (environment reward), ``thinking_tokens`` (mean), ``forced_close_rate``,
+    ``errors``; for ``no_think`` cells ``toggle_compliance`` (share with zero thinking tokens);
+    for budget cells ``budget_adherence`` (thinking <= budget and no forced close). An ``all``
+    environment aggregates every environment.
+    """
+    cells: dict[tuple[str, str], list[Any]] = defaultdict(list)
+    for label, t in results:
+        cells[(t.env, label)].append(t)
+        cells[("all", label)].append(t)
+    out: dict[str, dict[str, dict[str, float | int | None]]] = defaultdict(dict)
+    for (env, label), ts in sorted(cells.items()):
+        cell: dict[str, float | int | None] = {
+            "n": len(ts),
+            "accuracy": _mean([1.0 if t.correct else 0.0 for t in ts]),
+            "reward": _mean([float(t.reward) for t in ts]),
+            "thinking_tokens": _mean([float(t.thinking_tokens) for t in ts]),
+            "completion_tokens": _mean([float(t.num_policy_tokens) for t in ts]),
+            "forced_close_rate": _mean([1.0 if t.forced_close else 0.0 for t in ts]),
+            "errors": sum(1 for t in ts if t.info.get("error")),
+        }
+        if not ts[0].mode.thinking:
+            cell["toggle_compliance"] = _mean([1.0 if t.thinking_tokens == 0 else 0.0 for t in ts])
+        if ts[0].mode.thinking and ts[0].budget is not None:
+            cell["budget_adherence"] = _mean([1.0 if (t.thinking_tokens <= t.budget and not t.forced_close) else 0.0 for t in ts])
+        out[env][label] = cell
+    return dict(out)
+
+
+async def play(
+    envs: dict[str, Environment],
+    tasks: Sequence[Task],
+    modes: Sequence[EvalMode],
+    tokenizer: Any,
+    generate: Any,
+    sampling: SamplingConfig,
+    max_turns: int,
+    seed: int,
+) -> list[tuple[str, Any]]:
+    """Every task in every mode, greedy, all episodes concurrent through one batcher."""
+    from rollout.collect import collect
+    from rollout.episode import Batcher
+
+    greedy = sampling.model_copy(update={"temperature": 0.0})
+    batcher = Batcher(generate)
+    pairs = [(task, m.mode) for m in modes for task in tasks]
+    groups = await collect(envs, pairs, 1, tokenizer=tokenizer, generate=batcher, sampling=greedy, max_turns=max_turns, seed=seed)
+    labels = [m.label for m in modes for _ in tasks]
+    return [(label, g[0]) for label, g in zip(labels, groups, strict=True)]
+
+
+def make_envs(names: Sequence[str], params: dict[str, dict[str, Any]] | None = None) -> dict[str, Environment]:
+    from envs.registry import make_env
+
+    return {n: make_env(n, (params or {}).get(n)) for n in names}
+
+
+def heldout_tasks(envs: dict[str, Environment], n_per_env: dict[str, int], seed: int) -> list[Task]:
+    """Tasks from each environment's generator with an evaluation seed, disjoint from training's streams."""
+    tasks: list[Task] = []
+    for name, env in envs.items():
+        tasks.extend(env.generate(n_per_env[name], seed=1_000_003 + seed))
+    return tasks
+
+
+def tasks_for_rows(rows: Sequence[dict[str, Any]], envs: dict[str, Environment], generated: Any) -> list[Task]:
+    """The generated tasks behind data rows (rows carry ``env`` and ``id``): regenerate and match ids."""
+    from align.data.generated import env_seed, split_counts
+
+    wanted: dict[str, set[str]] = defaultdict(set)
+    for row in rows:
+        wanted[row["env"]].add(str(row["id"]))
+    train_counts = split_counts(generated.envs, generated.num_train)
+    eval_counts = split_counts(generated.envs, generated.num_eval)
+    tasks = []
+    for name, ids in wanted.items():
+        produced = envs[name].generate(train_counts[name] + eval_counts[name], env_seed(generated.seed, name))
+        tasks.extend(t for t in produced if t.id in ids)
+    return tasks
+
+
+def evaluate_checkpoint(
+    model_path: str | Path,
+    envs: dict[str, Environment],
+    tasks: Sequence[Task],
+    modes: Sequence[EvalMode],
+    sampling: SamplingConfig,
+    max_turns: int,
+    seed: int = 0,
+    samples_path: Path | None = None,
+) -> dict[str, Any]:
+    """Load ``model_path`` into an in-process vLLM engine, play, summarize; optionally write samples."""
+    from align.models import load_tokenizer
+    from rollout.engine import VLLMEngine
+    from rollout.episode import engine_generate_fn
+
+    tokenizer = load_tokenizer(model_path)
+    engine = VLLMEngine(str(model_path), seed=seed, max_model_len=1024, kv_cache_memory_bytes=256 * 2**20)
+    try:
+        results = asyncio.run(play(envs, tasks, modes, tokenizer, engine_generate_fn(engine), sampling, max_turns, seed))
+    finally:
+        del engine
+    if samples_path is not None:
+        with open(samples_path, "w") as f:
+            for label, t in results:
+                f.write(json.dumps({"mode": label, "env": t.env, "task": t.task.id, "correct": t.correct, "reward": t.reward,
+                                    "thinking_tokens": t.thinking_tokens, "forced_close": t.forced_close,
+                                    "completion": t.completion, "error": t.info.get("error")}) + "\n")  # fmt: skip
+    return summarize(results)
+
+
+def sampled_eval(model_path: Path, rows: Sequence[dict[str, Any]], recipe: Any, limit_per_env: int, run_dir: Path) -> dict[str, Any]:
+    """SFT's closing check: held-out generated tasks in /think and /no_think, greedy."""
+    names = sorted({row["env"] for row in rows})
+    envs = make_envs(names)
+    per_env: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        if len(per_env[row["env"]]) < limit_per_env:
+            per_env[row["env"]].append(row)
+    tasks = tasks_for_rows([r for rs in per_env.values() for r in rs], envs, recipe.data.generated)
+    sampling = SamplingConfig(max_new_tokens=recipe.sft.max_new_tokens, max_answer_tokens=32)
+    summary = evaluate_checkpoint(model_path, envs, tasks, standard_modes(), sampling, max_turns=3, seed=recipe.seed,
+                                  samples_path=run_dir / "eval_samples.jsonl")  # fmt: skip
+    print_table(summary, f"held-out samples ({len(tasks)} tasks x 2 modes, greedy)")
+    return summary
+
+
+def print_table(summary: dict[str, Any], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("env", "mode", "n", "accuracy", "reward", "thinking", "forced", "toggle", "adherence"):
+        table.add_column(col)
+
+    def fmt(x: Any) -> str:
+        return "-" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
+
+    for env, modes in summary.items():
+        for label, c in modes.items():
+            table.add_row(env, label, fmt(c["n"]), fmt(c["accuracy"]), fmt(c["reward"]), fmt(c["thinking_tokens"]),
+                          fmt(c["forced_close_rate"]), fmt(c.get("toggle_compliance")), fmt(c.get("budget_adherence")))  # fmt: skip
+    Console().print(table)
