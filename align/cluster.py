@@ -101,7 +101,7 @@ class LearnerGroup:
         n = 1 if in_process else cluster.num_learners
         self.size = n
         if in_process:
-            self.actors: list[Any] = [_Local(Learner(0, 1, cluster.cpus_per_learner))]
+            self.actors: list[Any] = [_Local(Learner(0, 1))]
             return
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -239,4 +239,80 @@ class RolloutGroup:
 
         for e in self.engines:
             ray.kill(e)
+        ray.util.remove_placement_group(self._pg)
+
+
+class RewardModelGroup:
+    """Reward-model scorer actors (``rewards.reward_model.RewardModelScorer``), one model copy each.
+
+    ``score`` cuts a batch of conversations into one contiguous slice per actor, scores the slices
+    concurrently and returns the rewards in input order. The model is frozen: nothing is ever
+    synced to these actors after they load it.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        num_actors: int = 1,
+        cpus_per_actor: float = 1.0,
+        gpus_per_actor: float = 0.0,
+        batch_size_per_actor: int = 32,
+        max_seq_len: int = 1024,
+        placement_timeout_s: float = 120.0,
+        in_process: bool = False,
+    ) -> None:
+        from rewards.reward_model import RewardModelScorer
+
+        self.in_process = in_process
+        kwargs = dict(path=str(path), batch_size=batch_size_per_actor, max_seq_len=max_seq_len, cpus=cpus_per_actor)
+        if in_process:
+            self.actors: list[Any] = [_Local(RewardModelScorer(**kwargs))]
+            return
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        init_ray()
+        bundle = {"CPU": cpus_per_actor}
+        if gpus_per_actor:
+            bundle["GPU"] = gpus_per_actor
+        self._pg = _placement_group([bundle] * num_actors, "PACK", placement_timeout_s, f"{num_actors} reward-model actors")
+        remote_cls = ray.remote(RewardModelScorer)
+        self.actors = [
+            remote_cls.options(
+                num_cpus=cpus_per_actor,
+                num_gpus=gpus_per_actor,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self._pg, placement_group_bundle_index=i),
+            ).remote(**kwargs)
+            for i in range(num_actors)
+        ]
+
+    @property
+    def size(self) -> int:
+        return len(self.actors)
+
+    def attributes(self) -> dict[str, float]:
+        """Attribute names (output order) and the weights saved with the model."""
+        return _get([self.actors[0].attributes.remote()], self.in_process)[0]
+
+    def score(
+        self,
+        conversations: Sequence[list[dict[str, Any]]],
+        template_kwargs: Sequence[dict[str, Any]] | None = None,
+        weights: dict[str, float] | None = None,
+    ) -> list[float]:
+        """One combined reward per conversation, in input order."""
+        n = len(self.actors)
+        kwargs = list(template_kwargs) if template_kwargs is not None else [{} for _ in conversations]
+        size = -(-len(conversations) // n) if conversations else 0
+        slices = [(list(conversations[i * size : (i + 1) * size]), kwargs[i * size : (i + 1) * size]) for i in range(n)]
+        refs = [a.score.remote(c, k, weights) for a, (c, k) in zip(self.actors, slices, strict=True) if c]
+        return [s for part in _get(refs, self.in_process) for s in part]
+
+    def shutdown(self) -> None:
+        if self.in_process:
+            return
+        import ray
+
+        for a in self.actors:
+            ray.kill(a)
         ray.util.remove_placement_group(self._pg)

@@ -110,8 +110,37 @@ def supervised_tokens(mb: MicroBatch) -> float:
     return float((mb["labels"][:, 1:] != -100).sum())
 
 
-def evaluate_loss(job: Job, group: LearnerGroup, objective: Objective, count_units: Callable[[MicroBatch], float]) -> dict[str, float]:
-    """Eval metrics over the whole eval set, in global batches spread over the learners."""
+def count_pairs(mb: MicroBatch) -> float:
+    """Preference pairs in a DPO or Bradley-Terry micro-batch (their loss unit)."""
+    return float(mb["chosen_input_ids"].size(0))
+
+
+# Pair metrics the DPO and Bradley-Terry objectives sum per pair; logged as means over pairs.
+PER_PAIR_METRICS = ("accuracy", "margin", "chosen_reward", "rejected_reward", "chosen_logps", "rejected_logps", "chosen_nll_per_token")
+
+
+def per_pair_means(metrics: dict[str, float]) -> dict[str, float]:
+    """Summed pair metrics -> means over the pairs they came from (the ``pairs`` count is dropped)."""
+    out = dict(metrics)
+    pairs = out.pop("pairs", 0.0)
+    for k in PER_PAIR_METRICS:
+        if k in out:
+            out[k] = out[k] / max(pairs, 1.0)
+    return out
+
+
+def evaluate_loss(
+    job: Job,
+    group: LearnerGroup,
+    objective: Objective,
+    count_units: Callable[[MicroBatch], float],
+    add_to_batch: Callable[[LearnerGroup, list[list[MicroBatch]]], None] | None = None,
+) -> dict[str, float]:
+    """Eval metrics over the whole eval set, in global batches spread over the learners.
+
+    ``loss`` is the mean over units; every other metric is summed over the eval set (objectives
+    report counts and sums; a driver's ``summarize`` turns them into means).
+    """
     examples = job.data.eval.examples
     if not examples:
         return {}
@@ -129,6 +158,8 @@ def evaluate_loss(job: Job, group: LearnerGroup, objective: Objective, count_uni
         for rank in per_rank:
             for mb in rank:
                 mb["loss_denominator"] = torch.tensor(float(total))
+        if add_to_batch:
+            add_to_batch(group, per_rank)
         m = group.eval_step(per_rank, objective)
         for k, v in m.items():
             totals[k] = totals.get(k, 0.0) + (v * total if k == "loss" else v)
@@ -154,12 +185,21 @@ def train_loop(
     num_labels: int = 1,
     eval_extra: Callable[[LearnerGroup, int], dict[str, float]] | None = None,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    add_to_batch: Callable[[LearnerGroup, list[list[MicroBatch]]], None] | None = None,
+    summarize: Callable[[dict[str, float]], dict[str, float]] | None = None,
 ) -> tuple[LearnerGroup, dict[str, Any]]:
     """Train ``max_steps`` optimizer steps with eval, checkpoints and resume; returns the group and a summary.
 
     The data position is the step number: batch ``k`` of the :class:`BatchPlan` is the same in
     every run, so resuming at step ``k`` replays exactly what an uninterrupted run would.
+
+    Hooks for the jobs that need more than SFT: ``add_to_batch(group, per_rank)`` adds tensors to every
+    train and eval micro-batch before the learners see it (DPO's reference log-probs);
+    ``summarize(metrics)`` turns the summed train and eval metrics into what is logged (counts
+    into means); ``eval_extra(group, step)`` adds metrics the objective cannot compute, at every
+    eval including the one before training.
     """
+    summarize = summarize or (lambda m: m)
     r = job.loaded.recipe
     examples = job.data.train.examples
     plan = BatchPlan(len(examples), global_batch_size(job.loaded), r.seed, lengths=example_lengths(examples))
@@ -187,16 +227,22 @@ def train_loop(
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console) as progress:  # fmt: skip
         bar = progress.add_task(f"{r.job} {job.loaded.name}", total=max_steps, completed=start, info="")
         if start == 0:
-            ev = evaluate_loss(job, group, objective, count_units)
+            ev = evaluate_loss(job, group, objective, count_units, add_to_batch)
+            if ev:
+                ev = summarize(ev)
+            if eval_extra:
+                ev.update(eval_extra(group, 0))
             if ev:
                 summary["first_eval"] = ev
                 log.log(0, "eval", ev)
         for step in range(start, max_steps):
             t0 = time.perf_counter()
             per_rank = micro_batches(examples, plan.batch(step), group.size, r.learner.gradient_accumulation_steps, pad_id, count_units)
-            metrics = group.train_step(per_rank, objective)
+            if add_to_batch:
+                add_to_batch(group, per_rank)
+            metrics = summarize(group.train_step(per_rank, objective))
             dt = time.perf_counter() - t0
-            tokens = sum(float(mb["attention_mask"].sum()) for rank in per_rank for mb in rank if "attention_mask" in mb)
+            tokens = sum(float(v.sum()) for rank in per_rank for mb in rank for k, v in mb.items() if k.endswith("attention_mask"))
             tokens_seen += int(tokens)
             step_times.append(dt)
             metrics.update(step_time_s=dt, tokens_per_s=tokens / dt, epoch=float(plan.epoch(step)))
@@ -207,7 +253,9 @@ def train_loop(
                 on_step(done, metrics)
             progress.update(bar, completed=done, info=f"loss {metrics['loss']:.4f}  {metrics['tokens_per_s']:.0f} tok/s")
             if done % eval_every == 0 or done == max_steps:
-                ev = evaluate_loss(job, group, objective, count_units)
+                ev = evaluate_loss(job, group, objective, count_units, add_to_batch)
+                if ev:
+                    ev = summarize(ev)
                 if eval_extra:
                     ev.update(eval_extra(group, done))
                 if ev:
@@ -225,8 +273,17 @@ def train_loop(
     return group, summary
 
 
-def finish(job: Job, group: LearnerGroup, plots: dict[str, tuple[str, str]], title: str) -> Path:
-    """Write the final HF folder (atomically) and the loss plot; returns the HF folder."""
+def finish(
+    job: Job,
+    group: LearnerGroup,
+    plots: dict[str, tuple[str, str]],
+    title: str,
+    before_publish: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write the final HF folder (atomically) and the loss plot; returns the HF folder.
+
+    ``before_publish(tmp)`` may add files (a reward model's attribute names) before the rename.
+    """
     import os
     import shutil
 
@@ -235,6 +292,8 @@ def finish(job: Job, group: LearnerGroup, plots: dict[str, tuple[str, str]], tit
     if tmp.exists():
         shutil.rmtree(tmp)
     group.save_hf(str(tmp), tokenizer_path=str(job.model_path))
+    if before_publish:
+        before_publish(tmp)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

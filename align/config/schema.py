@@ -189,6 +189,10 @@ class DPOSettings(Strict):
     sft_weight: float = Field(1.0, ge=0)  # used by sft_regularized
     # separate_group: a frozen copy in its own learner group; lora_disabled: base weights under LoRA.
     reference: Literal["separate_group", "lora_disabled"] = "separate_group"
+    # Generated data only: greedy task accuracy of the start and final policy on this many
+    # held-out tasks per environment (0: skip), generating up to max_new_tokens.
+    num_eval_samples_to_generate: int = Field(0, ge=0)
+    max_new_tokens: int = Field(128, ge=1)
 
 
 class DPORecipe(JobBase):
@@ -324,7 +328,19 @@ class RLRecipe(JobBase):
 class PipelineStage(Strict):
     name: str
     recipe: str  # a recipe name or path; its job runs with the overrides below
+    # Dotted overrides; "${stage:NAME}" is replaced by stage NAME's final checkpoint folder.
     overrides: list[str] = []
+    evaluate: bool = True  # evaluate this stage's policy in the report (not for reward models)
+
+
+class PipelineEval(Strict):
+    """The held-out evaluation every stage's policy gets, for the report."""
+
+    envs: dict[str, int] = {"math": 32}  # environment -> number of held-out tasks
+    budgets: list[int] = [16, 32, 64]
+    max_new_tokens: int = Field(96, ge=1)
+    max_answer_tokens: int = Field(32, ge=1)
+    max_turns: int = Field(3, ge=1)
 
 
 class PipelineRecipe(Strict):
@@ -333,6 +349,21 @@ class PipelineRecipe(Strict):
     seed: int = 0
     output_dir: str = "runs/${name}"
     stages: list[PipelineStage]
+    eval: PipelineEval = PipelineEval()
+
+    @model_validator(mode="after")
+    def _stage_refs(self) -> "PipelineRecipe":
+        import re
+
+        seen: set[str] = set()
+        for stage in self.stages:
+            for ref in re.findall(r"\$\{stage:([^}]+)\}", " ".join(stage.overrides)):
+                if ref not in seen:
+                    raise ValueError(f"stage '{stage.name}' refers to '${{stage:{ref}}}', which is not an earlier stage")
+            if stage.name in seen:
+                raise ValueError(f"stage name '{stage.name}' is used twice")
+            seen.add(stage.name)
+        return self
 
 
 RECIPE_MODELS: dict[str, type[BaseModel]] = {

@@ -57,9 +57,11 @@ def _use_bf16(cfg: LearnerConfig) -> bool:
 class Learner:
     """One rank of a data-parallel DeepSpeed group. Call ``setup`` on every rank at once."""
 
-    def __init__(self, rank: int, world_size: int, cpus: float = 1.0) -> None:
+    def __init__(self, rank: int, world_size: int, cpus: float | None = None) -> None:
+        """``cpus``: pin torch's CPU threads to this many (an actor owning its process); None leaves
+        them alone (in-process, where vLLM in the same process has bound its own threads)."""
         self.rank, self.world_size = rank, world_size
-        if not torch.cuda.is_available():
+        if cpus is not None and not torch.cuda.is_available():
             torch.set_num_threads(max(1, int(cpus)))
         self.engine: Any = None
 
@@ -142,15 +144,21 @@ class Learner:
             raise ValueError(f"got {len(micro_batches)} micro-batches, expected gradient_accumulation_steps={self.cfg.gradient_accumulation_steps}")
         self.engine.train()
         totals: dict[str, float] = {}
-        for mb in micro_batches:
+        grad_norm = None
+        for i, mb in enumerate(micro_batches):
             mb = self._to_device(mb)
             loss_sum, metrics = objective(self.engine, mb)
             self.engine.backward(self._scaled(loss_sum, mb))
+            if i == len(micro_batches) - 1 and self.cfg.zero_stage == 0:
+                # ZeRO-0 clips without keeping the norm; grads are all-reduced by now (boundary backward).
+                grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+                grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
             self.engine.step()
             totals["loss"] = totals.get("loss", 0.0) + loss_sum.item() / float(mb["loss_denominator"])
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + float(v)
-        grad_norm = self.engine.get_global_grad_norm()
+        if grad_norm is None:
+            grad_norm = self.engine.get_global_grad_norm()
         totals["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
         totals["lr"] = float(self.engine.get_lr()[0])
         return totals
@@ -201,7 +209,9 @@ class Learner:
         with self._full_params() as module:
             sd = module.state_dict()
             if hasattr(module, "merge_adapter"):
-                sd = {_strip_peft(k): v for k, v in sd.items() if "lora_" not in k and "modules_to_save" not in k}
+                # A module in modules_to_save (the reward head) keeps a frozen original and a trained
+                # copy: the trained copy takes the HF name.
+                sd = {_strip_peft(k): v for k, v in sd.items() if "lora_" not in k and ".original_module." not in k}
             return {k: v.detach().to("cpu", copy=True) for k, v in sd.items()}
 
     def save_hf(self, path: str, tokenizer_path: str | None = None) -> None:
@@ -244,7 +254,7 @@ def _null() -> Iterator[None]:
 
 
 def _strip_peft(name: str) -> str:
-    return name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+    return name.removeprefix("base_model.model.").replace(".base_layer.", ".").replace(".modules_to_save.default.", ".")
 
 
 def _load_for_training(path: str, kind: str, num_labels: int, bf16: bool) -> nn.Module:

@@ -63,7 +63,8 @@ def check_machine(loaded: LoadedRecipe) -> None:
         )
 
 
-def run(loaded: LoadedRecipe, resume: bool = False) -> int:
+def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) -> int:
+    """Run the recipe. ``in_process`` uses the same workers without Ray (one learner, one engine)."""
     r: RLRecipe = loaded.recipe  # type: ignore[assignment]
     check_machine(loaded)
     run_dir = Path(r.output_dir)
@@ -76,11 +77,14 @@ def run(loaded: LoadedRecipe, resume: bool = False) -> int:
     mixer = TaskMixer(train_tasks, {s.name: s.weight for s in r.envs}, r.seed)
     g = r.grpo
 
-    init_ray(r.cluster.ray_address, num_cpus=int(r.cluster.num_learners * r.cluster.cpus_per_learner) + r.cluster.num_rollout_engines)
+    if in_process and r.cluster.num_learners != 1:
+        raise JobError("in-process RL runs one learner: set cluster.num_learners=1")
+    if not in_process:
+        init_ray(r.cluster.ray_address, num_cpus=int(r.cluster.num_learners * r.cluster.cpus_per_learner) + r.cluster.num_rollout_engines)
     learner_cfg = r.learner.model_copy(update={"gradient_accumulation_steps": r.accumulation_steps})
-    learners = LearnerGroup(r.cluster)
+    learners = LearnerGroup(r.cluster, in_process=in_process)
     learners.setup(str(model_path), learner_cfg, g.max_steps * g.epochs_per_step, r.seed)
-    rollout = RolloutGroup(r.cluster, r.rollout, str(model_path), r.seed)
+    rollout = RolloutGroup(r.cluster, r.rollout, str(model_path), r.seed, in_process=in_process)
     objective = GRPOObjective(g.clip_low, g.clip_high, g.loss_aggregation, g.tis_cap, g.kl_coef, r.rollout.sampling.temperature)
     logprob_fn = TokenLogprobs(r.rollout.sampling.temperature)
 

@@ -1,0 +1,103 @@
+"""RL batch building: advantages, dynamic sampling, overlong filtering, micro-batches, task mixing."""
+
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+
+from align.algorithms.rl.batch import Scored, fill, finalize, micro_batches, select_groups, to_sequences
+from align.algorithms.rl.tasks import TaskMixer, assign_mode
+from align.config.schema import GRPOSettings, RLReasoningConfig
+from align.losses import IGNORE
+from envs.base import Task
+
+
+@dataclass
+class FakeTrajectory:
+    """The fields of rollout.types.Trajectory that batch building reads."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    loss_mask: list[int]
+    rollout_logprobs: list[float]
+    truncated: bool = False
+    info: dict = field(default_factory=dict)
+
+
+def _traj(n_prompt: int, n_completion: int, truncated: bool = False, observation_at: int | None = None) -> FakeTrajectory:
+    mask = [1] * n_completion
+    if observation_at is not None:
+        mask[observation_at] = 0
+    return FakeTrajectory(list(range(10, 10 + n_prompt)), list(range(50, 50 + n_completion)), mask,
+                          [-0.5 if m else 0.0 for m in mask], truncated)  # fmt: skip
+
+
+def test_leave_one_out_advantages_and_overlong_filtering() -> None:
+    g = finalize(Scored([_traj(3, 4), _traj(3, 4), _traj(3, 4, truncated=True)], [1.0, 0.0, 0.0]), GRPOSettings(baseline="leave_one_out"))
+    assert g.advantages == pytest.approx([1.0, -0.5, -0.5])  # r_i - mean of the others
+    assert g.keep == [1, 1, 0]
+    g2 = finalize(Scored([_traj(3, 4)] * 3, [1.0, 0.0, 0.0]), GRPOSettings(baseline="mean_std", overlong_filtering=False))
+    assert g2.advantages == pytest.approx([(1 - 1 / 3) / (0.57735 + 1e-6), (-1 / 3) / 0.57735, (-1 / 3) / 0.57735], rel=1e-4)
+    assert g2.keep == [1, 1, 1]
+
+
+def test_dynamic_sampling_drops_all_equal_groups_and_fills_with_zero_mask() -> None:
+    cfg = GRPOSettings()
+    informative = finalize(Scored([_traj(2, 3), _traj(2, 3)], [1.0, 0.0]), cfg)
+    flat = finalize(Scored([_traj(2, 3), _traj(2, 3)], [1.0, 1.0]), cfg)
+    kept, dropped = select_groups([flat, informative], needed=2, dynamic_sampling=True)
+    assert kept == [informative] and dropped == [flat]
+    groups = fill(kept, dropped, needed=2)
+    assert groups[1].keep == [0, 0]
+    seqs = to_sequences(groups)
+    assert all(l == IGNORE for s in seqs[2:] for l in s.labels)
+    kept_all, _ = select_groups([flat, informative], needed=2, dynamic_sampling=False)
+    assert kept_all == [flat, informative]
+    with pytest.raises(ValueError):
+        fill([], [], needed=1)
+
+
+def test_sequences_train_only_on_policy_tokens_with_aligned_logprobs() -> None:
+    g = finalize(Scored([_traj(3, 4, observation_at=2), _traj(3, 4)], [1.0, 0.0]), GRPOSettings())
+    s = to_sequences([g])[0]
+    assert s.labels == [IGNORE] * 3 + [50, 51, IGNORE, 53]
+    mbs = micro_batches(to_sequences([g]), world_size=1, accumulation=1, pad_id=0, aggregation="token")
+    mb = mbs[0][0]
+    # Shifted position t predicts token t+1: completion token j sits at prompt_len - 1 + j.
+    row = int((mb["advantages"] == 1.0).nonzero()[0])
+    assert mb["loss_mask"][row].tolist() == [0, 0, 1, 1, 0, 1]
+    assert mb["rollout_logprobs"][row].tolist() == [0, 0, -0.5, -0.5, 0, -0.5]
+    assert float(mb["loss_denominator"]) == 7.0  # 3 + 4 policy tokens
+
+
+def test_micro_batches_split_over_ranks_and_steps() -> None:
+    groups = [finalize(Scored([_traj(2, n), _traj(2, n + 1)], [1.0, 0.0]), GRPOSettings()) for n in range(1, 5)]
+    per_rank = micro_batches(to_sequences(groups), world_size=2, accumulation=2, pad_id=0, aggregation="sequence")
+    assert [len(r) for r in per_rank] == [2, 2]
+    assert sum(mb["input_ids"].shape[0] for r in per_rank for mb in r) == 8
+    assert all(float(mb["loss_denominator"]) == 8.0 for r in per_rank for mb in r)
+    lengths = [mb["attention_mask"].sum(-1).max().item() for r in per_rank for mb in r]
+    assert lengths == sorted(lengths, reverse=True)  # sorted by length: little padding
+
+
+def test_task_mixer_mixes_by_weight_and_resumes_exactly() -> None:
+    tasks = {e: [Task(id=f"{e}{i}", env=e, prompt=[]) for i in range(5)] for e in ("math", "code")}
+    a = TaskMixer(tasks, {"math": 0.75, "code": 0.25}, seed=0)
+    first = a.next(4)
+    assert [t.env for t in first] == ["math", "math", "math", "code"]
+    state = a.state_dict()
+    rest = [t.id for t in a.next(8)]
+    b = TaskMixer(tasks, {"math": 0.75, "code": 0.25}, seed=0)
+    b.load_state_dict(state)
+    assert [t.id for t in b.next(8)] == rest
+    assert len({t.id for t in a.next(0) + first + a.next(4)}) >= 4
+
+
+def test_reasoning_modes_follow_the_recipe_shares() -> None:
+    cfg = RLReasoningConfig(no_think_fraction=0.2, budget_fraction=0.3, budgets=[16, 32])
+    modes = [assign_mode(Task(id=str(i), env="math", prompt=[]), cfg, seed=0) for i in range(2000)]
+    off = sum(not m.thinking for m in modes) / len(modes)
+    budgeted = [m.budget for m in modes if m.thinking and m.budget]
+    assert off == pytest.approx(0.2, abs=0.03) and len(budgeted) / len(modes) == pytest.approx(0.3, abs=0.03)
+    assert set(budgeted) == {16, 32}
+    assert assign_mode(Task(id="7", env="math", prompt=[]), cfg, 0) == modes[7]  # deterministic
