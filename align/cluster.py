@@ -176,7 +176,7 @@ def _sum_metrics(results: list[dict[str, float]], keep_rank0: tuple[str, ...] = 
 class RolloutGroup:
     """M vLLM engines serving the policy; ``generate`` spreads a batch over them, in order."""
 
-    def __init__(self, cluster: ClusterConfig, rollout: Any, model_path: str, seed: int, in_process: bool = False) -> None:
+    def __init__(self, cluster: ClusterConfig, rollout: Any, model_path: str, seed: int, in_process: bool = False, dtype: str = "float32") -> None:
         from rollout.engine import VLLMEngine
 
         self.in_process = in_process
@@ -185,7 +185,7 @@ class RolloutGroup:
             gpu_memory_utilization=rollout.gpu_memory_utilization,
             max_model_len=rollout.max_model_len,
             enforce_eager=rollout.enforce_eager,
-            dtype="auto",
+            dtype=dtype,
             kv_cache_memory_bytes=rollout.kv_cache_memory_mb * 2**20 if rollout.kv_cache_memory_mb else None,
         )
         if in_process:

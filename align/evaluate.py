@@ -135,12 +135,12 @@ def evaluate_checkpoint(
     samples_path: Path | None = None,
 ) -> dict[str, Any]:
     """Load ``model_path`` into an in-process vLLM engine, play, summarize; optionally write samples."""
-    from align.models import load_tokenizer
+    from align.models import inference_dtype, load_tokenizer
     from rollout.engine import VLLMEngine
     from rollout.episode import engine_generate_fn
 
     tokenizer = load_tokenizer(model_path)
-    engine = VLLMEngine(str(model_path), seed=seed, max_model_len=1024, kv_cache_memory_bytes=256 * 2**20)
+    engine = VLLMEngine(str(model_path), seed=seed, max_model_len=1024, kv_cache_memory_bytes=256 * 2**20, dtype=inference_dtype())
     try:
         results = asyncio.run(play(envs, tasks, modes, tokenizer, engine_generate_fn(engine), sampling, max_turns, seed))
     finally:

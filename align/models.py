@@ -57,6 +57,19 @@ def build_tiny_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed:
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
+def inference_dtype(precision: str = "auto") -> str:
+    """vLLM dtype matching the learner's precision, so rollout log-probs match training's.
+
+    vLLM on CPU turns "auto" into bfloat16 even for a float32 checkpoint; the learner trains in
+    float32 there, and the gap shows up as train/inference mismatch. So it is always explicit.
+    """
+    if precision == "bf16":
+        return "bfloat16"
+    if precision == "fp32":
+        return "float32"
+    return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
+
+
 def torch_dtype(name: str) -> torch.dtype | str:
     return {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 

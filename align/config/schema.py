@@ -25,7 +25,9 @@ class TinyModelConfig(Strict):
 
     hidden_size: int = 128
     # NemotronH layer pattern: M = Mamba2, * = attention, - = MLP. Llama uses num_hidden_layers.
-    layers_block_type: str = "M-*-M-"
+    # Two attention layers: with one, the tiny policy learns the format but cannot copy operands
+    # from the prompt (held-out math accuracy 0.00 vs 0.42 after 600 SFT steps, same data).
+    layers_block_type: str = "M*-M*-"
     num_hidden_layers: int = 4
     # head_dim = hidden_size / num_attention_heads; vLLM's CPU attention needs 32 or more.
     num_attention_heads: int = 4

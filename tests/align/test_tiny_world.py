@@ -81,7 +81,7 @@ def test_factory_saves_a_model_transformers_loads(tmp_path: Path, arch: str) -> 
     model, tok = load_model(path), load_tokenizer(path)
     assert type(model).__name__ == {"nemotron_h": "NemotronHForCausalLM", "llama": "LlamaForCausalLM"}[arch]
     if arch == "nemotron_h":
-        assert model.config.layers_block_type == ["linear_attention", "mlp", "full_attention", "mlp", "linear_attention", "mlp"]  # M-*-M-
+        assert model.config.layers_block_type == ["linear_attention", "full_attention", "mlp", "linear_attention", "full_attention", "mlp"]  # M*-M*-
     ids = tok.apply_chat_template([{"role": "user", "content": "What is 1 + 1?"}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
     out = model.generate(**ids, max_new_tokens=5, do_sample=False)
     assert out.shape[1] == ids["input_ids"].shape[1] + 5

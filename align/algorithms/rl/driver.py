@@ -29,7 +29,7 @@ from align.cluster import LearnerGroup, RolloutGroup, init_ray
 from align.config import LoadedRecipe
 from align.config.schema import RLRecipe
 from align.evaluate import play, standard_modes, summarize
-from align.models import load_tokenizer
+from align.models import inference_dtype, load_tokenizer
 from align.runlog import Checkpoints, MetricsLog, plot_curves
 from envs.registry import make_env
 from rewards.combine import combine
@@ -84,7 +84,7 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
     learner_cfg = r.learner.model_copy(update={"gradient_accumulation_steps": r.accumulation_steps})
     learners = LearnerGroup(r.cluster, in_process=in_process)
     learners.setup(str(model_path), learner_cfg, g.max_steps * g.epochs_per_step, r.seed)
-    rollout = RolloutGroup(r.cluster, r.rollout, str(model_path), r.seed, in_process=in_process)
+    rollout = RolloutGroup(r.cluster, r.rollout, str(model_path), r.seed, in_process=in_process, dtype=inference_dtype(r.learner.precision))
     objective = GRPOObjective(g.clip_low, g.clip_high, g.loss_aggregation, g.tis_cap, g.kl_coef, r.rollout.sampling.temperature)
     logprob_fn = TokenLogprobs(r.rollout.sampling.temperature)
 
