@@ -265,9 +265,13 @@ class GRPOSettings(Strict):
     overlong_filtering: bool = True
     tis_cap: float = Field(2.0, gt=0)  # truncated importance sampling cap for train/infer mismatch
     epochs_per_step: int = Field(1, ge=1)
-    off_policy_overlap: bool = False
-    max_staleness_steps: int = Field(1, ge=0)
     eval_every_steps: int = Field(10, ge=1)
+
+    @model_validator(mode="after")
+    def _built(self) -> "GRPOSettings":
+        if self.kl_coef > 0:
+            raise ValueError("kl_coef > 0 needs reference log-probs, which the RL driver does not compute yet; use 0 (as Nemotron 3 Nano)")
+        return self
 
 
 class RLReasoningConfig(Strict):
