@@ -55,9 +55,9 @@ class Family:
 
 
 FAMILIES: tuple[Family, ...] = (
-    Family("add_k", "Write f(x) returning x+{k}.", "add {k}", "x", "return x+{k}", ("return x+{k1}", "return x-{k}"), lambda r: (_int(r),)),
-    Family("sub_k", "Write f(x) returning x-{k}.", "subtract {k}", "x", "return x-{k}", ("return x+{k}", "return {k}-x"), lambda r: (_int(r),)),
-    Family("mul_k", "Write f(x) returning x*{k}.", "multiply by {k}", "x", "return x*{k}", ("return x+{k}", "return x*{k1}"), lambda r: (_int(r),), (2, 9)),
+    Family("add_k", "Write f(x) returning x+{k}.", "add {k}", "x", "return x+{k}", ("return x+{k1}", "return x-{k}"), lambda r: (_int(r),), (1, 99)),
+    Family("sub_k", "Write f(x) returning x-{k}.", "subtract {k}", "x", "return x-{k}", ("return x+{k}", "return {k}-x"), lambda r: (_int(r),), (1, 99)),
+    Family("mul_k", "Write f(x) returning x*{k}.", "multiply by {k}", "x", "return x*{k}", ("return x+{k}", "return x*{k1}"), lambda r: (_int(r),), (2, 19)),
     Family("square", "Write f(x) returning x squared.", "x times x", "x", "return x*x", ("return x*2", "return x+x"), lambda r: (_int(r),)),
     Family("abs", "Write f(x) returning the absolute value of x.", "abs", "x", "return abs(x)", ("return x", "return -x"), lambda r: (r.randint(-9, 9),)),
     Family("even", "Write f(x) returning True if x is even.", "x mod 2", "x", "return x%2==0", ("return x%2==1", "return x>0"), lambda r: (_int(r),)),
@@ -72,6 +72,9 @@ FAMILIES: tuple[Family, ...] = (
 )
 
 N_ASSERTS = 4
+# One-argument families also vary the argument's name, so held-out prompts exist at all: with x
+# alone and constants up to 9 the generator had 37 distinct prompts, all seen in training.
+ARG_NAMES = ("x", "n", "y", "v")
 
 
 def _program(args: str, body: str) -> str:
@@ -94,7 +97,20 @@ def _distinct(cases: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     return list(seen.values())
 
 
+def _rename(family: Family, name: str) -> Family:
+    import dataclasses
+    import re
+
+    def sub(text: str) -> str:
+        return re.sub(r"\bx\b", name, text)
+
+    return dataclasses.replace(family, prompt=sub(family.prompt), think=sub(family.think), args=name,
+                               body=sub(family.body), wrong=tuple(sub(w) for w in family.wrong))  # fmt: skip
+
+
 def _task(family: Family, rng: random.Random, task_id: str) -> Task:
+    if family.args == "x":
+        family = _rename(family, rng.choice(ARG_NAMES))
     k = rng.randint(*family.k_range)
     fill = {"k": k, "k1": k + 1}
     solution = _program(family.args, family.body.format(**fill))
