@@ -48,11 +48,17 @@ def test_two_learners_zero2_equal_one_learner_with_accumulation(checkpoint: str)
     mbs = _micro_batches(2, vocab)
     cfg = dict(micro_batch_size_per_device=2, lr=1e-2, lr_schedule="constant", max_grad_norm=1.0)
 
-    single = LearnerGroup(ClusterConfig(num_learners=1), in_process=True)
-    single.setup(checkpoint, LearnerConfig(zero_stage=0, gradient_accumulation_steps=2, **cfg), STEPS, seed=0)
-    expected = _losses(single, [[0, 1]], mbs)
-
+    # Both groups are Ray actors: a learner in the pytest process would leave torch.distributed
+    # initialised there, and later in-process vLLM engines abort on it.
     init_ray()
+    single = LearnerGroup(ClusterConfig(num_learners=1, cpus_per_learner=1))
+    try:
+        single.setup(checkpoint, LearnerConfig(zero_stage=0, gradient_accumulation_steps=2, **cfg), STEPS, seed=0)
+        expected = _losses(single, [[0, 1]], mbs)
+        ref = single.state_dict()
+    finally:
+        single.shutdown()
+
     pair = LearnerGroup(ClusterConfig(num_learners=2, cpus_per_learner=1))
     try:
         pair.setup(checkpoint, LearnerConfig(zero_stage=2, gradient_accumulation_steps=1, **cfg), STEPS, seed=0)
@@ -63,6 +69,5 @@ def test_two_learners_zero2_equal_one_learner_with_accumulation(checkpoint: str)
 
     assert expected[-1] < expected[0] - 0.05, f"the loss should fall: {expected}"
     assert got == pytest.approx(expected, rel=1e-4, abs=1e-5)
-    ref = single.state_dict()
     assert set(weights) == set(ref)
     assert max((weights[k] - ref[k]).abs().max().item() for k in ref) < 1e-4

@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from align.algorithms.rl.driver import run
 from align.cli import main
-from align.config import load_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 # Tiny and quick: a fresh tiny policy (no SFT start), two single-turn environments, few tokens.
@@ -30,9 +28,20 @@ def _records(run_dir: Path, split: str) -> dict[int, dict]:
     return {r["step"]: r for r in rows if r["split"] == split}
 
 
+IN_PROCESS = """
+import sys
+from align.algorithms.rl.driver import run
+from align.config import load_recipe
+sys.exit(run(load_recipe("nano3-multienv-tiny", sys.argv[1:]), in_process=True))
+"""
+
+
 def test_one_full_rl_step_in_process(tmp_path: Path) -> None:
-    loaded = load_recipe("nano3-multienv-tiny", [*QUICK, "grpo.max_steps=1", "grpo.eval_every_steps=1", f"output_dir={tmp_path}"])
-    assert run(loaded, in_process=True) == 0
+    """The driver without Ray (learner and vLLM engine in one process). That process is a fresh
+    interpreter, not pytest's: both leave process-wide state (torch.distributed, vLLM) behind."""
+    args = [*QUICK, "grpo.max_steps=1", "grpo.eval_every_steps=1", f"output_dir={tmp_path}"]
+    proc = subprocess.run([sys.executable, "-c", IN_PROCESS, *args], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     step = _records(tmp_path, "train")[1]
     for key in ("reward", "math/reward", "instruction_following/reward", "time_rollout_s", "time_learner_s", "time_sync_s",
                 "mismatch_kl", "grad_norm"):  # fmt: skip
