@@ -118,8 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_job(args)
         module, func = {
             "eval": ("align.evaluate", "cmd_eval"),
-            "envs": ("envs.cli", f"cmd_{args.action}"),
-            "sandbox": ("envs.code.cli", f"cmd_{args.action}"),
+            "envs": ("envs.cli", f"cmd_{getattr(args, 'action', '')}"),
+            "sandbox": ("envs.code.cli", f"cmd_{getattr(args, 'action', '')}"),
         }[args.command]
         handler = _handler(module, func)
         if handler is None:

@@ -185,4 +185,39 @@ def print_table(summary: dict[str, Any], title: str) -> None:
         for label, c in modes.items():
             table.add_row(env, label, fmt(c["n"]), fmt(c["accuracy"]), fmt(c["reward"]), fmt(c["thinking_tokens"]),
                           fmt(c["forced_close_rate"]), fmt(c.get("toggle_compliance")), fmt(c.get("budget_adherence")))  # fmt: skip
-    Console().print(table)
+    Console(width=140).print(table)
+
+
+def cmd_eval(args: Any) -> int:
+    """``align eval --model PATH --recipe NAME``: the held-out evaluation of a pipeline or RL recipe.
+
+    A pipeline recipe's ``eval`` section says which environments, how many tasks and which
+    budgets; an RL recipe uses its environments' ``num_eval`` and ``reasoning.eval_budgets``.
+    Writes ``eval.json`` and ``eval_samples.jsonl`` next to the model.
+    """
+    from align.config import load_recipe
+    from align.config.schema import PipelineRecipe, RLRecipe
+    from align.errors import AlignError
+    from align.report import heldout, training_prompts
+
+    loaded = load_recipe(args.recipe, args.overrides)
+    r = loaded.recipe
+    model = Path(args.model)
+    if not (model / "config.json").is_file():
+        raise AlignError(f"--model: no HF checkpoint at '{model}' (expected config.json)")
+    if isinstance(r, PipelineRecipe):
+        counts, budgets, seed = dict(r.eval.envs), list(r.eval.budgets), r.seed
+        sampling = SamplingConfig(max_new_tokens=r.eval.max_new_tokens, max_answer_tokens=r.eval.max_answer_tokens)
+        max_turns = r.eval.max_turns
+        stages = [load_recipe(s.recipe) for s in r.stages]
+    elif isinstance(r, RLRecipe):
+        counts, budgets, seed = {s.name: s.num_eval for s in r.envs}, list(r.reasoning.eval_budgets), r.seed
+        sampling, max_turns, stages = r.rollout.sampling, r.rollout.max_turns, [loaded]
+    else:
+        raise AlignError(f"align eval takes a pipeline or rl recipe; '{loaded.name}' is a {r.job} recipe")
+    envs = make_envs(list(counts))
+    tasks = heldout(envs, counts, training_prompts(envs, stages), seed)
+    summary = evaluate_checkpoint(model, envs, tasks, standard_modes(budgets), sampling, max_turns, seed, samples_path=model / "eval_samples.jsonl")
+    print_table(summary, f"{model}: held-out evaluation ({len(tasks)} tasks)")
+    (model / "eval.json").write_text(json.dumps(summary, indent=2))
+    return 0

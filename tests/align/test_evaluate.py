@@ -57,3 +57,13 @@ def test_standard_modes() -> None:
     labels = [m.label for m in standard_modes([16, 64])]
     assert labels == ["think", "no_think", "budget_16", "budget_64"]
     assert standard_modes([16])[2].mode == ReasoningMode(True, 16)
+
+
+def test_align_eval_names_a_missing_model(tmp_path, capsys) -> None:
+    from align.cli import main
+
+    assert main(["eval", "--model", str(tmp_path / "nope"), "--recipe", "tiny"]) == 2
+    assert "no HF checkpoint" in capsys.readouterr().err
+    (tmp_path / "config.json").write_text("{}")
+    assert main(["eval", "--model", str(tmp_path), "--recipe", "tiny-sft"]) == 2
+    assert "takes a pipeline or rl recipe" in capsys.readouterr().err
