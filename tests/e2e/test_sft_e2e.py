@@ -82,18 +82,47 @@ def test_resume_after_kill_9_reproduces_uninterrupted_losses(tmp_path: Path) -> 
 
 @pytest.fixture()
 def two_node_cluster():
-    """A head and a worker node on loopback addresses (127.0.0.2, 127.0.0.3), one CPU each."""
-    ray = [sys.executable, "-m", "ray.scripts.scripts"]
+    """A head and a worker node on loopback addresses (127.0.0.2, 127.0.0.3), one CPU each.
+
+    Each node runs as ``ray start --block`` in its own process group, and teardown kills only
+    those groups: ``ray stop`` would also kill every other Ray on the machine, including the one
+    this pytest process may have started, and Ray then ends this process.
+    """
+    ray = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", "--num-cpus=1", "--disable-usage-stats"]
     env = _env(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="1")  # allow a second node; addresses stay loopback
-    port = "6399"
-    subprocess.run(ray + ["start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
-                          "--node-ip-address=127.0.0.2", "--disable-usage-stats"], check=True, env=env, capture_output=True)  # fmt: skip
+    address = "127.0.0.2:6399"
+    nodes = [subprocess.Popen(ray + ["--head", "--port=6399", "--include-dashboard=false", "--node-ip-address=127.0.0.2"],
+                              env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]  # fmt: skip
     try:
-        subprocess.run(ray + ["start", f"--address=127.0.0.2:{port}", "--num-cpus=1", "--node-ip-address=127.0.0.3",
-                              "--disable-usage-stats"], check=True, env=env, capture_output=True)  # fmt: skip
-        yield f"127.0.0.2:{port}"
+        check = [sys.executable, "-c", f"import ray; ray.init(address='{address}'); assert len(ray.nodes()) >= {{n}}"]
+        _wait_for(lambda: subprocess.run([c.replace("{n}", "1") for c in check], env=env, capture_output=True).returncode == 0)
+        nodes.append(subprocess.Popen(ray + [f"--address={address}", "--node-ip-address=127.0.0.3"],
+                                      env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
+        _wait_for(lambda: subprocess.run([c.replace("{n}", "2") for c in check], env=env, capture_output=True).returncode == 0)
+        yield address
     finally:
-        subprocess.run(ray + ["stop", "--force"], env=env, capture_output=True)
+        for node in reversed(nodes):
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(node.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    node.wait(timeout=20)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+            try:
+                os.killpg(node.pid, signal.SIGKILL)  # whatever the node left in its group
+            except ProcessLookupError:
+                pass
+
+
+def _wait_for(ready, timeout_s: float = 90) -> None:
+    deadline = time.time() + timeout_s
+    while not ready():
+        assert time.time() < deadline, "the Ray test cluster did not come up"
+        time.sleep(1)
 
 
 def test_sft_on_a_two_node_cluster_places_one_learner_per_node(tmp_path: Path, two_node_cluster: str) -> None:
