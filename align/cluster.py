@@ -44,7 +44,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
+        # "local": a new embedded instance even when a `ray start` cluster runs on this machine
+        # (plain ray.init() would join it, and then refuses num_cpus).
         ray.init(
+            address="local",
             num_cpus=max(num_cpus or 0, os.cpu_count() or 1),
             include_dashboard=False,
             runtime_env=runtime_env,
