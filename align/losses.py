@@ -53,7 +53,8 @@ def dpo_losses(
     """Per-pair DPO losses from summed sequence log-probs, plus chosen/rejected implicit rewards.
 
     sigmoid: -(1-e) log s(b h) - e log s(-b h) (conservative DPO when e > 0);
-    ipo: (h - 1/(2b))^2, with h the log-ratio margin. Same conventions as TRL's DPOTrainer.
+    ipo: (h - 1/(2b))^2, with h the log-ratio margin. Same conventions as TRL's DPOTrainer;
+    TRL 1.16 feeds IPO per-token *average* log-probs (so does ``DPOObjective``), the others sums.
     """
     h = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
     if loss_type == "sigmoid":
@@ -102,6 +103,16 @@ def truncated_is_weights(train_logp: torch.Tensor, rollout_logp: torch.Tensor, c
     return torch.exp(train_logp - rollout_logp).clamp(max=cap).detach()
 
 
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(p || ref) for tokens sampled from p: r - log r - 1, r = ref / p.
+
+    Unbiased and never negative (Schulman 2020, "Approximating KL divergence"); the estimator
+    GRPO uses for its KL penalty (DeepSeekMath eq. 4). Gradients flow through ``logp``.
+    """
+    log_r = ref_logp - logp
+    return torch.exp(log_r) - log_r - 1
+
+
 def grpo_loss_sum(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
@@ -119,7 +130,8 @@ def grpo_loss_sum(
     ``logp``/``old_logp``/``mask``: [B, T] per-token; ``advantages``: [B]. With ``token``
     aggregation the unit is a token (divide by the global token count); with ``sequence``
     each sequence's token mean counts once (divide by the number of sequences).
-    KL (k3 estimator) to the reference is added when ``kl_coef`` > 0.
+    With ``kl_coef`` > 0, the k3 KL to the reference (:func:`kl_k3` against ``ref_logp``) is
+    added per token times ``kl_coef``, outside the importance weights (as GRPO/DeepSeekMath).
     """
     mask = mask.float()
     ratio = torch.exp(logp - old_logp)
@@ -130,8 +142,7 @@ def grpo_loss_sum(
     if is_weights is not None:
         per_token = per_token * is_weights
     if kl_coef > 0 and ref_logp is not None:
-        log_r = ref_logp - logp
-        per_token = per_token + kl_coef * (torch.exp(log_r) - log_r - 1)
+        per_token = per_token + kl_coef * kl_k3(logp, ref_logp)
     if aggregation == "token":
         total = (per_token * mask).sum()
     elif aggregation == "sequence":

@@ -7,7 +7,8 @@ policy on held-out tasks, so a run shows whether preference training cost task s
 The reference is frozen and never written to disk. Before every train and eval step the
 driver asks it for the summed log-probs of the step's chosen and rejected responses and puts
 them into the micro-batches (``ref_chosen_logps``, ``ref_rejected_logps``); the objective
-(:class:`align.learner.objectives.DPOObjective`) reads them there. Two kinds of reference:
+(:class:`align.learner.objectives.DPOObjective`) reads them there. Two kinds of reference
+(:class:`align.algorithms.common.FrozenReference`, which GRPO's KL uses too):
 
 - ``separate_group``: a second :class:`LearnerGroup` loaded from the same start weights and
   only ever used for forward passes. Costs a second copy of the model (and its placement-group
@@ -25,63 +26,51 @@ import json
 from pathlib import Path
 from typing import Any
 
-from align.algorithms.common import JobError, console, count_pairs, finish, per_pair_means, prepare_job, train_loop
+from align.algorithms.common import FrozenReference, JobError, console, count_pairs, finish, per_pair_means, prepare_job, train_loop
 from align.cluster import LearnerGroup, init_ray
 from align.config import LoadedRecipe
 from align.learner.engine import MicroBatch
-from align.learner.objectives import DPOObjective, reference_pair_logps, reference_pair_logps_lora_disabled
+from align.learner.objectives import DPOObjective, reference_pair_logps
 
 
 class Reference:
-    """Reference log-probs for DPO micro-batches, from a frozen group or from LoRA-disabled learners."""
+    """DPO's reference: the shared frozen reference (:class:`FrozenReference`) and the pair log-probs it adds."""
 
     def __init__(self, loaded: LoadedRecipe, model_path: Path) -> None:
         r = loaded.recipe
         self.kind = r.dpo.reference
-        self.group: LearnerGroup | None = None
-        if self.kind == "lora_disabled":
-            if r.learner.lora is None:
-                raise JobError(
-                    "dpo.reference is lora_disabled, but learner.lora is not set: there are no adapters to disable. "
-                    "Set learner.lora (e.g. learner.lora={r: 16}) or use dpo.reference=separate_group."
-                )
-            return
-        # Both groups share the embedded Ray session; ask for the slots of both up front.
         c = r.cluster
-        init_ray(c.ray_address, num_cpus=int(2 * c.num_learners * c.cpus_per_learner) + 1)
-        self.group = LearnerGroup(c)
-        # The reference never steps: full weights (no LoRA), and total_steps only sizes an unused schedule.
-        self.group.setup(str(model_path), r.learner.model_copy(update={"lora": None}), 1, r.seed)
+        if self.kind == "separate_group":
+            # Both groups share the embedded Ray session; ask for the slots of both up front.
+            init_ray(c.ray_address, num_cpus=int(c.num_learners * c.cpus_per_learner + FrozenReference.cpus(self.kind, c)) + 1)
+        self.frozen = FrozenReference(self.kind, c, r.learner, model_path, r.seed, key="dpo.reference")
 
     def add_to_batch(self, policy: LearnerGroup, per_rank: list[list[MicroBatch]]) -> None:
         """Put ``ref_chosen_logps`` / ``ref_rejected_logps`` into every micro-batch, in place."""
-        if self.group is not None:
-            out = self.group.compute(per_rank, reference_pair_logps)
-        else:
-            out = policy.compute(per_rank, reference_pair_logps_lora_disabled)
+        out = self.frozen.compute(policy, per_rank, reference_pair_logps)
         for rank, logps in zip(per_rank, out, strict=True):
             for mb, lp in zip(rank, logps, strict=True):
                 mb["ref_chosen_logps"], mb["ref_rejected_logps"] = lp[:, 0].contiguous(), lp[:, 1].contiguous()
 
     def shutdown(self) -> None:
-        if self.group is not None:
-            self.group.shutdown()
+        self.frozen.shutdown()
 
 
-def task_accuracy(loaded: LoadedRecipe, model_path: Path, rows: list[dict[str, Any]], run_dir: Path, label: str) -> dict[str, Any]:
-    """Greedy accuracy of ``model_path`` on the generated tasks behind held-out rows (``/think`` and ``/no_think``)."""
+def task_accuracy(loaded: LoadedRecipe, model_path: Path, run_dir: Path, label: str) -> dict[str, Any]:
+    """Greedy accuracy of ``model_path`` on held-out generated tasks (``/think`` and ``/no_think``).
+
+    ``dpo.num_eval_samples_to_generate`` tasks per environment of ``data.generated``, drawn from
+    the environments' evaluation seed stream (disjoint from the training streams), so the start
+    and the final policy are scored on the same tasks.
+    """
     from align.config.schema import SamplingConfig
-    from align.evaluate import evaluate_checkpoint, make_envs, standard_modes, tasks_for_rows
+    from align.evaluate import evaluate_checkpoint, heldout_tasks, make_envs, standard_modes
 
     r = loaded.recipe
-    limit = r.dpo.num_eval_samples_to_generate
-    per_env: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        per_env.setdefault(row["env"], [])
-        if len(per_env[row["env"]]) < limit:
-            per_env[row["env"]].append(row)
-    envs = make_envs(sorted(per_env))
-    tasks = tasks_for_rows([row for rs in per_env.values() for row in rs], envs, r.data.generated)
+    assert r.data.generated is not None
+    names = sorted(r.data.generated.envs)
+    envs = make_envs(names)
+    tasks = heldout_tasks(envs, {n: r.dpo.num_eval_samples_to_generate for n in names}, seed=r.seed)
     sampling = SamplingConfig(temperature=0.0, max_new_tokens=r.dpo.max_new_tokens, max_answer_tokens=32)
     return evaluate_checkpoint(model_path, envs, tasks, standard_modes(), sampling, max_turns=3, seed=r.seed,
                                samples_path=run_dir / f"eval_samples_{label}.jsonl")  # fmt: skip
@@ -115,9 +104,8 @@ def run(loaded: LoadedRecipe, resume: bool = False) -> int:
     summary["final_checkpoint"] = str(final)
     summary["data"] = job.stats
     if r.data.path is None and d.num_eval_samples_to_generate > 0:
-        rows = job.data.eval.rows
-        start = task_accuracy(loaded, job.model_path, rows, job.run_dir, "start")
-        end = task_accuracy(loaded, final, rows, job.run_dir, "final")
+        start = task_accuracy(loaded, job.model_path, job.run_dir, "start")
+        end = task_accuracy(loaded, final, job.run_dir, "final")
         summary["task_accuracy"] = {"start": start, "final": end}
         console.print(f"task accuracy (greedy, held-out tasks): start {_overall(start)} -> final {_overall(end)}")
     (job.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
