@@ -18,10 +18,12 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from align.cluster import LearnerGroup, init_ray
 from align.config import LoadedRecipe
+from align.config.schema import ClusterConfig, LearnerConfig
 from align.data import BatchPlan, PreparedData, RowKind, iter_texts, load_splits, pad_batch, prepare_data, shard_batch
 from align.data.tokenize import example_lengths
 from align.errors import AlignError
 from align.learner.engine import MicroBatch, Objective
+from align.learner.objectives import AdaptersOff
 from align.models import load_tokenizer, prepare_initial_checkpoint
 from align.runlog import Checkpoints, MetricsLog, plot_curves
 
@@ -299,3 +301,71 @@ def finish(
     os.replace(tmp, final)
     plot_curves(job.run_dir, plots, "loss.png", title)
     return final
+
+
+# ---------------------------------------------------------------------------- frozen reference
+
+
+class FrozenReference:
+    """The frozen start policy, for per-micro-batch reference values (DPO, GRPO with ``kl_coef > 0``).
+
+    Drivers ask it for reference log-probs just before a step and put them into the
+    micro-batches; they are never written to disk. Two kinds:
+
+    - ``separate_group``: a second :class:`LearnerGroup` loaded from the same start weights and
+      only ever used for forward passes. Costs a second copy of the model (and its placement-group
+      slots: ``cluster.num_learners`` more bundles of ``cpus_per_learner``/``gpus_per_learner``).
+    - ``lora_disabled``: with ``learner.lora`` set, the policy's own learners with the adapters
+      switched off (:class:`align.learner.objectives.AdaptersOff`): no second copy, exact
+      because LoRA starts at zero.
+
+    ``key`` is the recipe key that chose the kind (``dpo.reference``), for error messages. The
+    caller starts Ray with room for :meth:`cpus` more CPUs before building one.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        cluster: ClusterConfig,
+        learner: LearnerConfig,
+        model_path: Path,
+        seed: int,
+        key: str,
+        in_process: bool = False,
+    ) -> None:
+        self.check(kind, learner, key)
+        self.kind = kind
+        self.group: LearnerGroup | None = None
+        if kind == "lora_disabled":
+            return
+        self.group = LearnerGroup(cluster, in_process=in_process)
+        # The reference never steps: full weights (no LoRA), and total_steps only sizes an unused schedule.
+        self.group.setup(str(model_path), learner.model_copy(update={"lora": None}), 1, seed)
+
+    @staticmethod
+    def check(kind: str, learner: LearnerConfig, key: str) -> None:
+        """Refuse a reference that cannot work, before anything starts."""
+        if kind == "lora_disabled" and learner.lora is None:
+            raise JobError(
+                f"{key} is lora_disabled, but learner.lora is not set: there are no adapters to disable. "
+                f"Set learner.lora (e.g. learner.lora={{r: 16}}) or use {key}=separate_group."
+            )
+        if kind not in ("lora_disabled", "separate_group"):
+            raise JobError(f"{key}: unknown reference kind {kind!r}; expected separate_group or lora_disabled")
+
+    @staticmethod
+    def cpus(kind: str, cluster: ClusterConfig) -> float:
+        """CPUs a reference of ``kind`` takes in the Ray session, beyond the policy's learners."""
+        return cluster.num_learners * cluster.cpus_per_learner if kind == "separate_group" else 0.0
+
+    def compute(
+        self, policy: LearnerGroup, per_rank: list[list[MicroBatch]], fn: Callable[[Any, MicroBatch], torch.Tensor]
+    ) -> list[list[torch.Tensor]]:
+        """``fn(reference_model, mb)`` for every micro-batch, laid out like ``per_rank``."""
+        if self.group is not None:
+            return self.group.compute(per_rank, fn)
+        return policy.compute(per_rank, AdaptersOff(fn))
+
+    def shutdown(self) -> None:
+        if self.group is not None:
+            self.group.shutdown()

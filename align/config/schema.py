@@ -258,7 +258,11 @@ class GRPOSettings(Strict):
     baseline: Literal["mean_std", "leave_one_out"] = "leave_one_out"
     clip_low: float = Field(0.2, gt=0)
     clip_high: float = Field(0.28, gt=0)
+    # k3 KL to the frozen start policy, per token in the loss (0: off, as Nemotron 3 Nano).
     kl_coef: float = Field(0.0, ge=0)
+    # Where that reference lives when kl_coef > 0: separate_group (a second learner group with the
+    # start weights) or lora_disabled (the policy's learners with the LoRA adapters off; needs learner.lora).
+    reference: Literal["separate_group", "lora_disabled"] = "separate_group"
     loss_aggregation: Literal["token", "sequence"] = "token"
     dynamic_sampling: bool = True
     max_refill_rounds: int = Field(2, ge=0)
@@ -266,12 +270,11 @@ class GRPOSettings(Strict):
     tis_cap: float = Field(2.0, gt=0)  # truncated importance sampling cap for train/infer mismatch
     epochs_per_step: int = Field(1, ge=1)
     eval_every_steps: int = Field(10, ge=1)
-
-    @model_validator(mode="after")
-    def _built(self) -> "GRPOSettings":
-        if self.kl_coef > 0:
-            raise ValueError("kl_coef > 0 needs reference log-probs, which the RL driver does not compute yet; use 0 (as Nemotron 3 Nano)")
-        return self
+    # Off-policy overlap: the rollout of step t+1 runs while the learners update on step t, so its
+    # trajectories come from weights up to max_staleness updates old (logged as `staleness`); the
+    # PPO ratio is taken against the learner's current weights and TIS corrects the rest.
+    off_policy_overlap: bool = False
+    max_staleness: int = Field(1, ge=1)
 
 
 class RLReasoningConfig(Strict):

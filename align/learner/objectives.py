@@ -6,6 +6,7 @@ They run inside learner actors. Each returns a *sum* over its units; the learner
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -55,17 +56,28 @@ def reference_pair_logps(model: nn.Module, mb: dict[str, torch.Tensor]) -> torch
     return torch.stack([chosen.sum(-1), rejected.sum(-1)], dim=-1)
 
 
-def reference_pair_logps_lora_disabled(model: nn.Module, mb: dict[str, torch.Tensor]) -> torch.Tensor:
-    """:func:`reference_pair_logps` of the base weights: the LoRA adapters are off inside peft's context.
+@dataclass(frozen=True)
+class AdaptersOff:
+    """``fn(model, mb)`` on the base weights: the LoRA adapters are off inside peft's context.
 
-    Exact for a reference equal to the weights LoRA started from (adapters initialise to zero);
-    it costs no second copy of the model.
+    The frozen reference of a LoRA policy (DPO, GRPO's KL): exact for a reference equal to the
+    weights LoRA started from (adapters initialise to zero), and it costs no second copy of the
+    model. Picklable, for ``LearnerGroup.compute``.
     """
-    module = getattr(model, "module", model)  # the DeepSpeed engine wraps the peft model
-    if not hasattr(module, "disable_adapter"):
-        raise ValueError("reference lora_disabled needs a LoRA learner (set learner.lora), or use reference: separate_group")
-    with module.disable_adapter():
-        return reference_pair_logps(model, mb)
+
+    fn: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
+
+    def __call__(self, model: nn.Module, mb: dict[str, torch.Tensor]) -> torch.Tensor:
+        module = getattr(model, "module", model)  # the DeepSpeed engine wraps the peft model
+        if not hasattr(module, "disable_adapter"):
+            raise ValueError("reference lora_disabled needs a LoRA learner (set learner.lora), or use reference: separate_group")
+        with module.disable_adapter():
+            return self.fn(model, mb)
+
+
+def reference_pair_logps_lora_disabled(model: nn.Module, mb: dict[str, torch.Tensor]) -> torch.Tensor:
+    """:func:`reference_pair_logps` of the base weights (:class:`AdaptersOff`)."""
+    return AdaptersOff(reference_pair_logps)(model, mb)
 
 
 @dataclass(frozen=True)

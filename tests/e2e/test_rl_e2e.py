@@ -32,7 +32,8 @@ IN_PROCESS = """
 import sys
 from align.algorithms.rl.driver import run
 from align.config import load_recipe
-sys.exit(run(load_recipe("nano3-multienv-tiny", sys.argv[1:]), in_process=True))
+args = [a for a in sys.argv[1:] if a != "--resume"]
+sys.exit(run(load_recipe("nano3-multienv-tiny", args), resume="--resume" in sys.argv, in_process=True))
 """
 
 
@@ -57,16 +58,42 @@ def test_one_full_rl_step_in_process(tmp_path: Path) -> None:
     assert (tmp_path / "final" / "config.json").is_file()
 
 
+def test_kl_and_off_policy_overlap_in_process(tmp_path: Path) -> None:
+    """KL to a separate frozen reference and one-step overlap in one run, checkpointed every step.
+    Groups are not filtered, so every step's KL is measured on all 16 trajectories. (Resuming an
+    overlapped run: the slow variant of the kill -9 test below.)"""
+    args = [*QUICK, "grpo.kl_coef=0.05", "grpo.off_policy_overlap=true", "grpo.max_staleness=1", "grpo.dynamic_sampling=false",
+            "grpo.overlong_filtering=false", "learner.lr=1e-3", "learner.lr_schedule=constant", "grpo.eval_every_steps=100",
+            "checkpoint.every_steps=1", "grpo.max_steps=3", f"output_dir={tmp_path}"]  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", IN_PROCESS, *args], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    train = _records(tmp_path, "train")
+    assert sorted(train) == [1, 2, 3]
+    # Step 1 trains on the start weights' rollout; later steps on a rollout made during the previous update.
+    assert [train[s]["staleness"] for s in (1, 2, 3)] == [0.0, 1.0, 1.0]
+    # The policy starts as the reference (KL 0 up to float noise) and moves away from it.
+    assert train[1]["kl"] < 1e-6
+    assert train[3]["kl"] > 1e-4 and train[3]["kl"] > 100 * max(train[1]["kl"], 1e-9)
+    assert {"math/kl", "instruction_following/kl"} <= set(train[3])
+    # The checkpoint after update 2 resumes the task streams after step 2's prompts, not after the
+    # prompts the overlapped rollout of step 3 had already drawn.
+    state = json.loads((tmp_path / "checkpoints" / "step_000002" / "state.json").read_text())
+    assert sum(state["tasks"]["position"].values()) == 2 * 4
+    assert set(_records(tmp_path, "eval")) == {0, 3} and (tmp_path / "final" / "config.json").is_file()
+
+
 def test_full_scale_recipe_says_what_is_missing(capsys) -> None:
     assert main(["rl", "--recipe", "nano3-multienv"]) == 2
     err = capsys.readouterr().err
     assert "16 GPUs" in err and "this machine has 0" in err and "align rl --recipe nano3-multienv-tiny" in err
 
 
-def test_rl_through_ray_resumes_after_kill_9(tmp_path: Path) -> None:
+@pytest.mark.parametrize("overlap", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["on_policy", "overlap"])
+def test_rl_through_ray_resumes_after_kill_9(tmp_path: Path, overlap: bool) -> None:
     run_dir = tmp_path / "run"
     args = [sys.executable, "-m", "align.cli", "rl", "--recipe", "nano3-multienv-tiny", *QUICK, "grpo.max_steps=4",
-            "grpo.eval_every_steps=100", "checkpoint.every_steps=2", f"output_dir={run_dir}"]  # fmt: skip
+            "grpo.eval_every_steps=100", "checkpoint.every_steps=2", f"grpo.off_policy_overlap={str(overlap).lower()}",
+            f"output_dir={run_dir}"]  # fmt: skip
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -87,5 +114,8 @@ def test_rl_through_ray_resumes_after_kill_9(tmp_path: Path) -> None:
     resumed = subprocess.run(args + ["--resume"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "at step 2" in resumed.stdout
-    assert sorted(_records(run_dir, "train")) == [1, 2, 3, 4]
+    train = _records(run_dir, "train")
+    assert sorted(train) == [1, 2, 3, 4]
+    # Overlap: the first rollout after the resume is made from the checkpoint's weights.
+    assert [train[s]["staleness"] for s in (1, 2, 3, 4)] == ([0.0, 1.0, 0.0, 1.0] if overlap else [0.0] * 4)
     assert (run_dir / "final" / "config.json").is_file()

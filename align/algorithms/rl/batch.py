@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from align.config.schema import GRPOSettings
-from align.losses import IGNORE, group_advantages
+from align.losses import IGNORE, group_advantages, kl_k3
 
 
 @dataclass
@@ -87,12 +87,18 @@ def to_sequences(groups: Sequence[Scored]) -> list[Sequence_]:
 
 
 def micro_batches(seqs: list[Sequence_], world_size: int, accumulation: int, pad_id: int, aggregation: str) -> list[list[dict[str, torch.Tensor]]]:
-    """Per-rank micro-batches, sorted by length (less padding), each with the global unit count."""
+    """Per-rank micro-batches, sorted by length (less padding), each with the global unit count.
+
+    Each micro-batch carries ``sequence_index``: the position in ``seqs`` of each of its rows.
+    """
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i].input_ids))
     parts = world_size * accumulation
     size = len(seqs) // parts
     chunks = [[seqs[i] for i in order[k * size : (k + 1) * size]] for k in range(parts)]
     built = [_pad(c, pad_id) for c in chunks]
+    for k, mb in enumerate(built):
+        # Which sequence of ``seqs`` each row is, for metrics per environment after the sort.
+        mb["sequence_index"] = torch.tensor(order[k * size : (k + 1) * size], dtype=torch.long)
     if aggregation == "token":
         total = sum(float(mb["loss_mask"].sum()) for mb in built)
     else:
@@ -122,3 +128,25 @@ def _pad(seqs: list[Sequence_], pad_id: int) -> dict[str, torch.Tensor]:
         "rollout_logprobs": lps,
         "advantages": torch.tensor([s.advantage for s in seqs], dtype=torch.float32),
     }
+
+
+def mean_k3(per_rank: list[list[dict[str, torch.Tensor]]], sample_key: str, other_key: str, labels: Sequence[str] = ()) -> dict[str, float]:
+    """Mean per-token k3 KL(sample || other) over the policy tokens (``loss_mask``) of a step.
+
+    ``sample_key`` holds the log-probs of the policy the tokens are taken as drawn from. Returns
+    ``{"": overall}``, plus ``{label: mean}`` per distinct label when ``labels`` names each
+    sequence (indexed by ``sequence_index``), e.g. its environment.
+    """
+    sums: dict[str, float] = {"": 0.0}
+    counts: dict[str, float] = {"": 0.0}
+    for mbs in per_rank:
+        for mb in mbs:
+            m = mb["loss_mask"]
+            per_row = (kl_k3(mb[sample_key], mb[other_key]) * m).sum(-1)
+            n_row = m.sum(-1)
+            sums[""] += float(per_row.sum())
+            counts[""] += float(n_row.sum())
+            for i, row in enumerate(mb["sequence_index"].tolist() if labels else []):
+                sums[labels[row]] = sums.get(labels[row], 0.0) + float(per_row[i])
+                counts[labels[row]] = counts.get(labels[row], 0.0) + float(n_row[i])
+    return {k: sums[k] / max(counts[k], 1.0) for k in sums}

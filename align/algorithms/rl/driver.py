@@ -5,10 +5,17 @@ One step, top to bottom:
 2. the RolloutGroup plays G episodes per task (multi-turn where the environment is);
 3. every trajectory is scored by its own environment plus the recipe's reward functions;
 4. group advantages; dynamic sampling drops all-equal groups and refills; overlong filtering;
-5. learners compute old log-probs (the train/inference mismatch is measured here), then take
-   one clipped policy-gradient step per epoch with truncated importance sampling;
+5. learners compute old log-probs (the train/inference mismatch is measured here) and, with
+   ``grpo.kl_coef > 0``, the frozen reference computes reference log-probs (KL logged per
+   environment); then one clipped policy-gradient step per epoch with truncated importance sampling;
 6. new weights go learner -> rollout engines in place; metrics, sample trajectories and, every
    K steps, an atomic checkpoint (learner state + task-stream positions) are written.
+
+With ``grpo.off_policy_overlap`` steps 1-4 of step t+1 run (on a background thread, see
+``schedule.py``) while the learners do step 5 of step t; the trajectories are then one update
+stale (``staleness`` in the metrics, at most ``grpo.max_staleness``). Checkpoints and metrics
+are the same as on-policy. A resumed overlapped run regenerates its first rollouts from the
+checkpoint's weights (staleness 0 there), so it is not bitwise the uninterrupted run.
 """
 
 from __future__ import annotations
@@ -18,12 +25,15 @@ import json
 import shutil
 import time
 from collections import defaultdict
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from align.algorithms.common import JobError, console, start_checkpoint
-from align.algorithms.rl.batch import Scored, fill, finalize, micro_batches, select_groups, to_sequences
+from align.algorithms.common import FrozenReference, JobError, console, start_checkpoint
+from align.algorithms.rl.batch import Scored, fill, finalize, mean_k3, micro_batches, select_groups, to_sequences
 from align.algorithms.rl.objective import GRPOObjective, TokenLogprobs
+from align.algorithms.rl.schedule import EngineQueue
 from align.algorithms.rl.tasks import TaskMixer, assign_mode, load_tasks
 from align.cluster import LearnerGroup, RolloutGroup, init_ray
 from align.config import LoadedRecipe
@@ -42,6 +52,8 @@ def check_machine(loaded: LoadedRecipe) -> None:
     r: RLRecipe = loaded.recipe  # type: ignore[assignment]
     missing = []
     need = r.cluster.gpus_needed(with_rollout=True)
+    if r.grpo.kl_coef > 0 and r.grpo.reference == "separate_group":
+        need += r.cluster.num_learners * r.cluster.gpus_per_learner  # the frozen reference's own group
     if need > 0:
         import torch
 
@@ -67,6 +79,10 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
     """Run the recipe. ``in_process`` uses the same workers without Ray (one learner, one engine)."""
     r: RLRecipe = loaded.recipe  # type: ignore[assignment]
     check_machine(loaded)
+    g = r.grpo
+    use_reference = g.kl_coef > 0
+    if use_reference:
+        FrozenReference.check(g.reference, r.learner, "grpo.reference")
     run_dir = Path(r.output_dir)
     model_path = start_checkpoint(loaded)
     tokenizer = load_tokenizer(model_path)
@@ -75,15 +91,16 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
     train_tasks = {s.name: load_tasks(s, envs[s.name], s.num_train, r.seed, "train") for s in r.envs}
     eval_tasks = [t for s in r.envs for t in load_tasks(s, envs[s.name], s.num_eval, r.seed, "eval")]
     mixer = TaskMixer(train_tasks, {s.name: s.weight for s in r.envs}, r.seed)
-    g = r.grpo
 
     if in_process and r.cluster.num_learners != 1:
         raise JobError("in-process RL runs one learner: set cluster.num_learners=1")
     if not in_process:
-        init_ray(r.cluster.ray_address, num_cpus=int(r.cluster.num_learners * r.cluster.cpus_per_learner) + r.cluster.num_rollout_engines)
+        ref_cpus = FrozenReference.cpus(g.reference, r.cluster) if use_reference else 0.0
+        init_ray(r.cluster.ray_address, num_cpus=int(r.cluster.num_learners * r.cluster.cpus_per_learner + ref_cpus) + r.cluster.num_rollout_engines)
     learner_cfg = r.learner.model_copy(update={"gradient_accumulation_steps": r.accumulation_steps})
     learners = LearnerGroup(r.cluster, in_process=in_process)
     learners.setup(str(model_path), learner_cfg, g.max_steps * g.epochs_per_step, r.seed)
+    reference = FrozenReference(g.reference, r.cluster, learner_cfg, model_path, r.seed, "grpo.reference", in_process) if use_reference else None
     rollout = RolloutGroup(r.cluster, r.rollout, str(model_path), r.seed, in_process=in_process, dtype=inference_dtype(r.learner.precision))
     objective = GRPOObjective(g.clip_low, g.clip_high, g.loss_aggregation, g.tis_cap, g.kl_coef, r.rollout.sampling.temperature)
     logprob_fn = TokenLogprobs(r.rollout.sampling.temperature)
@@ -104,79 +121,104 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
     def evaluate(step: int) -> dict[str, Any]:
         modes = standard_modes(r.reasoning.eval_budgets)
         results = asyncio.run(play(envs, eval_tasks, modes, tokenizer, rollout.generate, r.rollout.sampling, r.rollout.max_turns, r.seed))
-        summary = summarize(results)
+        return summarize(results)
+
+    def log_eval(step: int, summary: dict[str, Any]) -> None:
         flat = {f"{env}/{mode}/{k}": v for env, ms in summary.items() for mode, c in ms.items() for k, v in c.items() if v is not None}
         log.log(step, "eval", flat)
-        return summary
+        history["eval"][step] = summary
+        _print_eval(step, summary)
 
-    history: dict[str, Any] = {"eval": {}}
-    if start == 0:
-        history["eval"][0] = evaluate(0)
-        _print_eval(0, history["eval"][0])
-
-    for step in range(start, g.max_steps):
-        t_step = time.perf_counter()
+    def produce(step: int) -> StepRollout:
+        """Steps 1-4 for one RL step (runs on the engine queue: inline, or ahead of the learners)."""
+        out = StepRollout(step=step, weights_version=queue.version)
         rng_seed = r.seed * 1_000_003 + step
         needed = g.prompts_per_step
         kept: list[Scored] = []
-        dropped: list[Scored] = []
-        t_rollout = t_score = 0.0
-        rollout_tokens = 0
-        all_groups: list[Scored] = []
         for round_ in range(g.max_refill_rounds + 1 if g.dynamic_sampling else 1):
             tasks = mixer.next(needed - len(kept) if round_ else needed)
             pairs = [(t, assign_mode(t, r.reasoning, r.seed)) for t in tasks]
             t0 = time.perf_counter()
             groups = asyncio.run(collect(envs, pairs, g.generations_per_prompt, tokenizer=tokenizer, generate=rollout.generate,
                                          sampling=r.rollout.sampling, max_turns=r.rollout.max_turns, seed=rng_seed + 7 * round_))  # fmt: skip
-            t_rollout += time.perf_counter() - t0
-            rollout_tokens += sum(t.num_policy_tokens for grp in groups for t in grp)
+            out.time_rollout_s += time.perf_counter() - t0
+            out.rollout_tokens += sum(t.num_policy_tokens for grp in groups for t in grp)
             t0 = time.perf_counter()
             scored = [score_group(grp, rewards, r.rollout.sampling.max_new_tokens, g) for grp in groups]
-            t_score += time.perf_counter() - t0
-            all_groups += scored
+            out.time_score_s += time.perf_counter() - t0
+            out.all_groups += scored
             new_kept, new_dropped = select_groups(scored, needed - len(kept), g.dynamic_sampling)
             kept += new_kept
-            dropped += new_dropped
+            out.dropped += new_dropped
             if len(kept) >= needed:
                 break
-        train_groups = fill(kept, dropped, needed)
+        out.kept = kept
+        out.train_groups = fill(kept, out.dropped, needed)
+        out.tasks_state = mixer.state_dict()  # what a checkpoint after this step's update resumes from
+        return out
 
-        # Learners: old log-probs (and the train/inference mismatch), then the update.
-        t0 = time.perf_counter()
-        per_rank = micro_batches(to_sequences(train_groups), learners.size, r.accumulation_steps, tokenizer.pad_token_id, g.loss_aggregation)
-        old = learners.compute(per_rank, logprob_fn)
-        for rank_mbs, rank_old in zip(per_rank, old, strict=True):
-            for mb, lp in zip(rank_mbs, rank_old, strict=True):
-                mb["old_logprobs"] = lp
-        mismatch = _mismatch(per_rank)
-        train_metrics: dict[str, float] = {}
-        for _ in range(g.epochs_per_step):
-            train_metrics = learners.train_step(per_rank, objective)
-        t_learn = time.perf_counter() - t0
+    history: dict[str, Any] = {"eval": {}}
+    if start == 0:
+        log_eval(0, evaluate(0))
 
-        t0 = time.perf_counter()
-        rollout.update_weights(learners.state_dict())
-        t_sync = time.perf_counter() - t0
+    # Rollouts run `depth` steps ahead of the learners (0: on-policy); see align/algorithms/rl/schedule.py.
+    depth = g.max_staleness if g.off_policy_overlap else 0
+    queue = EngineQueue(threaded=depth > 0, version=start)
+    pending: dict[int, Future[StepRollout]] = {}
+    try:
+        for step in range(start, g.max_steps):
+            t_step = time.perf_counter()
+            for ahead in range(step, min(step + depth, g.max_steps - 1) + 1):
+                if ahead not in pending:
+                    pending[ahead] = queue.submit(produce, ahead)
+            ro = pending.pop(step).result()
+            t_wait = time.perf_counter() - t_step
+            staleness = step - ro.weights_version
+            assert 0 <= staleness <= depth, f"step {step} trained on weights {staleness} updates old (max {depth})"
 
-        done = step + 1
-        metrics = _step_metrics(all_groups, kept, train_metrics)
-        metrics.update(mismatch)
-        metrics.update(time_rollout_s=t_rollout, time_score_s=t_score, time_learner_s=t_learn, time_sync_s=t_sync,
-                       time_step_s=time.perf_counter() - t_step, rollout_tokens_per_s=rollout_tokens / max(t_rollout, 1e-9),
-                       groups_kept=float(len(kept)), groups_dropped=float(len(dropped)))  # fmt: skip
-        log.log(done, "train", metrics)
-        _write_samples(samples_file, done, all_groups, per_group=1)
-        console.print(
-            f"step {done}/{g.max_steps}  reward {metrics['reward']:.3f}  acc {metrics['accuracy']:.3f}  kept {len(kept)}/{needed}  "
-            f"rollout {t_rollout:.1f}s ({metrics['rollout_tokens_per_s']:.0f} tok/s)  score {t_score:.2f}s  learner {t_learn:.1f}s  "
-            f"sync {t_sync:.2f}s  mismatch_kl {mismatch['mismatch_kl']:.2e}"
-        )
-        if done % g.eval_every_steps == 0 or done == g.max_steps:
-            history["eval"][done] = evaluate(done)
-            _print_eval(done, history["eval"][done])
-        if done % r.checkpoint.every_steps == 0 and done < g.max_steps:
-            ckpts.save(done, lambda tmp: learners.save_state(str(tmp)), {"tasks": mixer.state_dict()})
+            # Learners: old log-probs (and the train/inference mismatch), reference log-probs, then the update.
+            t0 = time.perf_counter()
+            seqs = to_sequences(ro.train_groups)
+            per_rank = micro_batches(seqs, learners.size, r.accumulation_steps, tokenizer.pad_token_id, g.loss_aggregation)
+            _attach(per_rank, "old_logprobs", learners.compute(per_rank, logprob_fn))
+            extra = _mismatch(per_rank)
+            if reference is not None:
+                _attach(per_rank, "ref_logprobs", reference.compute(learners, per_rank, logprob_fn))
+                env_of = [t.env for grp in ro.train_groups for t in grp.trajectories]
+                kl = mean_k3(per_rank, "old_logprobs", "ref_logprobs", env_of)
+                extra.update({f"{k}/kl" if k else "kl": v for k, v in kl.items()})
+            train_metrics: dict[str, float] = {}
+            for _ in range(g.epochs_per_step):
+                train_metrics = learners.train_step(per_rank, objective)
+            t_learn = time.perf_counter() - t0
+
+            # New weights to the engines, behind any rollout already running on the old ones.
+            t0 = time.perf_counter()
+            queue.sync(rollout.update_weights, learners.state_dict(), step + 1)
+            t_sync = time.perf_counter() - t0 + queue.last_sync_s
+
+            done = step + 1
+            metrics = _step_metrics(ro.all_groups, ro.kept, train_metrics)
+            metrics.update(extra)
+            metrics.update(staleness=float(staleness), time_rollout_s=ro.time_rollout_s, time_score_s=ro.time_score_s,
+                           time_rollout_wait_s=t_wait, time_learner_s=t_learn, time_sync_s=t_sync,
+                           time_step_s=time.perf_counter() - t_step, rollout_tokens_per_s=ro.rollout_tokens / max(ro.time_rollout_s, 1e-9),
+                           groups_kept=float(len(ro.kept)), groups_dropped=float(len(ro.dropped)))  # fmt: skip
+            log.log(done, "train", metrics)
+            _write_samples(samples_file, done, ro.all_groups, per_group=1)
+            console.print(
+                f"step {done}/{g.max_steps}  reward {metrics['reward']:.3f}  acc {metrics['accuracy']:.3f}  kept {len(ro.kept)}/{g.prompts_per_step}  "
+                f"rollout {ro.time_rollout_s:.1f}s ({metrics['rollout_tokens_per_s']:.0f} tok/s, waited {t_wait:.1f}s, staleness {staleness})  "
+                f"score {ro.time_score_s:.2f}s  learner {t_learn:.1f}s  sync {t_sync:.2f}s  mismatch_kl {extra['mismatch_kl']:.2e}"
+                + (f"  kl {extra['kl']:.2e}" if "kl" in extra else "")
+            )
+            if done % g.eval_every_steps == 0 or done == g.max_steps:
+                # On the engine queue, so it sees exactly the weights of this update.
+                log_eval(done, queue.submit(evaluate, done).result())
+            if done % r.checkpoint.every_steps == 0 and done < g.max_steps:
+                ckpts.save(done, lambda tmp: learners.save_state(str(tmp)), {"tasks": ro.tasks_state})
+    finally:
+        queue.close()
 
     log.close()
     samples_file.close()
@@ -191,8 +233,32 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
     _plots(run_dir, [s.name for s in r.envs])
     (run_dir / "summary.json").write_text(json.dumps({"final_checkpoint": str(final), "eval": history["eval"]}, indent=2, default=str))
     learners.shutdown()
+    if reference is not None:
+        reference.shutdown()
     rollout.shutdown()
     return 0
+
+
+@dataclass
+class StepRollout:
+    """One step's scored trajectories, and the weights version (learner updates) that generated them."""
+
+    step: int
+    weights_version: int
+    all_groups: list[Scored] = field(default_factory=list)
+    kept: list[Scored] = field(default_factory=list)
+    dropped: list[Scored] = field(default_factory=list)
+    train_groups: list[Scored] = field(default_factory=list)
+    tasks_state: dict[str, Any] = field(default_factory=dict)
+    time_rollout_s: float = 0.0
+    time_score_s: float = 0.0
+    rollout_tokens: int = 0
+
+
+def _attach(per_rank: list[list[dict[str, Any]]], key: str, values: list[list[Any]]) -> None:
+    for rank_mbs, rank_values in zip(per_rank, values, strict=True):
+        for mb, v in zip(rank_mbs, rank_values, strict=True):
+            mb[key] = v
 
 
 def score_group(trajectories: list[Any], rewards: list[tuple[Any, float]], max_new_tokens: int, cfg: Any) -> Scored:
@@ -215,18 +281,17 @@ def score_group(trajectories: list[Any], rewards: list[tuple[Any, float]], max_n
 
 
 def _mismatch(per_rank: list[list[dict[str, Any]]]) -> dict[str, float]:
-    """Train/inference mismatch over policy tokens: k3 KL(rollout || learner) and mean |delta log p|."""
-    import torch
+    """Train/inference mismatch over policy tokens: k3 KL(rollout || learner) and mean |delta log p|.
 
-    kl = absdiff = n = 0.0
+    With off-policy overlap it includes the staleness: the rollout weights are older than the learner's.
+    """
+    absdiff = n = 0.0
     for mbs in per_rank:
         for mb in mbs:
             m = mb["loss_mask"]
-            d = (mb["rollout_logprobs"] - mb["old_logprobs"]) * m
-            kl += float(((torch.exp(d) - d - 1) * m).sum())
-            absdiff += float(d.abs().sum())
+            absdiff += float(((mb["rollout_logprobs"] - mb["old_logprobs"]).abs() * m).sum())
             n += float(m.sum())
-    return {"mismatch_kl": kl / max(n, 1), "mismatch_abs_logp": absdiff / max(n, 1)}
+    return {"mismatch_kl": mean_k3(per_rank, "rollout_logprobs", "old_logprobs")[""], "mismatch_abs_logp": absdiff / max(n, 1)}
 
 
 def _step_metrics(groups: list[Scored], kept: list[Scored], train: dict[str, float]) -> dict[str, float]:

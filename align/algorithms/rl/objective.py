@@ -24,12 +24,21 @@ class TokenLogprobs:
 
 @dataclass(frozen=True)
 class GRPOObjective:
-    """Clipped surrogate on policy tokens, with truncated importance sampling.
+    """Clipped surrogate on policy tokens, with truncated importance sampling and an optional KL.
 
     ``old_logprobs`` (the learner's own log-probs before this step's update) define the PPO
     ratio; ``rollout_logprobs`` (what vLLM sampled with) differ from them by numerics and, with
     off-policy overlap, staleness. The TIS weight min(pi_old / pi_rollout, cap) corrects for
     that gap, as in Yao et al. / verl's "TIS".
+
+    With off-policy overlap the trajectories come from weights up to ``max_staleness`` updates
+    older than the learner's, and ``old_logprobs`` are still the learner's *current* weights,
+    not the generating ones: the clip keeps the trust region around the policy being updated,
+    and the behaviour gap (staleness plus numerics) is all in the TIS weight (the decoupled PPO
+    objective of Hilton et al. 2022, as AReaL uses). The generating weights are never kept.
+
+    ``kl_coef > 0`` adds ``kl_coef`` x k3 KL to the frozen reference per token; the micro-batch
+    must then carry ``ref_logprobs`` (the driver computes them every step, never stores them).
     """
 
     clip_low: float
@@ -40,6 +49,8 @@ class GRPOObjective:
     temperature: float = 1.0
 
     def __call__(self, model: nn.Module, mb: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        if self.kl_coef > 0 and "ref_logprobs" not in mb:
+            raise ValueError("GRPOObjective: kl_coef > 0 but the micro-batch has no ref_logprobs (the reference log-probs)")
         logp = TokenLogprobs(self.temperature)(model, mb)
         mask = mb["loss_mask"]
         old = mb["old_logprobs"]
