@@ -67,3 +67,38 @@ def test_align_eval_names_a_missing_model(tmp_path, capsys) -> None:
     (tmp_path / "config.json").write_text("{}")
     assert main(["eval", "--model", str(tmp_path), "--recipe", "tiny-sft"]) == 2
     assert "takes a pipeline or rl recipe" in capsys.readouterr().err
+
+
+def test_report_compares_each_stage_with_the_one_before(tmp_path) -> None:
+    """write_report on two constructed stages: the headline deltas, the JSON and the plots."""
+    import json
+
+    from align.config import load_recipe
+    from align.report import write_report
+
+    r = load_recipe("tiny", [f"output_dir={tmp_path}", "eval.budgets=[16]"]).recipe
+    think, off, b16 = ReasoningMode(True), ReasoningMode(False), ReasoningMode(True, 16)
+
+    def stage(correct_think: int) -> dict:
+        rows = [("think", T("math", think, i < correct_think, float(i < correct_think), thinking_tokens=10)) for i in range(4)]
+        rows += [("no_think", T("math", off, True, 1.0)), ("budget_16", T("math", b16, True, 1.0, thinking_tokens=12, budget=16))]
+        return summarize(rows)
+
+    evals = {"tasks_per_env": {"math": 4}, "sft": stage(1), "rl": stage(3)}
+    dirs = {}
+    for name, losses in (("sft", [2.0, 1.0]), ("rl", None)):
+        d = tmp_path / name
+        d.mkdir()
+        recs = [{"step": i + 1, "split": "train", "loss": v} for i, v in enumerate(losses)] if losses else [
+            {"step": 1, "split": "train", "reward": 0.2}, {"step": 2, "split": "train", "reward": 0.6}]  # fmt: skip
+        (d / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in recs))
+        dirs[name] = d
+    report = write_report(tmp_path, r, evals, {"sft": 12.0, "rl": 30.0}, dirs)
+    text = report.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| sft |") or line.startswith("| rl |")]
+    assert rows[0].startswith("| sft | 0.250 |") and rows[1].startswith("| rl | 0.750 (+0.500) |"), rows[:2]
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["headline"]["rl"]["accuracy_think"] == 0.75 and data["timings_s"] == {"sft": 12.0, "rl": 30.0}
+    for png in ("accuracy_vs_budget.png", "thinking_vs_budget.png", "training_curves.png"):
+        assert (tmp_path / png).stat().st_size > 1000 and f"]({png})" in text
+    assert "| rl | 30 |" in text
