@@ -1,8 +1,12 @@
 """Padding, a resumable batch plan, and data-parallel sharding.
 
-- :func:`pad_batch` right-pads token examples into tensors. Packing several sequences into
-  one row is not done: the hybrid Mamba policy needs ``mamba_ssm``'s varlen kernels for it,
-  which exist only on GPU, so on CPU we pad (DESIGN.md, "Facts").
+- :func:`pad_batch` right-pads token examples into tensors: what every objective reads.
+- :func:`pack_padded` / :func:`unpack_to_padded` turn a padded batch into packed rows (the real
+  tokens of several samples back to back, with ``position_ids`` restarting per sample and
+  ``seq_idx`` naming each token's sample) and a packed model output back into the padded layout.
+  The learner does this inside the model's forward on GPU (``align.models.enable_packed_forward``),
+  so objectives keep reading padded tensors. On CPU we pad: the hybrid policy's Mamba2 layers
+  need ``mamba_ssm``'s kernels to honour ``seq_idx`` at speed (DESIGN.md, "Facts").
 - :class:`BatchPlan` says which example indices make up optimizer step ``k``'s global batch,
   as a pure function of ``(seed, k)``: resuming at step ``k`` replays exactly the batches an
   uninterrupted run would have seen, with no sampler state to save beyond the step number.
@@ -17,6 +21,7 @@ import hashlib
 import json
 import random
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -61,6 +66,112 @@ def pad_batch(examples: Sequence[Example], pad_id: int, pad_to_multiple_of: int 
         else:
             raise ValueError(f"pad_batch does not know how to batch key {key!r}")
     return out
+
+
+@dataclass(frozen=True)
+class PackedRows:
+    """A padded ``[B, T]`` batch repacked into ``[R, L]`` rows (``R <= B``, ``L <= T``).
+
+    ``source`` and ``target`` map each real token between the two layouts (flat indices into
+    ``B * T`` and ``R * L``), in the same order. The tail of a row after its last sample holds
+    ``pad_id`` with positions restarting at 0 and a ``seq_idx`` of its own: a causal model
+    never lets it touch the samples before it, and nothing reads its outputs.
+    """
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    seq_idx: torch.Tensor
+    source: torch.Tensor
+    target: torch.Tensor
+    padded_shape: tuple[int, int]
+    samples_per_row: tuple[int, ...]
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.source.numel())
+
+
+def pack_padded(input_ids: torch.Tensor, attention_mask: torch.Tensor, row_len: int | None = None, pad_id: int = 0) -> PackedRows:
+    """First-fit-decreasing packing of the rows of a padded batch into rows of at most ``row_len`` tokens.
+
+    A sample's tokens are the positions where ``attention_mask`` is 1, in order, so right and
+    left padding both work. ``row_len`` defaults to the padded width ``T``: then no packed row
+    is longer than the padded rows were, and attention (quadratic in the row) never costs more
+    than it did padded. Samples with no tokens are dropped (their outputs stay zero).
+
+    >>> ids = torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0], [4, 0, 0, 0]])
+    >>> p = pack_padded(ids, (ids != 0).long())
+    >>> p.input_ids.tolist(), p.position_ids.tolist(), p.seq_idx.tolist()
+    ([[5, 6, 7, 4], [8, 9, 0, 0]], [[0, 1, 2, 0], [0, 1, 0, 1]], [[0, 0, 0, 1], [0, 0, 1, 1]])
+    """
+    if input_ids.dim() != 2 or input_ids.shape != attention_mask.shape:
+        raise ValueError(f"pack_padded needs [B, T] input_ids and attention_mask, got {tuple(input_ids.shape)} and {tuple(attention_mask.shape)}")
+    b, t = input_ids.shape
+    cap = t if row_len is None else row_len
+    mask = attention_mask.detach().to("cpu").bool()
+    lengths = mask.sum(1).tolist()
+    if max(lengths, default=0) > cap:
+        raise ValueError(f"a sample of {max(lengths)} tokens does not fit in packed rows of {cap}")
+    fill: list[int] = []
+    members: list[list[tuple[int, int]]] = []  # per row: (sample, offset)
+    for i in sorted(range(b), key=lambda i: (-lengths[i], i)):
+        n = lengths[i]
+        if n == 0:
+            continue
+        row = next((r for r, used in enumerate(fill) if used + n <= cap), None)
+        if row is None:
+            row = len(fill)
+            fill.append(0)
+            members.append([])
+        members[row].append((i, fill[row]))
+        fill[row] += n
+    if not fill:
+        fill, members = [0], [[]]
+    width = max(1, max(fill))
+    rows = len(fill)
+    position_ids = torch.zeros(rows, width, dtype=torch.long)
+    seq_idx = torch.zeros(rows, width, dtype=torch.int32)
+    sources, targets = [], []
+    for r, row_members in enumerate(members):
+        row_members.sort(key=lambda m: m[1])
+        for k, (i, offset) in enumerate(row_members):
+            n = lengths[i]
+            sources.append(i * t + torch.nonzero(mask[i]).flatten())
+            targets.append(r * width + offset + torch.arange(n))
+            position_ids[r, offset : offset + n] = torch.arange(n)
+            seq_idx[r, offset : offset + n] = k
+        tail = width - fill[r]
+        if tail:
+            position_ids[r, fill[r] :] = torch.arange(tail)
+            seq_idx[r, fill[r] :] = len(row_members)
+    device = input_ids.device
+    source = torch.cat(sources).to(device) if sources else torch.zeros(0, dtype=torch.long, device=device)
+    target = torch.cat(targets).to(device) if targets else torch.zeros(0, dtype=torch.long, device=device)
+    packed_ids = torch.full((rows * width,), pad_id, dtype=input_ids.dtype, device=device)
+    packed_ids[target] = input_ids.reshape(-1)[source]
+    return PackedRows(
+        input_ids=packed_ids.view(rows, width),
+        position_ids=position_ids.to(device),
+        seq_idx=seq_idx.to(device),
+        source=source,
+        target=target,
+        padded_shape=(b, t),
+        samples_per_row=tuple(len(m) for m in members),
+    )
+
+
+def unpack_to_padded(packed_output: torch.Tensor, packed: PackedRows) -> torch.Tensor:
+    """``[R, L, ...]`` outputs of packed rows -> ``[B, T, ...]`` in the padded layout (zeros at pads).
+
+    Differentiable: gradients flow back to the packed tokens that produced each output.
+    """
+    rows, width = packed.input_ids.shape
+    rest = packed_output.shape[2:]
+    flat = packed_output.reshape(rows * width, *rest)
+    b, t = packed.padded_shape
+    out = flat.new_zeros((b * t, *rest))
+    out = out.index_copy(0, packed.source, flat.index_select(0, packed.target))
+    return out.view(b, t, *rest)
 
 
 class BatchPlan:

@@ -11,6 +11,11 @@ DeepSpeed divides by the accumulation steps and averages gradients over ranks, s
 handed to it is ``loss_sum / denominator * world_size * accumulation_steps``: the gradient is
 then exactly the global-batch mean, whatever the split into ranks and micro-batches. That is
 why 2 learners x 1 accumulation step and 1 learner x 2 steps give the same loss curve.
+
+On GPU the model runs each padded micro-batch as packed rows (``align.models.enable_packed_forward``:
+no compute on padding, sample boundaries kept) and the hybrid policy's Mamba2 layers use
+``mamba_ssm``'s Triton kernels when installed; objectives still read padded tensors. On CPU the
+batches stay padded.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import torch
 from torch import nn
 
 from align.config.schema import LearnerConfig
+from align.models import enable_packed_forward, select_kernels
 
 Objective = Callable[[nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
 MicroBatch = dict[str, torch.Tensor]
@@ -64,6 +70,7 @@ class Learner:
         if cpus is not None and not torch.cuda.is_available():
             torch.set_num_threads(max(1, int(cpus)))
         self.engine: Any = None
+        self.packing = False
 
     # -------------------------------------------------------------- set-up
 
@@ -104,6 +111,9 @@ class Learner:
         self.cfg = cfg
         torch.manual_seed(seed)
         model = _load_for_training(model_path, model_kind, num_labels, _use_bf16(cfg))
+        # GPU: Mamba2 kernels and packed rows inside the forward (objectives still see padded
+        # tensors); CPU: padded batches, unchanged.
+        self.packing = enable_packed_forward(model)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
             model.config.use_cache = False
@@ -261,6 +271,7 @@ def _load_for_training(path: str, kind: str, num_labels: int, bf16: bool) -> nn.
     from transformers import AutoModelForCausalLM
 
     dtype = torch.bfloat16 if bf16 else torch.float32
+    select_kernels()
     if kind == "causal_lm":
         return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     if kind == "reward":
