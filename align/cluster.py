@@ -18,6 +18,7 @@ import torch
 from align.config.schema import ClusterConfig, LearnerConfig
 from align.errors import AlignError
 from align.learner.engine import Learner, MicroBatch, Objective
+from align.weights import from_wire, to_wire
 
 # Before Ray is imported anywhere: listen on loopback only, and write no auth-token file.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -123,9 +124,21 @@ class LearnerGroup:
             for i in range(n)
         ]
 
-    def setup(self, model_path: str, cfg: LearnerConfig, total_steps: int, seed: int, model_kind: str = "causal_lm", num_labels: int = 1) -> None:
+    def setup(
+        self, model_path: str, cfg: LearnerConfig, total_steps: int, seed: int, model_kind: str = "causal_lm", num_labels: int = 1,
+        wait: bool = True,
+    ) -> None:  # fmt: skip
+        """Build the DeepSpeed engines. ``wait=False`` returns at once (another group can build
+        meanwhile); :meth:`wait_ready` then blocks until they are built."""
         master = _get([self.actors[0].address.remote()], self.in_process)[0]
-        _get([a.setup.remote(model_path, cfg, total_steps, seed, master, model_kind, num_labels) for a in self.actors], self.in_process)
+        self._pending = [a.setup.remote(model_path, cfg, total_steps, seed, master, model_kind, num_labels) for a in self.actors]
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        pending, self._pending = getattr(self, "_pending", None), None
+        if pending:
+            _get(pending, self.in_process)
 
     def node_ids(self) -> list[str]:
         return _get([a.node_id.remote() for a in self.actors], self.in_process)
@@ -144,7 +157,9 @@ class LearnerGroup:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Full weights for rollout sync (every rank takes part in the ZeRO-3 gather)."""
-        return _get([a.state_dict.remote() for a in self.actors], self.in_process)[0]
+        # As arrays over Ray (align.weights): no tensor pickling; the tensors returned map the
+        # object store's buffers without a copy.
+        return from_wire(_get([a.state_dict_wire.remote() for a in self.actors], self.in_process)[0])
 
     def save_hf(self, path: str, tokenizer_path: str | None = None) -> None:
         _get([a.save_hf.remote(path, tokenizer_path) for a in self.actors], self.in_process)
@@ -232,7 +247,7 @@ class RolloutGroup:
             return
         import ray
 
-        ref = ray.put(state_dict)
+        ref = ray.put(to_wire(state_dict))  # arrays: the engines map them without a copy
         ray.get([e.update_weights.remote(ref) for e in self.engines])
 
     def shutdown(self) -> None:

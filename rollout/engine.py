@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from align.weights import from_wire, is_wire
 from rollout.types import GenOutput, GenRequest
 
 
@@ -143,6 +144,8 @@ class VLLMEngine:
 
         Cached prefixes were computed with the old weights, so the prefix cache is dropped.
         """
+        if is_wire(named_tensors):  # arrays sent over Ray by RolloutGroup (align.weights)
+            named_tensors = from_wire(named_tensors)  # type: ignore[arg-type]
         items = list(named_tensors.items()) if isinstance(named_tensors, Mapping) else list(named_tensors)
         try:
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": items})

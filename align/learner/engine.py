@@ -34,6 +34,7 @@ from torch import nn
 
 from align.config.schema import LearnerConfig
 from align.models import enable_packed_forward, select_kernels
+from align.weights import Wire, to_wire
 
 Objective = Callable[[nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
 MicroBatch = dict[str, torch.Tensor]
@@ -223,6 +224,10 @@ class Learner:
                 # copy: the trained copy takes the HF name.
                 sd = {_strip_peft(k): v for k, v in sd.items() if "lora_" not in k and ".original_module." not in k}
             return {k: v.detach().to("cpu", copy=True) for k, v in sd.items()}
+
+    def state_dict_wire(self) -> Wire:
+        """:meth:`state_dict` as arrays, the form weight sync sends over Ray (align.weights)."""
+        return to_wire(self.state_dict())
 
     def save_hf(self, path: str, tokenizer_path: str | None = None) -> None:
         """Write an HF folder (rank 0 writes; every rank must call it under ZeRO-3)."""

@@ -1,0 +1,51 @@
+"""Weights on the wire: state dicts as NumPy arrays, so Ray moves them without pickling tensors.
+
+Ray serializes a ``torch.Tensor`` by pickling it (a copy into the pickle stream, another out of
+it), but hands NumPy arrays to its object store as raw buffers that the receiver maps without a
+copy. Sending the learner's weights as arrays made the driver's sync 3.5-4.6x faster for 50M-150M
+parameters (bench/bench_weight_sync.py). NumPy has no bfloat16, so a tensor of a dtype NumPy lacks
+travels as its bytes reinterpreted as a same-width integer, with its dtype name alongside.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+# dtypes NumPy cannot hold, sent as same-width integers
+_VIEW_AS = {torch.bfloat16: torch.int16, torch.float8_e4m3fn: torch.uint8, torch.float8_e5m2: torch.uint8}
+
+Wire = dict[str, tuple[np.ndarray, str]]
+
+
+def to_wire(state_dict: Mapping[str, torch.Tensor]) -> Wire:
+    """``{name: (array, dtype name)}``; the arrays share memory with the (CPU) tensors."""
+    out: Wire = {}
+    for name, t in state_dict.items():
+        t = t.detach().cpu().contiguous()
+        view = _VIEW_AS.get(t.dtype)
+        out[name] = ((t.view(view) if view is not None else t).numpy(), str(t.dtype).removeprefix("torch."))
+    return out
+
+
+def from_wire(wire: Mapping[str, tuple[np.ndarray, str]]) -> dict[str, torch.Tensor]:
+    """Tensors over the arrays (no copy). Arrays from Ray's object store are read-only: the
+    tensors must only be read (vLLM's weight loader copies them into its own parameters)."""
+    out: dict[str, torch.Tensor] = {}
+    for name, (array, dtype) in wire.items():
+        with warnings.catch_warnings():
+            # torch warns that writing to a read-only array is undefined; nothing here writes.
+            warnings.simplefilter("ignore", UserWarning)
+            t = torch.from_numpy(array)
+        want = getattr(torch, dtype)
+        out[name] = t.view(want) if t.dtype != want else t
+    return out
+
+
+def is_wire(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and bool(obj) and isinstance(next(iter(obj.values())), tuple)
+
