@@ -340,7 +340,8 @@ class FrozenReference:
             return
         self.group = LearnerGroup(cluster, in_process=in_process)
         # The reference never steps: full weights (no LoRA), and total_steps only sizes an unused schedule.
-        self.group.setup(str(model_path), learner.model_copy(update={"lora": None}), 1, seed)
+        # Not waited for: the policy's learners build meanwhile; the first compute() waits.
+        self.group.setup(str(model_path), learner.model_copy(update={"lora": None}), 1, seed, wait=False)
 
     @staticmethod
     def check(kind: str, learner: LearnerConfig, key: str) -> None:
@@ -363,6 +364,7 @@ class FrozenReference:
     ) -> list[list[torch.Tensor]]:
         """``fn(reference_model, mb)`` for every micro-batch, laid out like ``per_rank``."""
         if self.group is not None:
+            self.group.wait_ready()
             return self.group.compute(per_rank, fn)
         return policy.compute(per_rank, AdaptersOff(fn))
 

@@ -99,9 +99,14 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
         init_ray(r.cluster.ray_address, num_cpus=int(r.cluster.num_learners * r.cluster.cpus_per_learner + ref_cpus) + r.cluster.num_rollout_engines)
     learner_cfg = r.learner.model_copy(update={"gradient_accumulation_steps": r.accumulation_steps})
     learners = LearnerGroup(r.cluster, in_process=in_process)
-    learners.setup(str(model_path), learner_cfg, g.max_steps * g.epochs_per_step, r.seed)
-    reference = FrozenReference(g.reference, r.cluster, learner_cfg, model_path, r.seed, "grpo.reference", in_process) if use_reference else None
+    # The learners, the reference and the vLLM engines build at the same time (Ray actors build
+    # asynchronously): start-up costs the slowest, not the sum. Engines sharing a GPU with a
+    # learner (a fraction of a GPU) build after it, since vLLM sizes its cache from free memory.
+    colocated = 0 < r.cluster.gpus_per_rollout_engine < 1
+    learners.setup(str(model_path), learner_cfg, g.max_steps * g.epochs_per_step, r.seed, wait=colocated)
     rollout = RolloutGroup(r.cluster, r.rollout, str(model_path), r.seed, in_process=in_process, dtype=inference_dtype(r.learner.precision))
+    reference = FrozenReference(g.reference, r.cluster, learner_cfg, model_path, r.seed, "grpo.reference", in_process) if use_reference else None
+    learners.wait_ready()
     objective = GRPOObjective(g.clip_low, g.clip_high, g.loss_aggregation, g.tis_cap, g.kl_coef, r.rollout.sampling.temperature)
     logprob_fn = TokenLogprobs(r.rollout.sampling.temperature)
 
