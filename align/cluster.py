@@ -284,7 +284,9 @@ class RewardModelGroup:
         self.in_process = in_process
         kwargs = dict(path=str(path), batch_size=batch_size_per_actor, max_seq_len=max_seq_len, cpus=cpus_per_actor)
         if in_process:
-            self.actors: list[Any] = [_Local(RewardModelScorer(**kwargs))]
+            # No thread cap: it would change torch's thread count for the whole calling process
+            # (a vLLM engine there checks that count against the one it was built with).
+            self.actors: list[Any] = [_Local(RewardModelScorer(**{**kwargs, "cpus": None}))]
             return
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy

@@ -42,12 +42,12 @@ class RewardModelScorer:
     :class:`align.cluster.RewardModelGroup` makes it a Ray actor; tests use it directly.
     """
 
-    def __init__(self, path: str, batch_size: int = 32, max_seq_len: int = 1024, cpus: float = 1.0) -> None:
+    def __init__(self, path: str, batch_size: int = 32, max_seq_len: int = 1024, cpus: float | None = None) -> None:
         from transformers import AutoTokenizer
 
         from align.learner.reward_model import RewardModel
 
-        if not torch.cuda.is_available():
+        if cpus is not None and not torch.cuda.is_available():  # as a Ray actor: its CPU share
             torch.set_num_threads(max(1, int(cpus)))
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = RewardModel.from_pretrained(path).to(self.device).eval()
