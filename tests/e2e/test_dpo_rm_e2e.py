@@ -167,7 +167,7 @@ def test_dpo_with_lora_and_the_adapters_disabled_as_reference(start: Path, tmp_p
     code = main(["dpo", "--recipe", "tiny-dpo", f"init_from={start}", f"output_dir={out}", *SMALL,
                  "data.generated.num_train=480", "data.generated.num_eval=96", "learner.lr=3e-3", "learner.lora={r: 16, alpha: 32}",
                  "dpo.reference=lora_disabled", "dpo.loss=sigmoid", "dpo.label_smoothing=0.1",
-                 "dpo.max_steps=50", "dpo.eval_every_steps=50", "dpo.num_eval_samples_to_generate=0"])  # fmt: skip
+                 "dpo.max_steps=100", "dpo.eval_every_steps=100", "dpo.num_eval_samples_to_generate=0"])  # fmt: skip
     assert code == 0
     first, last = _evals(out)[0], _evals(out)[-1]
     assert first["accuracy"] == 0.0 and abs(first["margin"]) < 1e-4  # adapters start at zero: policy == reference
