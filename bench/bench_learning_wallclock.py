@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -38,12 +37,11 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_vs_trl import ALIGN, PY, ROOT, START, Settings, StepTimer, align_grpo_recipe, job_env, load1, tree_state, trl_grpo_trainer  # noqa: E402
+from bench_vs_trl import ALIGN, PY, ROOT, START, Settings, StepTimer, align_grpo_recipe, job_env, load1, run_header, trl_grpo_trainer  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_learning_wallclock.json"
 RUNS = ROOT / "runs" / "bench_learning_wallclock"
@@ -259,12 +257,7 @@ def main() -> int:
 
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     report = {
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "tree": tree_state(),
+        **run_header(),
         "budget_s": budget,
         "order": list(sides) if not args.trl_first else ["trl-1t", "align"],
         "settings": asdict(s),

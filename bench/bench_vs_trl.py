@@ -111,6 +111,18 @@ def tree_state() -> dict[str, Any]:
     return {"git_head": git("rev-parse", "HEAD"), "modified": git("status", "--short", "--untracked-files=no").splitlines()}
 
 
+def run_header() -> dict[str, Any]:
+    """When, how and where a result was measured: the first keys of every results JSON here."""
+    return {
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "tree": tree_state(),
+    }
+
+
 # ----------------------------------------------------------------------------- shared data
 
 
@@ -516,12 +528,7 @@ def main() -> int:
 
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     report = {
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "tree": tree_state(),
+        **run_header(),
         "settings": asdict(s),
         "repeats": repeats,
         "summary": summary,
