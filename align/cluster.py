@@ -104,6 +104,7 @@ class LearnerGroup:
         self.in_process = in_process
         n = 1 if in_process else cluster.num_learners
         self.size = n
+        self._pending: list[Any] | None = None  # setup() calls not yet waited for
         if in_process:
             self.actors: list[Any] = [_Local(Learner(0, 1))]
             return
@@ -136,7 +137,7 @@ class LearnerGroup:
             self.wait_ready()
 
     def wait_ready(self) -> None:
-        pending, self._pending = getattr(self, "_pending", None), None
+        pending, self._pending = self._pending, None
         if pending:
             _get(pending, self.in_process)
 
