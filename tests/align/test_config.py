@@ -44,6 +44,15 @@ def test_override_is_revalidated() -> None:
         load_recipe("tiny-sft", ["learner.lr=-1"])
 
 
+def test_streaming_weight_sync_with_overlap_is_refused() -> None:
+    ok = load_recipe("nano3-multienv-tiny", ["grpo.off_policy_overlap=true"]).recipe
+    assert ok.rollout.weight_sync == "auto"
+    with pytest.raises(RecipeError, match=r"rollout.weight_sync=cuda_ipc.*grpo.off_policy_overlap.*snapshot"):
+        load_recipe("nano3-multienv-tiny", ["grpo.off_policy_overlap=true", "rollout.weight_sync=cuda_ipc"])
+    with pytest.raises(RecipeError, match=r"weight_sync"):
+        load_recipe("nano3-multienv-tiny", ["rollout.weight_sync=nccl"])
+
+
 def test_recipe_is_frozen() -> None:
     r = load_recipe("tiny-sft").recipe
     with pytest.raises(Exception):

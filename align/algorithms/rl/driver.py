@@ -35,7 +35,7 @@ from align.algorithms.rl.batch import Scored, fill, finalize, mean_k3, micro_bat
 from align.algorithms.rl.objective import GRPOObjective, TokenLogprobs
 from align.algorithms.rl.schedule import EngineQueue
 from align.algorithms.rl.tasks import TaskMixer, assign_mode, load_tasks
-from align.cluster import LearnerGroup, RolloutGroup, init_ray
+from align.cluster import LearnerGroup, RolloutGroup, WeightSync, init_ray
 from align.config import LoadedRecipe
 from align.config.schema import RLRecipe
 from align.evaluate import play, standard_modes, summarize
@@ -107,6 +107,8 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
     rollout = RolloutGroup(r.cluster, r.rollout, str(model_path), r.seed, in_process=in_process, dtype=inference_dtype(r.learner.precision))
     reference = FrozenReference(g.reference, r.cluster, learner_cfg, model_path, r.seed, "grpo.reference", in_process) if use_reference else None
     learners.wait_ready()
+    sync = WeightSync(learners, rollout, r.rollout.weight_sync, r.rollout.weight_sync_bucket_mb, snapshot=g.off_policy_overlap)
+    console.print(f"weight sync: {sync.describe()}")
     objective = GRPOObjective(g.clip_low, g.clip_high, g.loss_aggregation, g.tis_cap, g.kl_coef, r.rollout.sampling.temperature)
     logprob_fn = TokenLogprobs(r.rollout.sampling.temperature)
 
@@ -118,7 +120,7 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
         learners.load_state(str(latest))
         mixer.load_state_dict(state["tasks"])
         start = int(state["step"])
-        rollout.update_weights(learners.state_dict())
+        sync.push()
         console.print(f"resumed from {latest} at step {start}")
     log = MetricsLog(run_dir, resume_from_step=start if latest is not None else None)
     samples_file = open(run_dir / "trajectories.jsonl", "a" if latest is not None else "w")
@@ -199,7 +201,7 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
 
             # New weights to the engines, behind any rollout already running on the old ones.
             t0 = time.perf_counter()
-            queue.sync(rollout.update_weights, learners.state_dict(), step + 1)
+            queue.sync(lambda job: job(), sync.snapshot(), step + 1)
             t_sync = time.perf_counter() - t0 + queue.last_sync_s
 
             done = step + 1
