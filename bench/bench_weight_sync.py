@@ -1,34 +1,29 @@
-"""Weight sync learner -> rollout engine against model size, and its floor.
+"""Weight sync learner -> rollout engine against model size, per transport, and its floor.
 
     .venv/bin/python bench/bench_weight_sync.py [--sizes 1M,10M,50M,150M] [--repeats 5]
+    python bench/bench_weight_sync.py --placement colocated --sizes 1B     # one GPU
+    python bench/bench_weight_sync.py --placement separate --sizes 1B      # two GPUs
 
-For each size a tiny NemotronH policy (the tiny world's architecture, scaled by hidden size
-and layer count, built from a config with ``align.models.build_tiny_model``, random weights,
-the tiny-sft tokenizer) is saved, then the RL driver's objects are started on it: a
-``LearnerGroup`` (one DeepSpeed learner, ZeRO 0, fp32, a Ray actor) and a ``RolloutGroup`` (one
-vLLM engine, a Ray actor, the ``nano3-multienv-tiny`` recipe's rollout settings), plus an
-in-process ``RolloutGroup`` (the ``in_process=True`` path). Timed, interleaved per repeat:
+For each size a NemotronH policy (the tiny world's architecture scaled by hidden size and layer
+count, built from a config with ``align.models.build_tiny_model``, random weights, the tiny-sft
+tokenizer) is saved, then the RL driver's objects are started on it: a ``LearnerGroup`` (one
+DeepSpeed learner, ZeRO 0, a Ray actor) and a ``RolloutGroup`` (one vLLM engine, a Ray actor, the
+``nano3-multienv-tiny`` recipe's rollout settings). Placements:
 
-- ``gather``: ``LearnerGroup.state_dict()`` (the learner copies its weights to CPU tensors,
-  Ray moves them to the driver);
-- ``push_ray``: ``RolloutGroup.update_weights(state_dict)`` over Ray (``ray.put``, the engine
-  actor fetches and deserializes, ``reload_weights`` copies into the model);
-- ``sync_ray`` = gather + push_ray: the driver's ``time_sync_s``;
-- ``ray_put``: ``ray.put(state_dict)`` alone (part of push_ray);
-- ``push_inproc``: ``RolloutGroup(in_process=True).update_weights(state_dict)``;
-- ``gather_np`` / ``push_np``: the same two hops with the tensors sent as NumPy arrays
-  (``tensor.numpy()`` on the sending side, ``torch.from_numpy`` on the receiving side), which
-  Ray moves as out-of-band pickle-5 buffers instead of pickling each tensor's storage: not
-  what the driver does today, measured to size the fix (same actors, interleaved);
-- ``copy``: one ``torch`` copy of a buffer of the state dict's size (``dst.copy_(src)``),
-  which gives the machine's measured copy bandwidth.
+- ``cpu``: both on CPU, fp32; transports ``object_store`` and ``broadcast`` (gloo), plus an
+  in-process engine (``push_inproc``: tensors handed over in one process);
+- ``colocated``: learner and engine on one GPU (0.5 + 0.4 of it), bf16; ``object_store`` and
+  ``cuda_ipc``;
+- ``separate``: one GPU each, bf16; ``object_store`` and ``broadcast`` (NCCL).
 
-The floor is the state dict's bytes over that bandwidth: the time to move the weights once.
-Every sync above moves them several times (learner copy, serialization, the engine's load),
-so the ratio to the floor says how many copies' worth of time the path costs.
+Timed, interleaved per repeat: each transport's ``WeightSync.push()`` (what the RL driver's
+``time_sync_s`` measures), and for ``object_store`` its two hops (``gather``: learner -> driver;
+``push``: driver -> engine). ``copy`` is one ``torch`` copy of a buffer of the state dict's size
+on the learner's device (GPU placements: on the GPU), the floor: the time to move the weights
+once. After the timed pushes the engine's greedy output is compared with what it gave after an
+``object_store`` push of the same weights (a transport that loaded wrong weights shows there).
 
-Writes ``bench/results/weight_sync.json``. Limits: a shared 2-core machine (the JSON records
-the load average); on GPU the push would go through NCCL / CUDA IPC, which is not measured.
+Writes ``bench/results/weight_sync[_PLACEMENT].json``.
 """
 
 from __future__ import annotations
@@ -63,7 +58,9 @@ SIZES: dict[str, tuple[int, str, int]] = {
     "10M": (512, "M*-M*-", 8),
     "50M": (768, "M*-" * 5, 12),
     "150M": (1280, "M*-" * 5, 20),
+    "1B": (2048, "M*-" * 8, 32),  # GPU placements
 }
+TRANSPORTS = {"cpu": ["object_store", "broadcast"], "colocated": ["object_store", "cuda_ipc"], "separate": ["object_store", "broadcast"]}
 
 
 def build_checkpoint(name: str, tokenizer_path: str, out: Path) -> Path:
@@ -81,78 +78,77 @@ def build_checkpoint(name: str, tokenizer_path: str, out: Path) -> Path:
     return out
 
 
-def copy_seconds(nbytes: int) -> float:
-    """One ``dst.copy_(src)`` of ``nbytes`` (float32 buffers), timed once."""
+def copy_seconds(nbytes: int, device: str) -> float:
+    """One ``dst.copy_(src)`` of ``nbytes`` (float32 buffers) on ``device``, timed once."""
     n = max(1, nbytes // 4)
-    src = torch.randn(n)
-    dst = torch.empty(n)
+    src = torch.randn(n, device=device)
+    dst = torch.empty(n, device=device)
     dst.copy_(src)  # touch the pages first
+    if device == "cuda":
+        torch.cuda.synchronize()
     t0 = time.perf_counter()
     dst.copy_(src)
+    if device == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - t0
 
 
-def bench_size(name: str, tokenizer_path: str, workdir: Path, repeats: int) -> dict[str, Any]:
-    import ray
+def bench_size(name: str, tokenizer_path: str, workdir: Path, repeats: int, placement: str, bucket_mb: int) -> dict[str, Any]:
+    import asyncio
 
-    from align.cluster import LearnerGroup, RolloutGroup
+    from align.cluster import LearnerGroup, RolloutGroup, WeightSync
     from align.config import load_recipe
     from align.config.schema import ClusterConfig, LearnerConfig
+    from rollout.types import GenRequest
 
     r = load_recipe(RECIPE, job="rl").recipe
+    gpu = placement != "cpu"
     path = build_checkpoint(name, tokenizer_path, workdir / name)
-    cluster = ClusterConfig(num_learners=1, cpus_per_learner=1, num_rollout_engines=1)
+    gpus = {"cpu": (0.0, 0.0), "colocated": (0.5, 0.4), "separate": (1.0, 1.0)}[placement]
+    cluster = ClusterConfig(num_learners=1, cpus_per_learner=1, num_rollout_engines=1, gpus_per_learner=gpus[0], gpus_per_rollout_engine=gpus[1])
     t0 = time.perf_counter()
     learners = LearnerGroup(cluster)
-    learners.setup(str(path), LearnerConfig(zero_stage=0, precision="fp32", micro_batch_size_per_device=1), total_steps=1, seed=0)
-    rollout = RolloutGroup(cluster, r.rollout, str(path), seed=0, dtype="float32")
-    local = RolloutGroup(cluster, r.rollout, str(path), seed=0, in_process=True, dtype="float32")
+    learners.setup(str(path), LearnerConfig(zero_stage=0, precision="auto" if gpu else "fp32", micro_batch_size_per_device=1), total_steps=1, seed=0)
+    rollout_cfg = r.rollout.model_copy(update={"gpu_memory_utilization": 0.15}) if gpu else r.rollout
+    rollout = RolloutGroup(cluster, rollout_cfg, str(path), seed=0, dtype="bfloat16" if gpu else "float32")
+    local = RolloutGroup(cluster, r.rollout, str(path), seed=0, in_process=True, dtype="float32") if not gpu else None
     start_s = time.perf_counter() - t0
+    prompt = [GenRequest(list(range(5, 37)), 24, temperature=0.0)]
     try:
+        syncs = {t: WeightSync(learners, rollout, t, bucket_mb=bucket_mb) for t in TRANSPORTS[placement]}
+        described = {t: s.describe() for t, s in syncs.items()}
         sd = learners.state_dict()
         params = sum(t.numel() for t in sd.values())
         nbytes = sum(t.numel() * t.element_size() for t in sd.values())
-        rollout.update_weights(sd)  # warm-up of each path
-        local.update_weights(sd)
+        for s_ in syncs.values():
+            s_.push()  # warm-up of each path
+        reference = asyncio.run(rollout.generate(prompt))[0].token_ids
         holder: dict[str, Any] = {"sd": sd}
 
         def gather() -> None:
             holder["sd"] = learners.state_dict()
 
-        def put() -> None:
-            ref = ray.put(holder["sd"])
-            del ref
-
-        learner, engine = learners.actors[0], rollout.engines[0]
-
-        def gather_np() -> None:
-            arrays = ray.get(learner.__ray_call__.remote(lambda self: {k: v.numpy() for k, v in self.state_dict().items()}))
-            holder["np"] = {k: torch.from_numpy(v) for k, v in arrays.items()}
-
-        def push_np() -> None:
-            ref = ray.put({k: v.numpy() for k, v in holder.get("np", holder["sd"]).items()})
-            ray.get(engine.__ray_call__.remote(lambda self, arrays: self.update_weights({k: torch.from_numpy(v) for k, v in arrays.items()}), ref))
-
         steps: dict[str, Callable[[], Any]] = {
             "gather": gather,
-            "push_ray": lambda: rollout.update_weights(holder["sd"]),
-            "ray_put": put,
-            "push_inproc": lambda: local.update_weights(holder["sd"]),
-            "gather_np": gather_np,
-            "push_np": push_np,
+            "push": lambda: rollout.update_weights(holder["sd"]),
+            **{t: s_.push for t, s_ in syncs.items()},
         }
+        if local is not None:
+            local.update_weights(sd)
+            steps["push_inproc"] = lambda: local.update_weights(holder["sd"])
         times: dict[str, list[float]] = {k: [] for k in [*steps, "copy"]}
         loads = []
+        same: dict[str, bool] = {}
         for rep in range(repeats):
             names = list(steps)
             for k in names[rep % len(names) :] + names[: rep % len(names)]:
                 t = time.perf_counter()
                 steps[k]()
                 times[k].append(time.perf_counter() - t)
-            times["copy"].append(copy_seconds(nbytes))
+                if k in syncs and rep == 0:
+                    same[k] = asyncio.run(rollout.generate(prompt))[0].token_ids == reference
+            times["copy"].append(copy_seconds(nbytes, "cuda" if gpu else "cpu"))
             loads.append(round(os.getloadavg()[0], 2))
-        times["sync_ray"] = [a + b for a, b in zip(times["gather"], times["push_ray"])]
-        times["sync_np"] = [a + b for a, b in zip(times["gather_np"], times["push_np"])]
     finally:
         learners.shutdown()
         rollout.shutdown()
@@ -161,6 +157,9 @@ def bench_size(name: str, tokenizer_path: str, workdir: Path, repeats: int) -> d
     floor_s = med["copy"]
     return {
         "size": name,
+        "placement": placement,
+        "transports": described,
+        "greedy_output_unchanged": same,
         "config": dict(zip(("hidden_size", "layers_block_type", "num_attention_heads"), SIZES[name])),
         "params": params,
         "state_dict_bytes": nbytes,
@@ -181,6 +180,9 @@ def main() -> int:
     p.add_argument("--sizes", default=",".join(SIZES))
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--tokenizer", default="runs/tiny-sft/final")
+    p.add_argument("--placement", choices=list(TRANSPORTS), default="cpu")
+    p.add_argument("--bucket-mb", type=int, default=512)
+    p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     sizes = [s for s in args.sizes.split(",") if s]
     unknown = [s for s in sizes if s not in SIZES]
@@ -192,17 +194,24 @@ def main() -> int:
 
     from align.cluster import init_ray
 
-    init_ray(num_cpus=2)
+    init_ray(num_cpus=max(4, os.cpu_count() or 1))
     workdir = Path(tempfile.mkdtemp(prefix="bench_weight_sync_"))
     tok = workdir / "tokenizer"
-    shutil.copytree(args.tokenizer, tok)
+    if Path(args.tokenizer).is_dir():
+        shutil.copytree(args.tokenizer, tok)
+    else:  # a fresh machine (a GPU one) has no tiny-sft run: train the tiny world's tokenizer
+        from align.config.schema import ModelConfig, TokenizerConfig
+        from align.models import prepare_initial_checkpoint
+
+        print(f"{args.tokenizer} not found: training the tiny world's tokenizer", flush=True)
+        prepare_initial_checkpoint(ModelConfig(), TokenizerConfig(), tok)
     rows = []
     try:
         for name in sizes:
-            row = bench_size(name, str(tok), workdir, args.repeats)
+            row = bench_size(name, str(tok), workdir, args.repeats, args.placement, args.bucket_mb)
             rows.append(row)
-            print(f"{name}: {row['params'] / 1e6:.2f}M params, sync_ray {row['median_s']['sync_ray']:.3f} s, "
-                  f"push_inproc {row['median_s']['push_inproc']:.3f} s, floor {row['floor_s']:.4f} s", flush=True)  # fmt: skip
+            print(f"{name}: {row['params'] / 1e6:.2f}M params, " + ", ".join(f"{t} {row['median_s'][t]:.4f} s" for t in TRANSPORTS[args.placement])
+                  + f", floor {row['floor_s']:.5f} s, greedy unchanged {row['greedy_output_unchanged']}", flush=True)  # fmt: skip
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -211,24 +220,27 @@ def main() -> int:
         "command": "bench/bench_weight_sync.py " + " ".join(sys.argv[1:]),
         "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "recipe": RECIPE,
+        "placement": args.placement,
+        "bucket_mb": args.bucket_mb,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor(),
         "repeats": args.repeats,
         "sizes": rows,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    out = args.out or (RESULTS if args.placement == "cpu" else RESULTS.with_name(f"weight_sync_{args.placement}.json"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
 
-    table = Table(title=f"weight sync ({os.cpu_count()} cores, {args.repeats} repeats, medians)", title_justify="left")
-    for col in ("size", "params", "MB", "gather s", "push_ray s", "sync_ray s", "sync GB/s", "x floor", "sync_np s", "np x floor",
-                "push_inproc s", "inproc x floor", "ray_put s", "floor s (copy GB/s)", "load"):  # fmt: skip
+    transports = TRANSPORTS[args.placement] + (["push_inproc"] if args.placement == "cpu" else [])
+    table = Table(title=f"weight sync, {args.placement} ({os.cpu_count()} cores, {args.repeats} repeats, medians)", title_justify="left")
+    for col in ("size", "params", "MB", "gather s", "push s", *(f"{t} s (x floor)" for t in transports), "floor s (copy GB/s)", "load"):
         table.add_column(col, justify="right")
     for row in rows:
         m, ratio = row["median_s"], row["ratio_to_floor"]
-        table.add_row(row["size"], f"{row['params'] / 1e6:.2f}M", f"{row['state_dict_bytes'] / 1e6:.1f}", f"{m['gather']:.3f}", f"{m['push_ray']:.3f}",
-                      f"{m['sync_ray']:.3f}", f"{row['gb_per_s']['sync_ray']:.2f}", f"{ratio['sync_ray']:.0f}", f"{m['sync_np']:.3f}", f"{ratio['sync_np']:.0f}", f"{m['push_inproc']:.3f}",
-                      f"{ratio['push_inproc']:.0f}", f"{m['ray_put']:.3f}", f"{row['floor_s']:.4f} ({row['copy_bandwidth_gb_per_s']:.1f})",
-                      f"{statistics.median(row['load_avg_1m'])}")  # fmt: skip
+        table.add_row(row["size"], f"{row['params'] / 1e6:.2f}M", f"{row['state_dict_bytes'] / 1e6:.1f}", f"{m['gather']:.3f}", f"{m['push']:.3f}",
+                      *(f"{m[t]:.4f} ({ratio[t]:.0f})" for t in transports),
+                      f"{row['floor_s']:.5f} ({row['copy_bandwidth_gb_per_s']:.1f})", f"{statistics.median(row['load_avg_1m'])}")  # fmt: skip
     Console(width=240).print(table)
-    print(f"wrote {RESULTS}")
+    print(f"wrote {out}")
     return 0
 
 
