@@ -27,12 +27,9 @@ import datetime
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
-
-Transport = Literal["object_store", "broadcast", "cuda_ipc"]
-
 
 ALIGN = 16  # bytes: every tensor starts at a multiple, so a byte slice views as any dtype
 
@@ -130,7 +127,6 @@ class WeightGroup:
         store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timeout, wait_for_workers=False)
         prefix = dist.PrefixStore("align-weights", store)
         self._store = store  # kept alive: rank 0 serves it
-        self.rank, self.world_size, self.backend = rank, world_size, backend
         if backend == "nccl":
             opts = dist.ProcessGroupNCCL.Options()
             opts._timeout = timeout
