@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Literal
 
-from envs.math.extract import as_latex, boxes, final_text, last_box, mv_grade
+from envs.math.extract import as_latex, boxes, final_text, last_box, mv_grade, said_number
 
 log = logging.getLogger(__name__)
 
@@ -314,6 +314,9 @@ def fast_grade(completion: str, gold: str) -> Verdict | None:
     if not text:
         return Verdict(False, None, "no_answer")
     box = last_box(text)
+    if box is None and plain_number(text) is None:
+        said = said_number(text)
+        return None if said is None else fast_compare(said, gold)
     return fast_compare(text if box is None else box, gold)
 
 
@@ -344,6 +347,9 @@ def extract_answer(completion: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> str
         return box
     if plain_number(text) is not None:
         return text
+    said = said_number(text)
+    if said is not None:
+        return said
     verdict = _POOL.grade(text, None, timeout_s)
     return None if verdict.note else verdict.extracted
 def is_equivalent(prediction: str, gold: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:

@@ -122,3 +122,39 @@ def test_tiny_world_completions_stay_on_the_fast_path(level: int) -> None:
         good_v, bad_v = grade(demo, str(task.answer)), grade(bad, str(task.answer))
         assert (good_v.equal, good_v.method) == (True, "fast"), demo
         assert (bad_v.equal, bad_v.method) == (False, "fast"), bad
+
+
+FREE_TEXT_FORMS = [
+    "We add them.\nThe answer is {n}.",
+    "So the answer is {n}",
+    "Thus, the final answer is {n} apples.",
+    "Answer: {n}",
+    "She pays 3 * 4 = 12 dollars, then more.\n#### {n}",
+    "The answer is ${n}.",
+    "{n}",
+    "x = {n}",
+    "<think>maybe 7</think>The answer is {n}.",
+    "The answer is {n} square meters",
+]
+NUMBERS = ["42", "-3", "1,250", "0.5", "25%", "007", "12,345,678", "3.0"]
+GOLDS = ["42", "-3", "1250", "0.5", "25", "25\\%", "0.25", "7", "12345678", "3", "\\frac{1}{2}"]
+
+
+def test_fast_path_agrees_with_math_verify_on_free_text_numbers() -> None:
+    """Whatever the in-process fast path decides, math-verify's extraction decides the same."""
+    from envs.math.extract import final_text, mv_grade
+    from envs.math.verify import fast_grade
+
+    decided = equal = 0
+    for form in FREE_TEXT_FORMS:
+        for n in NUMBERS:
+            completion = form.format(n=n)
+            for gold in GOLDS:
+                fast = fast_grade(completion, gold)
+                if fast is None:
+                    continue
+                decided += 1
+                equal += fast.equal
+                assert fast.equal == mv_grade(final_text(completion), gold)[0], (completion, gold, fast)
+    assert decided >= 0.8 * len(FREE_TEXT_FORMS) * len(NUMBERS) * len(GOLDS)
+    assert 50 <= equal <= decided - 50
