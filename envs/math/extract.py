@@ -41,9 +41,11 @@ _TEXT_WRAP_RE = re.compile(r"^\\(?:text|textbf|mathrm|mathbf)\{(.*)\}$")
 _LETTER_RE = re.compile(r"^\(?([A-E])\)?[.:]?$")
 _PAREN_LETTER_RE = re.compile(r"\(([A-E])\)")
 _UNESCAPED_DOLLAR_RE = re.compile(r"(?<!\\)\$")
+_LATEX_COMMAND_RE = re.compile(r"\\[A-Za-z]+(?:\{[^{}]*\})?")
+_WORD_RE = re.compile(r"(?<![A-Za-z])(?!(?:sin|cos|tan|log|ln|exp|sqrt|pi|inf|or|and)(?![A-Za-z]))[A-Za-z]{3,}|[A-Za-z]{2,}\s+[A-Za-z]{2,}")
 _CHOICE_WORD_RE = re.compile(r"\b(?:choice|option)\b", re.IGNORECASE)
 # A number in running text, and what around it makes it a piece of a larger expression.
-_NUMBER_TOKEN_RE = re.compile(r"(?<![\w.])-?\d+(?:[.,]\d+)*")
+_NUMBER_TOKEN_RE = re.compile(r"(?<![\w.])-?(?:\d+(?:[.,]\d+)*|\.\d+)")
 _PLAIN_DECIMAL_RE = re.compile(r"^-?\d+(?:\.\d+)?$")
 _THOUSANDS_RE = re.compile(r"^-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?$")
 _UNITS = r"(?:cm|mm|km|kg|mg|ml|m|g|s|h|min|sec|hrs?|ft|in|lbs?|st|nd|rd|th)(?![A-Za-z])"
@@ -136,23 +138,25 @@ def _number_value(token: str) -> Fraction | None:
     return Fraction(token.replace(",", "."))
 
 
-def is_fragment(text: str, number: str) -> bool:
-    r"""Whether the last occurrence of ``number`` in ``text`` is part of a larger expression.
+def refusal(text: str, number: str) -> str | None:
+    r"""Why math-verify's plain number ``number``, read from running ``text``, is no final answer.
 
     math-verify's plain-text extraction takes a number that starts a token, so it reads ``2``
-    out of "2x + 1", "x = 2 + y", "2^n", "10!" or "3 \sqrt{2}". Such a number is not the final
-    answer. False when ``number`` is no plain decimal or does not occur as a token.
+    out of "2x + 1", "x = 2 + y", "2^n", "10!" or "3 \sqrt{2}", and ``1234`` out of ``1,2345``.
+    The last occurrence of the number in the text decides; None when it stands on its own
+    (or ``number`` is no plain decimal).
 
-    >>> is_fragment("The answer is 2x + 1", "2"), is_fragment("so 10! ways", "10"), is_fragment("It is 12 cm.", "12")
-    (True, True, False)
+    >>> refusal("The answer is 2x + 1", "2"), refusal("It is 12 cm.", "12"), refusal("so 1,2345", "1234")
+    ('the number is part of a larger expression', None, 'the number is not written as such in the text')
     """
     if not _PLAIN_DECIMAL_RE.match(number):
-        return False
+        return None
     value = Fraction(number)
     for m in reversed(list(_NUMBER_TOKEN_RE.finditer(text))):
         if _number_value(m.group()) == value:
-            return bool(_FRAGMENT_AFTER_RE.search(text[m.end() : m.end() + 40]) or _FRAGMENT_BEFORE_RE.search(text[: m.start()]))
-    return False
+            fragment = _FRAGMENT_AFTER_RE.search(text[m.end() : m.end() + 40]) or _FRAGMENT_BEFORE_RE.search(text[: m.start()])
+            return "the number is part of a larger expression" if fragment else None
+    return "the number is not written as such in the text"
 
 
 _SAID_RE = re.compile(
@@ -177,6 +181,21 @@ def said_number(text: str) -> str | None:
     return m.group(2)
 
 
+def is_bare_math(text: str) -> bool:
+    r"""Whether a final text is nothing but a math answer written without delimiters.
+
+    math-verify reads only delimited LaTeX (``$...$``, a box) from running text, so it finds
+    nothing in ``(1,2]`` and a fragment in ``y=2x+1``; such a text is read as if boxed. A text
+    with words in it (three letters or more, other than function names) is running text.
+
+    >>> is_bare_math(r"(1,2]"), is_bare_math(r"\frac{\pi}{2}"), is_bare_math("AZYUK2A"), is_bare_math("It is 5")
+    (True, True, False, False)
+    """
+    if len(text) > 100 or "\n" in text or "$" in text or "\\(" in text or "\\[" in text:
+        return False
+    return _WORD_RE.search(_LATEX_COMMAND_RE.sub(" ", text)) is None
+
+
 def as_latex(answer: str) -> str:
     r"""``answer`` in a form math-verify parses as a whole: boxed unless already delimited."""
     s = answer.strip()
@@ -198,14 +217,17 @@ def mv_grade(text: str, gold: str | None) -> tuple[bool, str | None, str | None]
         chosen = _chosen_letter(text)
         return chosen == letter, chosen, None
     box = last_box(text)
+    if box is None and is_bare_math(text):
+        box = text.rstrip(".").strip()
     if box is None and _UNESCAPED_DOLLAR_RE.search(text) is None:
         text = text.replace("\\$", " $")  # no math mode: "\$18.90" is a currency sign
     pred = parse(text if box is None else "\\boxed{" + box + "}", parsing_timeout=None)
     if not pred:
         return False, None, None
     extracted = next((p for p in pred if isinstance(p, str)), str(pred[0]))
-    if box is None and is_fragment(text, extracted):
-        return False, extracted, "the number is part of a larger expression, not a final answer"
+    note = refusal(text, extracted) if box is None else None
+    if note is not None:
+        return False, extracted, note
     if gold is None:
         return False, extracted, None
     gold_parsed = parse(as_latex(gold), parsing_timeout=None)
