@@ -5,22 +5,26 @@ A completion's answer is searched only in its *final text*: everything outside t
 
 1. the last ``\boxed{...}`` / ``\fbox{...}`` (nested braces fine; ``\boxed 5`` too) is the
    answer whenever there is one: earlier boxes and any other text are ignored;
-2. otherwise math-verify's own extraction reads the text (``LatexExtractionConfig`` and
-   ``ExprExtractionConfig``, its defaults): "final answer is", "answer:" / "answer is",
-   the last ``$...$`` / ``\(...\)`` / ``\[...\]`` block, then the last number or expression that
-   stands on its own (preceded by a space, ``=`` or the start of the text, so ``AZYUK2A`` holds
-   no number), with units, currency signs, percentages and thousands separators;
+2. a final text that is nothing but math, with no words (``(1,2]``, ``y=2x+1``), is read as if
+   boxed (:func:`is_bare_math`);
 3. if the gold answer is a multiple-choice letter (``A``-``E``, ``(B)``, ``\text{(C)}``), the
    answer is a letter: a box or the whole final text that is one letter, else
-   ``StringExtractionConfig`` anchored on the word "answer" (an article such as "A total of"
-   never counts).
+   ``StringExtractionConfig`` anchored on "answer" / "choice" / "option" (an article such as
+   "A total of" never counts);
+4. otherwise math-verify's own extraction reads the text (``LatexExtractionConfig`` and
+   ``ExprExtractionConfig``, its defaults): "final answer is", "answer:" / "answer is",
+   the last ``$...$`` / ``\(...\)`` / ``\[...\]`` block, then the last number or expression that
+   starts a token (preceded by a space, ``=`` or the start of the text, so ``AZYUK2A`` holds
+   no number), with units, currency signs, percentages and thousands separators. A plain
+   number it reads that is a piece of a larger expression, or that the text never wrote, is
+   refused (:func:`refusal`).
 
-Numbers follow one comma rule, math-verify's: a comma between digits is a thousands separator
-when the first group has 1-3 digits and does not start with 0 and every later group has exactly
-three digits (``1,000``, ``12,345,678``, ``1{,}000``). Any other comma between digits is not a
-thousands separator: in running text math-verify reads it as a decimal comma (``0,111`` is
-0.111, ``3,5`` is 3.5), inside a box or ``$...$`` it separates the elements of a tuple, set or
-interval (``\boxed{3,5}`` is {3, 5}). So ``0,111`` never means 111.
+Numbers follow one comma rule: a comma between digits is a thousands separator when the first
+group has 1-3 digits and does not start with 0 and every later group has exactly three digits
+(``1,000``, ``12,345,678``, ``1{,}000``). No other comma is a thousands separator, so ``0,111``
+never means 111. Such a comma keeps math-verify's meaning: in running text a decimal comma
+(``3,5`` is 3.5, ``0,111`` is 0.111), inside a box or ``$...$`` a list separator
+(``\boxed{3,5}`` is {3, 5}) except after a leading 0 (``\boxed{0,111}`` is 0.111).
 
 ``mv_grade`` imports math-verify and can run for a long time on hostile input: callers run it
 in a worker process with a timeout (see :mod:`envs.math.verify`).
@@ -52,7 +56,7 @@ _UNITS = r"(?:cm|mm|km|kg|mg|ml|m|g|s|h|min|sec|hrs?|ft|in|lbs?|st|nd|rd|th)(?![
 _FRAGMENT_AFTER_RE = re.compile(
     rf"^(?!{_UNITS})[A-Za-z\\^!(_{{]|^\s*\\(?!text|mbox|mathrm|quad|[%$,;! ])[A-Za-z]|^\s*[-+*/^×·]\s*[\w\\(]"
 )
-_FRAGMENT_BEFORE_RE = re.compile(r"(?:[\w)}]\s*[-+*/^×·]|[\^_/])\s*$")
+_FRAGMENT_BEFORE_RE = re.compile(r"(?:[\w)}]\s*[-+*/^×·]|[\^_/])\s*$|\{$")
 
 
 def final_text(completion: str) -> str:
@@ -142,7 +146,8 @@ def refusal(text: str, number: str) -> str | None:
     r"""Why math-verify's plain number ``number``, read from running ``text``, is no final answer.
 
     math-verify's plain-text extraction takes a number that starts a token, so it reads ``2``
-    out of "2x + 1", "x = 2 + y", "2^n", "10!" or "3 \sqrt{2}", and ``1234`` out of ``1,2345``.
+    out of "2x + 1", "x = 2 + y", "2^n", "10!", "3 \sqrt{2}" or an unclosed ``\boxed{12``, and
+    ``1234`` out of ``1,2345``.
     The last occurrence of the number in the text decides; None when it stands on its own
     (or ``number`` is no plain decimal).
 
@@ -152,6 +157,7 @@ def refusal(text: str, number: str) -> str | None:
     if not _PLAIN_DECIMAL_RE.match(number):
         return None
     value = Fraction(number)
+    text = text.replace("{,}", ",")
     for m in reversed(list(_NUMBER_TOKEN_RE.finditer(text))):
         if _number_value(m.group()) == value:
             fragment = _FRAGMENT_AFTER_RE.search(text[m.end() : m.end() + 40]) or _FRAGMENT_BEFORE_RE.search(text[: m.start()])
@@ -191,7 +197,7 @@ def is_bare_math(text: str) -> bool:
     >>> is_bare_math(r"(1,2]"), is_bare_math(r"\frac{\pi}{2}"), is_bare_math("AZYUK2A"), is_bare_math("It is 5")
     (True, True, False, False)
     """
-    if len(text) > 100 or "\n" in text or "$" in text or "\\(" in text or "\\[" in text:
+    if len(text) > 100 or "\n" in text or "$" in text or "\\(" in text or "\\[" in text or text.count("{") != text.count("}"):
         return False
     return _WORD_RE.search(_LATEX_COMMAND_RE.sub(" ", text)) is None
 
@@ -219,6 +225,7 @@ def mv_grade(text: str, gold: str | None) -> tuple[bool, str | None, str | None]
     box = last_box(text)
     if box is None and is_bare_math(text):
         box = text.rstrip(".").strip()
+    text = text.replace("{,}", ",")  # 1{,}000: LaTeX's spacing for a thousands separator
     if box is None and _UNESCAPED_DOLLAR_RE.search(text) is None:
         text = text.replace("\\$", " $")  # no math mode: "\$18.90" is a currency sign
     pred = parse(text if box is None else "\\boxed{" + box + "}", parsing_timeout=None)
