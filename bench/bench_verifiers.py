@@ -8,8 +8,9 @@ has a floor of 1,000 plain-number checks per second; the script exits 1 if it is
 
 Before vs after: ``envs/math/verify.py`` as of ``--baseline-ref`` (read with ``git show``) is
 loaded beside the working tree's, and both grade the same plain-number inputs in interleaved
-repeats (the order alternates); the second table gives medians and the after/before ratio of
-the medians (the brief: within 2x). The old step path is ``split_thinking`` +
+repeats (the order alternates); the second table gives medians and minima per item and the
+after/before ratios of both. The script exits 1 if a plain-number case's ratio of minima (the
+estimate least moved by other load on a shared machine) is over 2. The old step path is ``split_thinking`` +
 ``extract_answer`` + ``fast_compare``, the new one ``grade``.
 
 Limits: wall-clock timings on a shared machine; other load shows up as noise. The math-verify
@@ -126,27 +127,31 @@ def before_after(n: int, repeats: int, ref: str) -> list[dict]:
         for completion, gold in batch:
             assert grade(completion, gold).method == method
 
-    free = [(f"<think>so</think>We add them up. The answer is {p}.", g) for p, g in pairs[: max(1, n // 10)]]
+    said = [(f"<think>so</think>We add them up. The answer is {p}.", g) for p, g in pairs]
+    free = [(f"<think>so</think>Adding them up we get ${p}$ apples in all.", g) for p, g in pairs[: max(1, n // 10)]]
 
     cases = {
         "is_equivalent, plain numbers": (lambda: [old.is_equivalent(p, g) for p, g in pairs], lambda: [is_equivalent(p, g) for p, g in pairs]),
         "step, tiny-world completions": (lambda: old_step(steps), lambda: new_step(steps)),
         "step, thinking + boxed plain number": (lambda: old_step(boxed), lambda: new_step(boxed)),
-        # Not gated: free text now goes to math-verify's extraction in the worker (the old regex
-        # read "the last number" in-process, the source of the false positives).
-        "step, free text 'The answer is N.' (n/10)": (lambda: old_step(free), lambda: new_step(free, "math_verify")),
+        "step, free text 'The answer is N.'": (lambda: old_step(said), lambda: new_step(said)),
+        # Not gated: other free text now goes to math-verify's extraction in the worker (the old
+        # regex read "the last number" in-process, the source of the false positives).
+        "step, free text '... we get $N$ apples' (n/10)": (lambda: old_step(free), lambda: new_step(free, "math_verify")),
     }
     rows = []
     grade("x", "1")  # start the worker outside the timings
     for name, (before, after) in cases.items():
-        count = len(free) if name.startswith("step, free") else n
+        count = len(free) if name.endswith("(n/10)") else n
         times: dict[str, list[float]] = {"before": [], "after": []}
         for r in range(repeats):
             order = [("before", before), ("after", after)] if r % 2 == 0 else [("after", after), ("before", before)]
             for label, fn in order:
                 times[label].append(timed(count, fn) / count)
         b, a = statistics.median(times["before"]), statistics.median(times["after"])
-        rows.append({"name": name, "n": count, "repeats": repeats, "gated": not name.startswith("step, free"), "before_us": b * 1e6, "after_us": a * 1e6, "ratio": a / b,
+        min_ratio = min(times["after"]) / min(times["before"])
+        rows.append({"name": name, "n": count, "repeats": repeats, "gated": not name.endswith("(n/10)"), "before_us": b * 1e6, "after_us": a * 1e6, "ratio": a / b,
+                     "before_min_us": min(times["before"]) * 1e6, "after_min_us": min(times["after"]) * 1e6, "min_ratio": min_ratio,
                      "per_repeat_ratio": [x / y for x, y in zip(times["after"], times["before"])]})
     return rows
 
@@ -210,12 +215,12 @@ def main() -> int:
 
     comparison = before_after(n(5000), args.repeats, args.baseline_ref)
     cmp_table = Table(title=f"math plain numbers: {args.baseline_ref} (before) vs working tree (after), median of {args.repeats} interleaved")
-    for col in ("case", "n", "before us/item", "after us/item", "after/before", "per repeat"):
+    for col in ("case", "n", "before us/item (min)", "after us/item (min)", "after/before median (min)", "per repeat"):
         cmp_table.add_column(col, justify="left" if col == "case" else "right")
     for r in comparison:
-        ok &= r["ratio"] <= 2.0 or not r["gated"]
-        cmp_table.add_row(r["name"], f"{r['n']:,}", f"{r['before_us']:.2f}", f"{r['after_us']:.2f}", f"{r['ratio']:.2f}",
-                          " ".join(f"{x:.2f}" for x in r["per_repeat_ratio"]))
+        ok &= r["min_ratio"] <= 2.0 or not r["gated"]
+        cmp_table.add_row(r["name"], f"{r['n']:,}", f"{r['before_us']:.2f} ({r['before_min_us']:.2f})", f"{r['after_us']:.2f} ({r['after_min_us']:.2f})",
+                          f"{r['ratio']:.2f} ({r['min_ratio']:.2f})", " ".join(f"{x:.2f}" for x in r["per_repeat_ratio"]))
     Console(width=150).print(cmp_table)
 
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -166,20 +166,22 @@ def refusal(text: str, number: str) -> str | None:
 
 
 _SAID_RE = re.compile(
-    r"(?:^|\n)[ \t]*(?:(?:(?:the|so|thus|therefore|hence),?\s+)?(?:the\s+)?(?:final\s+)?answer\s*(?:is|:)\s*:?|####)[ \t]*"
+    r"(?:^|\n|[.!?][ \t]+)[ \t]*(?:(?:(?:the|so|thus|therefore|hence),?\s+)?(?:the\s+)?(?:final\s+)?answer\s*(?:is|:)\s*:?|####)[ \t]*"
     r"(\$?)(-?(?:[1-9]\d{0,2}(?:,\d{3})+|\d+)(?:\.\d+)?%?)(?:[ \t]+[A-Za-z]+){0,2}[ \t]*\.?[ \t]*$",
     re.IGNORECASE,
 )
 
 
 def said_number(text: str) -> str | None:
-    """The number in a last line "The answer is N." / "Answer: N" / "#### N", read in-process.
+    """The number in a last sentence "The answer is N." / "Answer: N" / "#### N", read in-process.
 
     Only where math-verify would read the same number: no LaTeX (no backslash or second
     dollar sign) and no other "answer" in the text; otherwise None and math-verify decides.
 
-    >>> said_number("3*4=12.\\nThe answer is $1,250."), said_number("#### 72"), said_number("The answer is 2x + 1.")
-    ('1,250', '72', None)
+    >>> said_number("3*4=12.\\nThe answer is $1,250."), said_number("So 9. The answer is 9."), said_number("#### 72")
+    ('1,250', '9', '72')
+    >>> said_number("The answer is 2x + 1."), said_number("I think the answer is 5."), said_number("Answer: 1 or 2")
+    (None, None, None)
     """
     m = _SAID_RE.search(text)
     if m is None or "\\" in text or text.count("$") != len(m.group(1)) or text.lower().count("answer") > 1:

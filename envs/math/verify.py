@@ -314,10 +314,10 @@ def fast_grade(completion: str, gold: str) -> Verdict | None:
     if not text:
         return Verdict(False, None, "no_answer")
     box = last_box(text)
-    if box is None and plain_number(text) is None:
-        said = said_number(text)
-        return None if said is None else fast_compare(said, gold)
-    return fast_compare(text if box is None else box, gold)
+    if box is not None:
+        return fast_compare(box, gold)
+    said = said_number(text)  # before plain_number(text): cheaper, and they never both match
+    return fast_compare(text if said is None else said, gold)
 
 
 def grade(completion: str, gold: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Verdict:

@@ -135,6 +135,8 @@ FREE_TEXT_FORMS = [
     "x = {n}",
     "<think>maybe 7</think>The answer is {n}.",
     "The answer is {n} square meters",
+    "First 3+4=7 and 7*2=14. So the answer is {n}.",
+    "It costs 5 dollars. Answer: {n}",
 ]
 NUMBERS = ["42", "-3", "1,250", "0.5", "25%", "007", "12,345,678", "3.0"]
 GOLDS = ["42", "-3", "1250", "0.5", "25", "25\\%", "0.25", "7", "12345678", "3", "\\frac{1}{2}"]
