@@ -43,10 +43,11 @@ _BOX_BARE_RE = re.compile(r"\\boxed\s+([^\s${}]+)")
 _LETTERS = ("A", "B", "C", "D", "E")
 _TEXT_WRAP_RE = re.compile(r"^\\(?:text|textbf|mathrm|mathbf)\{(.*)\}$")
 _LETTER_RE = re.compile(r"^\(?([A-E])\)?[.:]?$")
-_PAREN_LETTER_RE = re.compile(r"\(([A-E])\)")
+_PAREN_LETTER_RE = re.compile(r"(?<![A-Za-z])\(?([A-E])\)")
 _UNESCAPED_DOLLAR_RE = re.compile(r"(?<!\\)\$")
 _LATEX_COMMAND_RE = re.compile(r"\\[A-Za-z]+(?:\{[^{}]*\})?")
 _WORD_RE = re.compile(r"(?<![A-Za-z])(?!(?:sin|cos|tan|log|ln|exp|sqrt|pi|inf|or|and)(?![A-Za-z]))[A-Za-z]{3,}|[A-Za-z]{2,}\s+[A-Za-z]{2,}")
+_NUMBER_THEN_UNIT_RE = re.compile(r"^-?[\d.,]+\s+[A-Za-z]")
 _CHOICE_WORD_RE = re.compile(r"\b(?:choice|option)\b", re.IGNORECASE)
 # A number in running text, and what around it makes it a piece of a larger expression.
 _NUMBER_TOKEN_RE = re.compile(r"(?<![\w.])-?(?:\d+(?:[.,]\d+)*|\.\d+)")
@@ -54,7 +55,7 @@ _PLAIN_DECIMAL_RE = re.compile(r"^-?\d+(?:\.\d+)?$")
 _THOUSANDS_RE = re.compile(r"^-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?$")
 _UNITS = r"(?:cm|mm|km|kg|mg|ml|m|g|s|h|min|sec|hrs?|ft|in|lbs?|st|nd|rd|th)(?![A-Za-z])"
 _FRAGMENT_AFTER_RE = re.compile(
-    rf"^(?!{_UNITS})[A-Za-z\\^!(_{{]|^\s*\\(?!text|mbox|mathrm|quad|[%$,;! ])[A-Za-z]|^\s*[-+*/^×·]\s*[\w\\(]"
+    rf"^(?!{_UNITS})[A-Za-z\\^!(_{{]|^\s*\\(?!text|mbox|mathrm|quad|[%$,;! ])[A-Za-z]|^\s*[-+*/^×·]\s*(?:[\d\\(]|[A-Za-z](?![A-Za-z]))"
 )
 _FRAGMENT_BEFORE_RE = re.compile(r"(?:[\w)}]\s*[-+*/^×·]|[\^_/])\s*$|\{$")
 
@@ -196,10 +197,12 @@ def is_bare_math(text: str) -> bool:
     nothing in ``(1,2]`` and a fragment in ``y=2x+1``; such a text is read as if boxed. A text
     with words in it (three letters or more, other than function names) is running text.
 
-    >>> is_bare_math(r"(1,2]"), is_bare_math(r"\frac{\pi}{2}"), is_bare_math("AZYUK2A"), is_bare_math("It is 5")
-    (True, True, False, False)
+    >>> is_bare_math(r"(1,2]"), is_bare_math(r"\frac{\pi}{2}"), is_bare_math("AZYUK2A"), is_bare_math("It is 5"), is_bare_math("45 km/h")
+    (True, True, False, False, False)
     """
     if len(text) > 100 or "\n" in text or "$" in text or "\\(" in text or "\\[" in text or text.count("{") != text.count("}"):
+        return False
+    if _NUMBER_THEN_UNIT_RE.match(text):  # "45 km/h", "12 m^2": a number and its unit
         return False
     return _WORD_RE.search(_LATEX_COMMAND_RE.sub(" ", text)) is None
 
