@@ -10,7 +10,7 @@ A completion's answer is searched only in its *final text*: everything outside t
 3. if the gold answer is a multiple-choice letter (``A``-``E``, ``(B)``, ``\text{(C)}``), the
    answer is a letter: a box or the whole final text that is one letter, else
    ``StringExtractionConfig`` anchored on "answer" / "choice" / "option" (an article such as
-   "A total of" never counts);
+   "A total of" never counts), else a letter that math-verify reads in math (``$B$``);
 4. otherwise math-verify's own extraction reads the text (``LatexExtractionConfig`` and
    ``ExprExtractionConfig``, its defaults): "final answer is", "answer:" / "answer is",
    the last ``$...$`` / ``\(...\)`` / ``\[...\]`` block, then the last number or expression that
@@ -47,6 +47,7 @@ _PAREN_LETTER_RE = re.compile(r"(?<![A-Za-z])\(?([A-E])\)")
 _UNESCAPED_DOLLAR_RE = re.compile(r"(?<!\\)\$")
 _LATEX_COMMAND_RE = re.compile(r"\\[A-Za-z]+(?:\{[^{}]*\})?")
 _WORD_RE = re.compile(r"(?<![A-Za-z])(?!(?:sin|cos|tan|log|ln|exp|sqrt|pi|inf|or|and)(?![A-Za-z]))[A-Za-z]{3,}|[A-Za-z]{2,}\s+[A-Za-z]{2,}")
+_LATEX_THOUSANDS_RE = re.compile(r"(?<=\d)(?:\{,\}|\\,)(?=\d{3})")
 _NUMBER_THEN_UNIT_RE = re.compile(r"^-?[\d.,]+\s+[A-Za-z]")
 _CHOICE_WORD_RE = re.compile(r"\b(?:choice|option)\b", re.IGNORECASE)
 # A number in running text, and what around it makes it a piece of a larger expression.
@@ -55,7 +56,7 @@ _PLAIN_DECIMAL_RE = re.compile(r"^-?\d+(?:\.\d+)?$")
 _THOUSANDS_RE = re.compile(r"^-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?$")
 _UNITS = r"(?:cm|mm|km|kg|mg|ml|m|g|s|h|min|sec|hrs?|ft|in|lbs?|st|nd|rd|th)(?![A-Za-z])"
 _FRAGMENT_AFTER_RE = re.compile(
-    rf"^(?!{_UNITS})[A-Za-z\\^!(_{{]|^\s*\\(?!text|mbox|mathrm|quad|[%$,;! ])[A-Za-z]|^\s*[-+*/^×·]\s*(?:[\d\\(]|[A-Za-z](?![A-Za-z]))"
+    rf"^(?!{_UNITS})[A-Za-z^!(_{{]|^\s*\\(?!text|mbox|mathrm|quad|[%$,;! ])[A-Za-z]|^\s*[-+*/^×·]\s*(?:[\d\\(]|[A-Za-z](?![A-Za-z]))"
 )
 _FRAGMENT_BEFORE_RE = re.compile(r"(?:[\w)}]\s*[-+*/^×·]|[\^_/])\s*$|\{$")
 
@@ -119,7 +120,7 @@ def choice_letter(answer: str) -> str | None:
 
 
 def _chosen_letter(text: str) -> str | None:
-    """The letter a multiple-choice completion picks: a box, the whole text, or after "answer"."""
+    """The letter a multiple-choice completion picks: a box, the whole text, after "answer", in math."""
     from math_verify import StringExtractionConfig, parse
 
     box = last_box(text)
@@ -131,7 +132,10 @@ def _chosen_letter(text: str) -> str | None:
     config = StringExtractionConfig(strings=_LETTERS, try_extract_without_anchor=False, lowercase=False)
     anchored = _CHOICE_WORD_RE.sub("answer", _PAREN_LETTER_RE.sub(r" \1 ", text))
     found = parse(anchored, [config], fallback_mode="no_fallback", parsing_timeout=None)
-    return found[0] if found else None
+    if found:
+        return found[0]
+    latex = [p for p in parse(text, parsing_timeout=None) if isinstance(p, str)]  # "$B$", "\(\text{(B)}\)"
+    return choice_letter(latex[0]) if latex else None
 
 
 def _number_value(token: str) -> Fraction | None:
@@ -230,7 +234,7 @@ def mv_grade(text: str, gold: str | None) -> tuple[bool, str | None, str | None]
     box = last_box(text)
     if box is None and is_bare_math(text):
         box = text.rstrip(".").strip()
-    text = text.replace("{,}", ",")  # 1{,}000: LaTeX's spacing for a thousands separator
+    text = _LATEX_THOUSANDS_RE.sub(",", text)  # 1{,}000, 1\\,000: LaTeX spellings of 1,000
     if box is None and _UNESCAPED_DOLLAR_RE.search(text) is None:
         text = text.replace("\\$", " $")  # no math mode: "\$18.90" is a currency sign
     pred = parse(text if box is None else "\\boxed{" + box + "}", parsing_timeout=None)
