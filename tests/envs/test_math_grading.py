@@ -165,3 +165,41 @@ def test_fast_path_agrees_with_math_verify_on_free_text_numbers() -> None:
                 assert fast.equal == reference, (completion, gold, fast)
     assert decided >= 0.8 * len(FREE_TEXT_FORMS) * len(NUMBERS) * len(GOLDS)
     assert 50 <= equal <= decided - 50
+
+
+LATEX_ANSWERS = [
+    ("\\frac{3}{4}", ["\\dfrac34", "0.75", "\\frac{4}{3}", "\\frac{6}{8}"]),
+    ("\\sqrt{2}", ["\\sqrt 2", "2^{1/2}", "\\sqrt{3}"]),
+    ("(-\\infty, 2]", ["(-\\infty,2]", "(-\\infty,2)", "x \\le 2"]),
+    ("\\{1,3\\}", ["\\{3, 1\\}", "1, 3", "\\{1\\}"]),
+    ("x^2-4", ["(x-2)(x+2)", "x^2+4"]),
+    ("-\\frac{10}{9}", ["\\frac{-10}{9}", "\\frac{10}{9}", "-10/9"]),
+    ("5\\%", ["5%", "0.05", "50\\%"]),
+    ("\\text{(B)}", ["B", "(B)", "C"]),
+]
+LATEX_FORMS = [
+    "The answer is ${x}$.",
+    "So we get \\[{x}\\]",
+    "Final Answer: The final answer is ${x}$. I hope it is correct.",
+    "Thus the solution is ${x}$ as required.",
+    "<think>hmm maybe $7$</think>the result is \\({x}\\).",
+]
+
+
+def test_agrees_with_math_verify_on_latex_answers_in_running_text() -> None:
+    """Ordinary phrasings, no trap: the environment must read them exactly as math-verify does."""
+    from math_verify import parse, verify
+
+    from envs.math.extract import final_text
+
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    verdicts = []
+    for gold, predictions in LATEX_ANSWERS:
+        for x in predictions:
+            for form in LATEX_FORMS:
+                completion = form.format(x=x)
+                ours = grade(completion, gold)
+                reference = verify(parse(as_latex(gold)), parse(final_text(completion)))
+                assert ours.equal == reference, (gold, completion, ours.reason)
+                verdicts.append(ours.equal)
+    assert 30 <= sum(verdicts) <= len(verdicts) - 30
