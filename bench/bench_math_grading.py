@@ -1,8 +1,9 @@
 """How often the math environment's verdict agrees with math-verify's and with the expected one.
 
 Usage: ``.venv/bin/python bench/bench_math_grading.py [CASES.jsonl ...]`` (default: the held-out
-set ``bench/data/math_grading_heldout.jsonl``, which no test reads; the tests' set is
-``tests/envs/data/math_grading_cases.jsonl``).
+sets ``bench/data/math_grading_heldout*.jsonl``, which no test reads; the tests' set is
+``tests/envs/data/math_grading_cases.jsonl``). ``heldout2`` was written after the last change
+to the extraction and never used to tune it.
 
 Each row of a case file: ``gold``, ``completion`` (free text, thinking included), ``expected``
 (bool) and ``kind``. The environment's verdict is ``MathEnv.step``'s; math-verify's is its
@@ -32,7 +33,7 @@ from envs.base import Task  # noqa: E402
 from envs.math import MathEnv  # noqa: E402
 from envs.math.extract import as_latex  # noqa: E402
 
-HELD_OUT = Path(__file__).resolve().parent / "data" / "math_grading_heldout.jsonl"
+HELD_OUT = sorted((Path(__file__).resolve().parent / "data").glob("math_grading_heldout*.jsonl"))
 RESULTS = Path(__file__).resolve().parent / "results" / "math_grading.json"
 
 
@@ -69,7 +70,7 @@ def evaluate(path: Path) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("files", nargs="*", type=Path, default=[HELD_OUT])
+    ap.add_argument("files", nargs="*", type=Path, default=HELD_OUT)
     args = ap.parse_args()
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     reports = [evaluate(f) for f in args.files]
