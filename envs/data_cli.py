@@ -58,7 +58,8 @@ def reason_of(result: StepResult) -> str:
     if info.get("reason"):
         return str(info["reason"])
     if "extracted" in info:
-        return f"extracted {info['extracted']!r}" + (f", gold {info['gold']!r}" if "gold" in info else "")
+        found = "no answer extracted" if info["extracted"] is None else f"extracted {info['extracted']!r}"
+        return found + (f", gold {info['gold']!r}" if "gold" in info else "")
     return "correct" if result.correct else "wrong"
 
 
@@ -151,7 +152,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             f.write(lines)
         summary_console = out
     counts = Counter(r["verdict"] for r in records)
-    table = Table(title=f"{args.name}: {len(records)} completions scored ({args.completions})", title_justify="left")
+    table = Table()
     for col in ("verdict", "rows", "share", "mean reward"):
         table.add_column(col)
     for verdict in ("correct", "wrong", "error"):
@@ -159,6 +160,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         share = f"{100 * len(rows) / len(records):.1f}%" if records else "-"
         mean = f"{sum(r['reward'] for r in rows) / len(rows):.3f}" if rows else "-"
         table.add_row(verdict, str(counts[verdict]), share, mean)
+    summary_console.print(f"[bold]{args.name}: {len(records)} completions scored[/]")
     summary_console.print(table)
     if skipped:
         summary_console.print(f"{skipped} bad data row(s) skipped")

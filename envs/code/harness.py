@@ -142,7 +142,9 @@ def failure_reason(tests: dict[str, Any], status: str, stderr: str) -> str:
     if m and tests.get("kind") == "asserts" and int(m.group(1)) < len(tests.get("asserts", [])):
         return f"{tests['asserts'][int(m.group(1))]} failed ({m.group(2).strip().rstrip(':')})"
     last = next((line.strip() for line in reversed(stderr.splitlines()) if line.strip()), "")
-    return f"{status}: {last}" if last else status
+    if last:
+        return f"{status}: {last}"
+    return "the tests did not report (the program exited before they ran)" if status == "ok" else status
 
 
 def corrupt_program(code: str, entry_point: str) -> str:

@@ -3,12 +3,14 @@
 Fields (map others with ``columns``, see :mod:`envs.public_data`):
 
 - ``prompt`` (else ``question`` or ``query``): the request, a string or chat messages;
-- ``tools``: a list (or a JSON string of a list, as xLAM stores it) of
+- ``tools``: a list (or a JSON string of a list, as xLAM stores it; ``None`` values, which a
+  ``datasets`` table fills in for keys other tools have, are dropped) of
   ``{"type": "function", "function": {"name", "description", "parameters"}}`` where
   ``parameters`` is a JSON schema; a bare ``{"name", "description", "parameters"}`` is accepted;
 - ``tool_calls`` (xLAM: ``answers``): the ground-truth calls, OpenAI ``{"type": "function",
   "function": {"name", "arguments"}}`` or bare ``{"name", "arguments"}``, ``arguments`` an object
-  or a JSON string; or an empty list and an ``answer`` when the right move is to answer directly;
+  or a JSON string (keep it a string in a ``datasets`` table, whose schema would otherwise
+  add every other call's keys as ``None``); or an empty list and an ``answer`` when the right move is to answer directly;
 - ``answer``: the final answer when no call is expected;
 - ``id``: optional.
 
@@ -46,8 +48,17 @@ def _json_list(row: dict[str, Any], name: str) -> list[Any] | None:
     return value
 
 
+def _drop_none(value: Any) -> Any:
+    """A tools list read through ``datasets`` has every key of the union, the absent ones None."""
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value]
+    return value
+
+
 def _functions(row: dict[str, Any]) -> list[dict[str, Any]]:
-    tools = _json_list(row, "tools")
+    tools = _drop_none(_json_list(row, "tools"))
     if not tools:
         raise DataError("field 'tools': missing or empty; give the OpenAI tools list [{type: function, function: {...}}]")
     functions = []
