@@ -45,6 +45,7 @@ FORMATS: dict[str, RowFormat] = {
     "tool_use": tool_dataset,
 }
 
+
 def is_task_row(row: dict[str, Any]) -> bool:
     """A row already in align's own task shape (as ``envs/*/data/examples.jsonl``)."""
     return "env" in row and isinstance(row.get("prompt"), list)
