@@ -117,3 +117,16 @@ def test_unsupported_ifeval_ids_exit_2_with_one_message(tmp_path: Path, capsys, 
     assert main(["envs", "test", "instruction_following", "--data", str(path)]) == 2
     err = capsys.readouterr().err
     assert "unsupported instruction ids: combination:two_responses (line 2); detectable_format:title (line 1)" in err
+
+
+def test_skip_bad_rows_flag(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    import align.cli
+
+    monkeypatch.setattr(align.cli.err, "_width", 400)
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"question": "1+1?", "answer": "2"}\n{"question": "2+2?", "answer": ["4"]}\n')
+    assert main(["envs", "test", "math", "--data", str(path)]) == 2
+    assert "(line 2): field 'answer': expected a string or a number, got list" in capsys.readouterr().err
+    assert main(["envs", "test", "math", "--data", str(path), "--skip-bad-rows"]) == 0
+    out = capsys.readouterr().out
+    assert "1/1 rows verify" in out and "1 bad row(s) skipped" in out
