@@ -1,5 +1,5 @@
-"""Public dataset formats: each loads from JSONL and from a ``save_to_disk`` folder with column
-mapping; bad rows are named (file, line, field) and ``on_bad_row`` is honoured."""
+"""Public dataset formats: each loads from JSONL, and from a ``save_to_disk`` folder and a parquet
+file with column mapping; bad rows are named (file, line, field) and ``on_bad_row`` is honoured."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def _same(a: Any, b: Any) -> None:
 
 
 @pytest.mark.parametrize("fmt", sorted(DATA))
-def test_format_loads_from_jsonl_and_from_a_renamed_datasets_folder(fmt: str, tmp_path: Path) -> None:
+def test_format_loads_from_jsonl_and_from_a_renamed_folder_and_parquet(fmt: str, tmp_path: Path) -> None:
     env, path = DATA[fmt]
     tasks, skipped = load_env_tasks(env, str(path))
     assert skipped == 0 and len(tasks) == len(_rows(path)) and all(t.env == env for t in tasks)
@@ -66,11 +66,14 @@ def test_format_loads_from_jsonl_and_from_a_renamed_datasets_folder(fmt: str, tm
             row = {k: json.dumps(v) if k in ("functions", "calls") else v for k, v in row.items()}
         rows.append(row)
     keys = {k: None for row in rows for k in row}  # a table has every column in every row (None where absent)
-    folder = tmp_path / fmt
-    datasets.Dataset.from_list([{**keys, **row} for row in rows]).save_to_disk(str(folder))
-    mapped, skipped = load_env_tasks(env, str(folder), columns)
-    assert skipped == 0
-    _same(mapped, tasks)
+    table = datasets.Dataset.from_list([{**keys, **row} for row in rows])
+    folder, parquet = tmp_path / fmt, tmp_path / f"{fmt}.parquet"
+    table.save_to_disk(str(folder))
+    table.to_parquet(str(parquet))
+    for source in (folder, parquet):
+        mapped, skipped = load_env_tasks(env, str(source), columns)
+        assert skipped == 0
+        _same(mapped, tasks)
     with pytest.raises(DataError, match="column .* is missing"):  # the same folder without the mapping
         load_env_tasks(env, str(folder), {k: f"{v}_typo" for k, v in columns.items()})
 
