@@ -144,7 +144,11 @@ def failure_reason(tests: dict[str, Any], status: str, stderr: str) -> str:
     last = next((line.strip() for line in reversed(stderr.splitlines()) if line.strip()), "")
     if last:
         return f"{status}: {last}"
-    return "the tests did not report (the program exited before they ran)" if status == "ok" else status
+    if status != "ok":
+        return status
+    if tests.get("kind") == "io":
+        return "wrong output on a stdin/stdout case"
+    return "the tests did not report (the program exited before they ran)"
 
 
 def corrupt_program(code: str, entry_point: str) -> str:

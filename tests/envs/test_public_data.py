@@ -196,3 +196,16 @@ def test_function_call_scoring_names_what_is_wrong() -> None:
     ok, reason = verdict("<think>" + call % '{"city": "Paris", "unit": "celsius"}')  # the call only inside unclosed thinking
     assert not ok and "got no call" in reason
     assert score_turn(task, call % '{"city": "Paris", "unit": "celsius"}' * 2).correct is False  # an extra call
+
+
+def test_code_reasons_name_the_failure() -> None:
+    from envs.code import generate
+
+    env = make_env("code")
+    io_task = generate.io_example()
+    wrong = asyncio.run(env.step(io_task, [], "```python\nprint(int(input()) + 2)\n```"))
+    right = asyncio.run(env.step(io_task, [], "```python\nprint(int(input()) * 2)\n```"))
+    assert wrong.info["reason"].endswith("; wrong output on a stdin/stdout case") and right.info["reason"].startswith("passed 3/3")
+    he = load_env_tasks("code", str(DATA["humaneval"][1]))[0][0]
+    crash = asyncio.run(env.step(he, [], "```python\ndef add(x, y):\n    return x - y\n```"))
+    assert crash.info["reason"] == "passed 0/1 tests; error: AssertionError"
