@@ -51,10 +51,12 @@ def _humaneval(row: dict[str, Any], index: int) -> Task:
     if "def check" not in test:
         raise DataError("field 'test': expected a HumanEval check(candidate) function")
     body = _first(row, "solution", "canonical_solution")
-    answer = None if body is None else (body if body.startswith(("def ", "import ", "from ")) else signature + body)  # a full program, or a body completing the prompt
+    # The reference is either a whole program or (HumanEval) a body that completes the prompt.
+    answer = None if body is None else (body if body.startswith(("def ", "import ", "from ")) else signature + body)
     tid = row.get("id") or row.get("task_id") or f"code-{index}"
     tests = {"kind": "check", "test": test, "entry_point": entry}
-    return Task(id=str(tid), env="code", prompt=[{"role": "user", "content": humaneval_prompt(signature)}], answer=answer, meta={"tests": tests})
+    prompt = [{"role": "user", "content": humaneval_prompt(signature)}]
+    return Task(id=str(tid), env="code", prompt=prompt, answer=answer, meta={"tests": tests})
 
 
 def _mbpp(row: dict[str, Any], index: int) -> Task:
@@ -69,7 +71,8 @@ def _mbpp(row: dict[str, Any], index: int) -> Task:
     prompt = f"{text}\nYour code should pass these tests:\n{shown}\nReply with the function in a python block."
     tid = row.get("id") or row.get("task_id") or f"code-{index}"
     tests = {"kind": "asserts", "asserts": list(asserts), "setup": setup}
-    return Task(id=str(tid), env="code", prompt=[{"role": "user", "content": prompt}], answer=_first(row, "solution", "code"), meta={"tests": tests})
+    reference = _first(row, "solution", "code")
+    return Task(id=str(tid), env="code", prompt=[{"role": "user", "content": prompt}], answer=reference, meta={"tests": tests})
 
 
 def to_task(row: dict[str, Any], index: int) -> Task:
@@ -78,4 +81,7 @@ def to_task(row: dict[str, Any], index: int) -> Task:
         return _mbpp(row, index)
     if row.get("test") is not None or row.get("entry_point") is not None:
         return _humaneval(row, index)
-    raise DataError("field 'test_list' or 'test': missing; a code row needs MBPP assert lines (test_list) or a HumanEval check function (test + entry_point)")
+    raise DataError(
+        "field 'test_list' or 'test': missing; a code row needs MBPP assert lines (test_list) "
+        "or a HumanEval check function (test + entry_point)"
+    )

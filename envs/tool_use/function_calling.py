@@ -119,5 +119,6 @@ def reference_turn(task: Task) -> list[Message]:
     """The ground truth as an assistant turn: the expected calls, or the boxed final answer."""
     expected = task.meta["expected_calls"]
     if expected:
-        return [{"role": "assistant", "content": "<think>call the tools</think>" + "".join(format_call(c["name"], c["arguments"]) for c in expected)}]
+        calls = "".join(format_call(c["name"], c["arguments"]) for c in expected)
+        return [{"role": "assistant", "content": "<think>call the tools</think>" + calls}]
     return [{"role": "assistant", "content": f"<think></think>\\boxed{{{task.answer}}}"}]
