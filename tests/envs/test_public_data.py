@@ -177,6 +177,13 @@ def test_rl_data_path_splits_a_public_file_into_train_and_eval() -> None:
     assert {t.answer for t in train + evals} == {"72", "10", "63", "210", "6"}
 
 
+def test_rl_data_path_with_no_usable_rows_is_named(tmp_path: Path) -> None:
+    path = _write_jsonl(tmp_path / "bad.jsonl", [{"question": "no answer"}])
+    spec = EnvSpec(name="math", data_path=str(path), on_bad_row="skip")
+    with pytest.raises(DataError, match="bad.jsonl: no usable tasks .*'math', data_path; 1 bad rows skipped"):
+        load_tasks(spec, make_env("math"), 10, 0, "train")
+
+
 def test_function_call_scoring_names_what_is_wrong() -> None:
     task = load_env_tasks("tool_use", str(DATA["openai_tools"][1]))[0][0]
     env = make_env("tool_use")

@@ -13,6 +13,7 @@ import random
 from typing import Any
 
 from align.config.schema import EnvSpec, RLReasoningConfig
+from align.data.errors import DataError
 from align.data.generated import split_counts
 from align.reasoning import ReasoningMode
 from envs.base import Environment, Task
@@ -23,6 +24,8 @@ def load_tasks(spec: EnvSpec, env: Environment, n: int, seed: int, split: str) -
     """``n`` tasks: from ``spec.data_path`` (any format of :mod:`envs.public_data`) or the environment's generator."""
     if spec.data_path is not None:
         tasks, skipped = load_env_tasks(spec.name, spec.data_path, spec.columns, spec.on_bad_row)
+        if not tasks:
+            raise DataError(f"{spec.data_path}: no usable tasks (envs entry '{spec.name}', data_path; {skipped} bad rows skipped)")
         if skipped and split == "train":
             print(f"{spec.name}: skipped {skipped} bad row(s) of {spec.data_path} (on_bad_row=skip)")
         train, evals = split_tasks(tasks, spec.num_eval, seed, spec.name)
