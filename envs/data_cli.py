@@ -68,8 +68,11 @@ def verdict_of(result: StepResult) -> str:
 
 
 def _reference(env: Environment, task: Task) -> list[str] | None:
+    demonstrate = getattr(env, "demonstrate", None)  # a plugin may score without making demonstrations
+    if demonstrate is None:
+        return None
     try:
-        turns = env.demonstrate(task)
+        turns = demonstrate(task)
     except (ValueError, KeyError):  # the row carries no reference (an IFEval row without a response)
         return None
     return [m["content"] for m in turns if m["role"] == "assistant"]
