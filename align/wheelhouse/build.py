@@ -10,7 +10,7 @@ PyPI; ``install_offline.py`` (copied into the wheelhouse) installs it on the nod
    installed list (``pip freeze`` output) so pip keeps what the node has. Two fallbacks, each printed:
    - an installed pin that a requirement contradicts (vllm 0.26.0 pins numba==0.65.0, the H200
      image has 0.68.0) is dropped, so the wheelhouse carries the version needed and the node's
-     copy is replaced; the torch stack and CUDA libraries are never dropped (that is an error);
+     copy is replaced; torch, triton and the CUDA libraries are never dropped (that is an error);
    - a requirement with no wheel for the target (deepspeed publishes only an sdist) is built here
      from its sdist and kept only if the wheel is pure Python (``py3-none-any``).
 3. Download the resolved wheels the node does not already have and check their sha256 against the
@@ -46,7 +46,8 @@ from align.wheelhouse.install_offline import MANIFEST, WheelhouseError, sha256_f
 
 ROOT = Path(__file__).resolve().parents[2]
 # Never replaced on the node: a different torch or CUDA library breaks everything built against it.
-HARD_PINS = re.compile(r"^(torch|torchvision|torchaudio|triton|nvidia-.*|cuda-.*)$")
+# (cuda-bindings and cuda-core are Python bindings; vllm 0.26.0's humming-kernels needs cuda-core 1.0.)
+HARD_PINS = re.compile(r"^(torch|torchvision|torchaudio|triton|nvidia-.*|cuda-toolkit)$")
 MAX_FALLBACKS = 30
 
 
@@ -134,26 +135,29 @@ def build_sdist_wheel(spec: str, dest: Path, constraints: Path | None = None, en
     return made[0]
 
 
-def _marker_gaps(report: dict, target: Target, known: set[str]) -> list[str]:
-    """Requirements whose markers hold on the target's Python but not on this one, and are not resolved."""
+def _marker_gaps(report: dict, target: Target) -> list[str]:
+    """Requirements whose markers hold on the target's Python but not on this one (markers dropped).
+
+    Example: vllm 0.26.0 needs ``setuptools<81; python_version > "3.11"``, the H200 has 81.0.0."""
     host = dict(default_environment())
     tgt = {**host, "python_version": target.python_version, "python_full_version": target.python_full_version}
     gaps = []
     for item in report["install"]:
         for spec in item["metadata"].get("requires_dist") or []:
             req = Requirement(spec)
-            if req.marker is None or canonicalize_name(req.name) in known:
+            if req.marker is None:
                 continue
             for extra in ["", *(item.get("requested_extras") or [])]:
                 if req.marker.evaluate({**tgt, "extra": extra}) and not req.marker.evaluate({**host, "extra": extra}):
-                    gaps.append(str(Requirement(spec)).split(";")[0].strip())
+                    req.marker = None
+                    gaps.append(str(req))
                     break
     return sorted(set(gaps))
 
 
 def resolve(reqs: list[str], target: Target, installed: dict[str, str], work: Path, built: Path) -> tuple[dict, list[str]]:
     """pip's resolution for the target; returns the report and the installed pins it had to drop."""
-    constraints = {n: v for n, v in installed.items()} | {canonicalize_name(n): v for n, v in target.pins.items()}
+    constraints = dict(installed) | {canonicalize_name(n): v for n, v in target.pins.items()}
     dropped: list[str] = []
     reqs = list(reqs)
     for _ in range(MAX_FALLBACKS):
@@ -166,7 +170,7 @@ def resolve(reqs: list[str], target: Target, installed: dict[str, str], work: Pa
         out = proc.stdout + proc.stderr
         if proc.returncode == 0:
             data = json.loads(report.read_text())
-            gaps = _marker_gaps(data, target, {canonicalize_name(i["metadata"]["name"]) for i in data["install"]} | set(installed))
+            gaps = [g for g in _marker_gaps(data, target) if g not in reqs]
             if not gaps:
                 return data, dropped
             print(f"needed on Python {target.python_version} only, resolving again with them: {gaps}")
@@ -175,13 +179,14 @@ def resolve(reqs: list[str], target: Target, installed: dict[str, str], work: Pa
         conflicts = re.findall(r"The user requested \(constraint\) ([A-Za-z0-9._-]+)==(\S+)", out)
         missing = re.search(r"No matching distribution found for (.+?)(?: \(from [^)]*\))?$", out, re.M)
         if conflicts:
-            for name, version in conflicts:
-                name = canonicalize_name(name)
-                if HARD_PINS.match(name):
-                    raise WheelhouseError(f"a requirement needs another {name} than the node's {version}, which is never replaced:\n{out[-3000:]}")
-                if constraints.pop(name, None) is not None:
-                    dropped.append(f"{name}=={version}")
-                    print(f"the node's {name}=={version} conflicts with a requirement: the wheelhouse replaces it")
+            names = {canonicalize_name(name): version for name, version in conflicts}
+            if hard := sorted(n for n in names if HARD_PINS.match(n)):
+                raise WheelhouseError(f"a requirement needs another {hard} than the node's, which is never replaced:\n{out[-3000:]}")
+            if not names.keys() & constraints.keys():
+                raise WheelhouseError(f"pip still reports a conflict with {sorted(names)} after dropping them:\n{out[-3000:]}")
+            for name in names.keys() & constraints.keys():
+                dropped.append(f"{name}=={constraints.pop(name)}")
+                print(f"the node's {dropped[-1]} conflicts with a requirement: the wheelhouse replaces it")
         elif missing:
             build_sdist_wheel(missing.group(1).strip(), built, work / "constraints.txt")
         else:

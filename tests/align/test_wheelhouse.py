@@ -14,11 +14,12 @@ import subprocess
 import sys
 import venv
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from align.wheelhouse.build import TARGETS, _entry, pack_parts, project_requirements, read_installed
+from align.wheelhouse.build import TARGETS, _entry, _marker_gaps, pack_parts, project_requirements, read_installed
 from align.wheelhouse.install_offline import MANIFEST, WheelhouseError, install, join_parts, main, pip_commands, split_file, verify
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -183,3 +184,12 @@ def test_cli_exit_2_on_a_missing_installed_list(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "align.wheelhouse.build", "--installed", str(tmp_path / "nope.txt")],
                           capture_output=True, text=True, cwd=ROOT)  # fmt: skip
     assert proc.returncode == 2 and "nope.txt: no such file" in proc.stderr and "pip freeze" in proc.stderr
+
+
+def test_marker_gaps_are_requirements_of_the_target_python_only() -> None:
+    """pip evaluates markers on this interpreter: the builder adds back what only the target's Python needs."""
+    target = replace(TARGETS["gpu"], python_version="3.99", python_full_version="3.99.0")
+    item = {"metadata": {"name": "vllm", "requires_dist": ['setuptools<81,>=77.0.3; python_version > "3.50"', 'tomli; python_version < "3.0"',
+                                                           "numba==0.65.0", 'fastapi[standard]>=0.133; extra == "serve"']},
+            "requested_extras": ["serve"]}  # fmt: skip
+    assert _marker_gaps({"install": [item]}, target) == ["setuptools<81,>=77.0.3"]
