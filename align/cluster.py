@@ -362,7 +362,7 @@ def _wait_all(refs: list[Any]) -> None:
 
 
 class RewardModelGroup:
-    """Reward-model scorer actors (``rewards.reward_model.RewardModelScorer``), one model copy each.
+    """Reward-model scorer actors (``align.learner.reward_model.RewardModelScorer``), one model copy each.
 
     ``score`` cuts a batch of conversations into one contiguous slice per actor, scores the slices
     concurrently and returns the rewards in input order. The model is frozen: nothing is ever
@@ -380,7 +380,7 @@ class RewardModelGroup:
         placement_timeout_s: float = 120.0,
         in_process: bool = False,
     ) -> None:
-        from rewards.reward_model import RewardModelScorer
+        from align.learner.reward_model import RewardModelScorer
 
         self.in_process = in_process
         kwargs = dict(path=str(path), batch_size=batch_size_per_actor, max_seq_len=max_seq_len, cpus=cpus_per_actor)

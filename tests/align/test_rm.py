@@ -21,7 +21,6 @@ from align.models import load_tokenizer, prepare_initial_checkpoint
 from align.plugins import PluginParamsError
 from rewards.base import RewardFn
 from rewards.registry import available_rewards, make_reward
-from rewards.reward_model import RewardModelScorer
 from rewards.testing import trajectory
 
 TEXTS = [f"What is {a}+{b}? <think>{a}+{b}={a + b}</think>\\boxed{{{a + b}}}" for a in range(20) for b in range(20)]
@@ -196,7 +195,7 @@ def test_reward_model_reward_in_process_scores_each_conversation(trained_folder:
     one = [fn.score([x])[0] for x in BATCH]
     assert scores == pytest.approx(one, abs=1e-5)
     # Weights: the saved ones by default, the recipe's when given.
-    scorer = RewardModelScorer(str(trained_folder))
+    scorer = reward_model_module.RewardModelScorer(str(trained_folder))
     assert scorer.attributes() == {"correctness": 1.0, "brevity": 0.25}
     only = make_reward("reward_model", {"path": str(trained_folder), "num_actors": 0, "attribute_weights": {"correctness": 1.0}})
     assert only.score(BATCH) != pytest.approx(scores)
@@ -204,7 +203,7 @@ def test_reward_model_reward_in_process_scores_each_conversation(trained_folder:
 
 
 def test_reward_model_renders_the_trajectory_mode(trained_folder: Path) -> None:
-    scorer = RewardModelScorer(str(trained_folder))
+    scorer = reward_model_module.RewardModelScorer(str(trained_folder))
     think, no_think = trajectory("\\boxed{4}"), trajectory("\\boxed{4}", thinking=False)
     from rewards.reward_model import template_kwargs
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
-from align.plugins import DuplicatePluginError, PluginLoadError, PluginParamsError, UnknownPluginError, validate_params
+from align.plugins import DuplicatePluginError, PluginLoadError, PluginParamsError, UnknownPluginError
 from envs.base import Environment, StepResult, safe_step
 from envs.cli import play
 from envs.math import MathEnv, MathParams
@@ -102,14 +102,12 @@ def test_make_env_validates_params() -> None:
 
 
 def test_validate_params_for_the_recipe_loader() -> None:
-    assert validate_params("env", "math", {"difficulty": [3]}) == MathParams(difficulty=(3,))
-    assert validate_params("reward", "length", None).buffer_tokens == 32
+    assert ENVS.validate_params("math", {"difficulty": [3]}) == MathParams(difficulty=(3,))
+    assert REWARDS.validate_params("length", None).buffer_tokens == 32
     with pytest.raises(PluginParamsError, match=r"reward function 'length'[\s\S]*buffer_tokens"):
-        validate_params("reward", "length", {"buffer_tokens": 0})
+        REWARDS.validate_params("length", {"buffer_tokens": 0})
     with pytest.raises(UnknownPluginError, match="Did you mean 'length'"):
-        validate_params("reward", "lenght", {})
-    with pytest.raises(ValueError, match="kind"):
-        validate_params("model", "math", {})  # type: ignore[arg-type]
+        REWARDS.validate_params("lenght", {})
 
 
 def test_unknown_name_lists_candidates_and_a_close_match() -> None:
