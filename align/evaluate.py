@@ -100,14 +100,6 @@ def make_envs(names: Sequence[str], params: dict[str, dict[str, Any]] | None = N
     return {n: make_env(n, (params or {}).get(n)) for n in names}
 
 
-def heldout_tasks(envs: dict[str, Environment], n_per_env: dict[str, int], seed: int) -> list[Task]:
-    """Tasks from each environment's generator with an evaluation seed, disjoint from training's streams."""
-    tasks: list[Task] = []
-    for name, env in envs.items():
-        tasks.extend(env.generate(n_per_env[name], seed=1_000_003 + seed))
-    return tasks
-
-
 def tasks_for_rows(rows: Sequence[dict[str, Any]], envs: dict[str, Environment], generated: Any) -> list[Task]:
     """The generated tasks behind data rows (rows carry ``env`` and ``id``): regenerate and match ids."""
     from align.data.generated import env_seed, split_counts
@@ -198,7 +190,7 @@ def cmd_eval(args: Any) -> int:
     from align.config import load_recipe
     from align.config.schema import PipelineRecipe, RLRecipe
     from align.errors import AlignError
-    from align.report import heldout, training_prompts
+    from align.heldout import heldout_tasks, training_prompts
 
     loaded = load_recipe(args.recipe, args.overrides)
     r = loaded.recipe
@@ -216,7 +208,7 @@ def cmd_eval(args: Any) -> int:
     else:
         raise AlignError(f"align eval takes a pipeline or rl recipe; '{loaded.name}' is a {r.job} recipe")
     envs = make_envs(list(counts))
-    tasks = heldout(envs, counts, training_prompts(envs, stages), seed)
+    tasks = heldout_tasks(envs, counts, training_prompts(envs, stages), seed)
     summary = evaluate_checkpoint(model, envs, tasks, standard_modes(budgets), sampling, max_turns, seed, samples_path=model / "eval_samples.jsonl")
     print_table(summary, f"{model}: held-out evaluation ({len(tasks)} tasks)")
     (model / "eval.json").write_text(json.dumps(summary, indent=2))

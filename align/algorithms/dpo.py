@@ -60,17 +60,19 @@ def task_accuracy(loaded: LoadedRecipe, model_path: Path, run_dir: Path, label: 
     """Greedy accuracy of ``model_path`` on held-out generated tasks (``/think`` and ``/no_think``).
 
     ``dpo.num_eval_samples_to_generate`` tasks per environment of ``data.generated``, drawn from
-    the environments' evaluation seed stream (disjoint from the training streams), so the start
+    :func:`align.heldout.heldout_tasks` without this recipe's training prompts, so the start
     and the final policy are scored on the same tasks.
     """
     from align.config.schema import SamplingConfig
-    from align.evaluate import evaluate_checkpoint, heldout_tasks, make_envs, standard_modes
+    from align.evaluate import evaluate_checkpoint, make_envs, standard_modes
+    from align.heldout import heldout_tasks, training_prompts
 
     r = loaded.recipe
     assert r.data.generated is not None
     names = sorted(r.data.generated.envs)
     envs = make_envs(names)
-    tasks = heldout_tasks(envs, {n: r.dpo.num_eval_samples_to_generate for n in names}, seed=r.seed)
+    counts = {n: r.dpo.num_eval_samples_to_generate for n in names}
+    tasks = heldout_tasks(envs, counts, training_prompts(envs, [loaded]), r.seed)
     sampling = SamplingConfig(temperature=0.0, max_new_tokens=r.dpo.max_new_tokens, max_answer_tokens=32)
     return evaluate_checkpoint(model_path, envs, tasks, standard_modes(), sampling, max_turns=3, seed=r.seed,
                                samples_path=run_dir / f"eval_samples_{label}.jsonl")  # fmt: skip

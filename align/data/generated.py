@@ -43,7 +43,7 @@ def env_seed(seed: int, name: str) -> int:
     return random.Random(f"generated:{seed}:{name}").randrange(2**31)
 
 
-def _prompt_key(messages: list[dict[str, Any]]) -> str:
+def prompt_key(messages: list[dict[str, Any]]) -> str:
     return json.dumps(messages, sort_keys=True, default=str)
 
 
@@ -77,7 +77,7 @@ def generated_rows(cfg: GeneratedData, kind: RowKind) -> tuple[list[dict[str, An
                 rng = random.Random(f"corrupt:{cfg.seed}:{name}:{task.id}")
                 row = {"prompt": prompt, "chosen": env.demonstrate(task), "rejected": env.corrupt(task, rng)}
             row.update(env=name, id=task.id)
-            env_rows.append((_prompt_key(prompt), row))
+            env_rows.append((prompt_key(prompt), row))
         seen = {key for key, _ in env_rows[:n_train]}
         train.extend(row for _, row in env_rows[:n_train])
         evals.extend(row for key, row in env_rows[n_train:] if key not in seen)

@@ -15,6 +15,7 @@ from typing import Any
 
 from align.config.schema import EnvSpec, RLReasoningConfig
 from align.data.generated import split_counts
+from align.heldout import heldout_tasks, task_key
 from align.reasoning import ReasoningMode
 from envs.base import Environment, Task
 
@@ -35,12 +36,10 @@ def load_tasks(spec: EnvSpec, env: Environment, n: int, seed: int, split: str) -
         rng.shuffle(tasks)
         n_eval = min(spec.num_eval, len(tasks) // 5)
         return tasks[:n_eval] if split == "eval" else tasks[n_eval:]
-    # Train and eval streams come from different seeds; eval prompts seen in train are dropped.
     if split == "train":
         return env.generate(n, seed)
-    train_keys = {json.dumps(t.prompt, sort_keys=True) for t in env.generate(spec.num_train, seed)}
-    evals = [t for t in env.generate(n * 2, seed + 7919) if json.dumps(t.prompt, sort_keys=True) not in train_keys]
-    return evals[:n]
+    train_keys = {task_key(env, t) for t in env.generate(spec.num_train, seed)}
+    return heldout_tasks({spec.name: env}, {spec.name: n}, train_keys, seed)
 
 
 def assign_mode(task: Task, cfg: RLReasoningConfig, seed: int) -> ReasoningMode:
