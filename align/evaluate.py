@@ -189,6 +189,7 @@ def cmd_eval(args: Any) -> int:
     """
     from align.config import load_recipe
     from align.config.schema import PipelineRecipe, RLRecipe
+    from align.config.stages import load_stages
     from align.errors import AlignError
     from align.heldout import heldout_tasks, training_prompts
 
@@ -201,7 +202,7 @@ def cmd_eval(args: Any) -> int:
         counts, budgets, seed = dict(r.eval.envs), list(r.eval.budgets), r.seed
         sampling = SamplingConfig(max_new_tokens=r.eval.max_new_tokens, max_answer_tokens=r.eval.max_answer_tokens)
         max_turns = r.eval.max_turns
-        stages = [load_recipe(s.recipe) for s in r.stages]
+        stages, _ = load_stages(r)
     elif isinstance(r, RLRecipe):
         counts, budgets, seed = {s.name: s.num_eval for s in r.envs}, list(r.reasoning.eval_budgets), r.seed
         sampling, max_turns, stages = r.rollout.sampling, r.rollout.max_turns, [loaded]
