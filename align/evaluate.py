@@ -22,7 +22,7 @@ from typing import Any
 
 from align.config.schema import SamplingConfig
 from align.reasoning import ReasoningMode
-from envs.base import Environment, Task
+from envs.base import Environment, Task, task_source
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ def tasks_for_rows(rows: Sequence[dict[str, Any]], envs: dict[str, Environment],
     eval_counts = split_counts(generated.envs, generated.num_eval)
     tasks = []
     for name, ids in wanted.items():
-        produced = envs[name].generate(train_counts[name] + eval_counts[name], env_seed(generated.seed, name))
+        produced = task_source(envs[name]).generate(train_counts[name] + eval_counts[name], env_seed(generated.seed, name))
         tasks.extend(t for t in produced if t.id in ids)
     return tasks
 

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 
 from align.config import LoadedRecipe
 from align.data.generated import env_seed, prompt_key, split_counts
-from envs.base import Environment, Task
+from envs.base import Environment, Task, task_source
 
 EVAL_SEED_OFFSET = 1_000_003
 CANDIDATE_FACTOR = 4
@@ -33,7 +33,7 @@ def heldout_tasks(envs: dict[str, Environment], counts: dict[str, int], exclude:
     tasks: list[Task] = []
     for name, n in counts.items():
         env = envs[name]
-        fresh = [t for t in env.generate(n * CANDIDATE_FACTOR, EVAL_SEED_OFFSET + seed) if task_key(env, t) not in exclude]
+        fresh = [t for t in task_source(env).generate(n * CANDIDATE_FACTOR, EVAL_SEED_OFFSET + seed) if task_key(env, t) not in exclude]
         tasks.extend(fresh[:n])
     return tasks
 
@@ -48,8 +48,8 @@ def training_prompts(envs: dict[str, Environment], stages: Iterable[LoadedRecipe
         if gen is not None and data.path is None:
             for name, n in split_counts(gen.envs, gen.num_train).items():
                 if name in envs:
-                    keys.update(task_key(envs[name], t) for t in envs[name].generate(n, env_seed(gen.seed, name)))
+                    keys.update(task_key(envs[name], t) for t in task_source(envs[name]).generate(n, env_seed(gen.seed, name)))
         for spec in getattr(r, "envs", ()):
             if spec.name in envs and spec.data_path is None:
-                keys.update(task_key(envs[spec.name], t) for t in envs[spec.name].generate(spec.num_train, r.seed))
+                keys.update(task_key(envs[spec.name], t) for t in task_source(envs[spec.name]).generate(spec.num_train, r.seed))
     return keys

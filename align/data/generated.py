@@ -54,6 +54,7 @@ def generated_rows(cfg: GeneratedData, kind: RowKind) -> tuple[list[dict[str, An
     ``kind="preference"``: ``{"prompt": reset(task), "chosen": demonstrate(task), "rejected": corrupt(task, rng)}``
     with ``rng`` seeded from the task id, so a pair does not depend on which other tasks were drawn.
     """
+    from envs.base import task_source
     from envs.registry import make_env  # written alongside; imported late on purpose
 
     train_counts = split_counts(cfg.envs, cfg.num_train)
@@ -64,7 +65,7 @@ def generated_rows(cfg: GeneratedData, kind: RowKind) -> tuple[list[dict[str, An
         n_train, n_eval = train_counts[name], eval_counts[name]
         if n_train + n_eval == 0:
             continue
-        env = make_env(name, None)
+        env = task_source(make_env(name, None))
         tasks = env.generate(n_train + n_eval, env_seed(cfg.seed, name))
         if len(tasks) < n_train + n_eval:
             raise ValueError(f"environment {name!r} generated {len(tasks)} tasks, {n_train + n_eval} were asked for")

@@ -17,7 +17,7 @@ from align.config.schema import EnvSpec, RLReasoningConfig
 from align.data.generated import split_counts
 from align.heldout import heldout_tasks, task_key
 from align.reasoning import ReasoningMode
-from envs.base import Environment, Task
+from envs.base import Environment, Task, task_source
 
 
 def load_tasks(spec: EnvSpec, env: Environment, n: int, seed: int, split: str) -> list[Task]:
@@ -37,8 +37,8 @@ def load_tasks(spec: EnvSpec, env: Environment, n: int, seed: int, split: str) -
         n_eval = min(spec.num_eval, len(tasks) // 5)
         return tasks[:n_eval] if split == "eval" else tasks[n_eval:]
     if split == "train":
-        return env.generate(n, seed)
-    train_keys = {task_key(env, t) for t in env.generate(spec.num_train, seed)}
+        return task_source(env).generate(n, seed)
+    train_keys = {task_key(env, t) for t in task_source(env).generate(spec.num_train, seed)}
     return heldout_tasks({spec.name: env}, {spec.name: n}, train_keys, seed)
 
 
