@@ -234,7 +234,7 @@ class RolloutConfig(Strict):
     max_model_len: int = Field(1024, ge=64)
     max_turns: int = Field(4, ge=1)
     enforce_eager: bool = True
-    # How new weights reach the engines after an update (align/weight_sync.py). auto: cuda_ipc when
+    # How new weights reach the engines after an update (align/weight_sync/). auto: cuda_ipc when
     # every engine shares a GPU with a learner, broadcast (NCCL) when the engines have GPUs of their
     # own, object_store on CPU and with grpo.off_policy_overlap (which needs a snapshot).
     weight_sync: Literal["auto", "object_store", "broadcast", "cuda_ipc"] = "auto"

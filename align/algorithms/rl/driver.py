@@ -35,12 +35,13 @@ from align.algorithms.rl.batch import Scored, fill, finalize, mean_k3, micro_bat
 from align.algorithms.rl.objective import GRPOObjective, TokenLogprobs
 from align.algorithms.rl.schedule import EngineQueue
 from align.algorithms.rl.tasks import TaskMixer, assign_mode, load_tasks
-from align.cluster import LearnerGroup, RolloutGroup, WeightSync, init_ray
+from align.cluster import LearnerGroup, RolloutGroup, init_ray
 from align.config import LoadedRecipe
 from align.config.schema import RLRecipe
 from align.evaluate import play, standard_modes, summarize
 from align.models import inference_dtype, load_tokenizer
 from align.runlog import Checkpoints, MetricsLog, plot_curves
+from align.weight_sync import WeightSync
 from envs.registry import make_env
 from rewards.combine import combine
 from rewards.registry import make_reward
