@@ -84,7 +84,7 @@ async def play(
 ) -> list[tuple[str, Any]]:
     """Every task in every mode, greedy, all episodes concurrent through one batcher."""
     from rollout.collect import collect
-    from rollout.episode import Batcher
+    from rollout.batcher import Batcher
 
     greedy = sampling.model_copy(update={"temperature": 0.0})
     batcher = Batcher(generate)
@@ -129,7 +129,7 @@ def evaluate_checkpoint(
     """Load ``model_path`` into an in-process vLLM engine, play, summarize; optionally write samples."""
     from align.models import inference_dtype, load_tokenizer
     from rollout.engine import VLLMEngine
-    from rollout.episode import engine_generate_fn
+    from rollout.batcher import engine_generate_fn
 
     tokenizer = load_tokenizer(model_path)
     engine = VLLMEngine(str(model_path), seed=seed, max_model_len=1024, kv_cache_memory_bytes=256 * 2**20, dtype=inference_dtype())

@@ -29,16 +29,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from align.reasoning import round_budget
 from rewards.base import RewardInput
-
-def template_kwargs(x: RewardInput) -> dict[str, Any]:
-    """The chat-template variables that render ``x``'s conversation as the policy saw it."""
-    kwargs: dict[str, Any] = {"enable_thinking": x.mode.thinking}
-    if x.mode.thinking and x.mode.budget is not None:
-        kwargs["thinking_budget"] = round_budget(x.mode.budget)
-    return kwargs
-
+from rollout.chat import chat_template_kwargs
 
 class RewardModelParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -97,7 +89,7 @@ class RewardModelReward:
     def score(self, batch: list[RewardInput]) -> list[float | None]:
         if not batch:
             return []
-        scores = self._scorers().score([x.messages for x in batch], [template_kwargs(x) for x in batch], self.params.attribute_weights)
+        scores = self._scorers().score([x.messages for x in batch], [chat_template_kwargs(x.mode) for x in batch], self.params.attribute_weights)
         return list(scores)
 
     def close(self) -> None:

@@ -205,13 +205,13 @@ def test_reward_model_reward_in_process_scores_each_conversation(trained_folder:
 def test_reward_model_renders_the_trajectory_mode(trained_folder: Path) -> None:
     scorer = reward_model_module.RewardModelScorer(str(trained_folder))
     think, no_think = trajectory("\\boxed{4}"), trajectory("\\boxed{4}", thinking=False)
-    from rewards.reward_model import template_kwargs
+    from rollout.chat import chat_template_kwargs
 
-    assert template_kwargs(no_think) == {"enable_thinking": False}
-    assert template_kwargs(trajectory("x", budget=50)) == {"enable_thinking": True, "thinking_budget": 64}
-    text = scorer.tokenizer.decode(scorer._render(no_think.messages, template_kwargs(no_think)))
+    assert chat_template_kwargs(no_think.mode) == {"enable_thinking": False}
+    assert chat_template_kwargs(trajectory("x", budget=50).mode) == {"enable_thinking": True, "thinking_budget": 64}
+    text = scorer.tokenizer.decode(scorer._render(no_think.messages, chat_template_kwargs(no_think.mode)))
     assert "/no_think" in text and "<think></think>\\boxed{4}" in text
-    assert scorer.score([think.messages], [template_kwargs(think)]) != scorer.score([no_think.messages], [template_kwargs(no_think)])
+    assert scorer.score([think.messages], [chat_template_kwargs(think.mode)]) != scorer.score([no_think.messages], [chat_template_kwargs(no_think.mode)])
 
 
 def test_reward_model_reward_errors_speak_to_the_user(trained_folder: Path, tmp_path: Path) -> None:
@@ -224,10 +224,10 @@ def test_reward_model_reward_errors_speak_to_the_user(trained_folder: Path, tmp_
 
 
 def test_reward_model_group_actors_match_in_process(trained_folder: Path) -> None:
-    from rewards.reward_model import template_kwargs
+    from rollout.chat import chat_template_kwargs
 
     init_ray()
-    conversations, kwargs = [x.messages for x in BATCH], [template_kwargs(x) for x in BATCH]
+    conversations, kwargs = [x.messages for x in BATCH], [chat_template_kwargs(x.mode) for x in BATCH]
     local = RewardModelGroup(str(trained_folder), in_process=True).score(conversations, kwargs)
     group = RewardModelGroup(str(trained_folder), num_actors=2, cpus_per_actor=1)
     try:
