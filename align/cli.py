@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         module, func = {
             "eval": ("align.evaluate", "cmd_eval"),
             "envs": ("envs.cli", f"cmd_{getattr(args, 'action', '')}"),
-            "sandbox": ("envs.code.cli", f"cmd_{getattr(args, 'action', '')}"),
+            "sandbox": ("envs.sandbox.cli", f"cmd_{getattr(args, 'action', '')}"),
         }[args.command]
         handler = _handler(module, func)
         if handler is None:
