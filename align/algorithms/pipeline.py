@@ -7,17 +7,15 @@ held-out tasks, and the report compares each stage with the one before.
 
 from __future__ import annotations
 
-import importlib
 import json
 import time
 from pathlib import Path
 
 from align.algorithms.common import console
+from align.algorithms.jobs import STAGE_JOBS
 from align.config import LoadedRecipe
 from align.config.schema import PipelineRecipe
 from align.config.stages import load_stages
-
-JOB_MODULES = {"sft": "align.algorithms.sft", "dpo": "align.algorithms.dpo", "rm": "align.algorithms.rm", "rl": "align.algorithms.rl.driver"}
 
 
 def run(loaded: LoadedRecipe, resume: bool = False) -> int:
@@ -34,7 +32,7 @@ def run(loaded: LoadedRecipe, resume: bool = False) -> int:
             continue
         console.rule(f"stage {stage.name}: align {stage_loaded.recipe.job} --recipe {stage.recipe}")
         t0 = time.perf_counter()
-        code = importlib.import_module(JOB_MODULES[stage_loaded.recipe.job]).run(stage_loaded, resume=True)
+        code = STAGE_JOBS[stage_loaded.recipe.job](stage_loaded, True)
         if code != 0:
             console.print(f"[red]stage {stage.name} failed with exit code {code}; rerun the pipeline to resume it[/]")
             return code
