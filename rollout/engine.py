@@ -207,7 +207,11 @@ class VLLMEngine:
                 h.removeFilter(_DROP_NOT_LOADED)
 
     def sleep(self, level: int = 1) -> None:
-        """Free accelerator memory between rollouts (level 1 keeps weights in host RAM). No-op on CPU."""
+        """Free accelerator memory between rollouts (level 1 keeps weights in host RAM). No-op on CPU.
+
+        Unused by the drivers today; kept (with its test) for colocated GPU runs, where an 8B
+        policy's engine must give the learner its memory during the update.
+        """
         if self._sleep_enabled:
             self.llm.sleep(level=level)
 
