@@ -18,11 +18,15 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 from align.config.schema import SamplingConfig
 from align.reasoning import ReasoningMode
 from envs.base import Environment, Task, task_source
+from rollout.types import GenerateFn, Trajectory
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -36,11 +40,28 @@ def standard_modes(budgets: Sequence[int] = ()) -> list[EvalMode]:
     return modes + [EvalMode(f"budget_{b}", ReasoningMode(True, b)) for b in budgets]
 
 
+class EvalCell(TypedDict):
+    """The metrics of one (environment, mode label) cell; see :func:`summarize`."""
+
+    n: int
+    accuracy: float | None
+    reward: float | None
+    thinking_tokens: float | None
+    completion_tokens: float | None
+    forced_close_rate: float | None
+    errors: int
+    toggle_compliance: NotRequired[float | None]  # no_think cells
+    budget_adherence: NotRequired[float | None]  # budget cells
+
+
+EvalSummary = dict[str, dict[str, EvalCell]]  # environment (and "all") -> mode label -> cell
+
+
 def _mean(xs: Sequence[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
-def summarize(results: Sequence[tuple[str, Any]]) -> dict[str, dict[str, dict[str, float | int | None]]]:
+def summarize(results: Sequence[tuple[str, Trajectory]]) -> EvalSummary:
     """Metrics per environment and mode label from ``(mode label, trajectory)`` pairs.
 
     Per cell: ``n``, ``accuracy`` (share with ``correct`` true; a crashed sample counts as
@@ -49,13 +70,13 @@ def summarize(results: Sequence[tuple[str, Any]]) -> dict[str, dict[str, dict[st
     for budget cells ``budget_adherence`` (thinking <= budget and no forced close). An ``all``
     environment aggregates every environment.
     """
-    cells: dict[tuple[str, str], list[Any]] = defaultdict(list)
+    cells: dict[tuple[str, str], list[Trajectory]] = defaultdict(list)
     for label, t in results:
         cells[(t.env, label)].append(t)
         cells[("all", label)].append(t)
-    out: dict[str, dict[str, dict[str, float | int | None]]] = defaultdict(dict)
+    out: EvalSummary = defaultdict(dict)
     for (env, label), ts in sorted(cells.items()):
-        cell: dict[str, float | int | None] = {
+        cell: EvalCell = {
             "n": len(ts),
             "accuracy": _mean([1.0 if t.correct else 0.0 for t in ts]),
             "reward": _mean([float(t.reward) for t in ts]),
@@ -76,12 +97,12 @@ async def play(
     envs: dict[str, Environment],
     tasks: Sequence[Task],
     modes: Sequence[EvalMode],
-    tokenizer: Any,
-    generate: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    generate: GenerateFn,
     sampling: SamplingConfig,
     max_turns: int,
     seed: int,
-) -> list[tuple[str, Any]]:
+) -> list[tuple[str, Trajectory]]:
     """Every task in every mode, greedy, all episodes concurrent through one batcher."""
     from rollout.collect import collect
     from rollout.batcher import Batcher
@@ -125,7 +146,7 @@ def evaluate_checkpoint(
     max_turns: int,
     seed: int = 0,
     samples_path: Path | None = None,
-) -> dict[str, Any]:
+) -> EvalSummary:
     """Load ``model_path`` into an in-process vLLM engine, play, summarize; optionally write samples."""
     from align.models import inference_dtype, load_tokenizer
     from rollout.engine import VLLMEngine
@@ -146,7 +167,7 @@ def evaluate_checkpoint(
     return summarize(results)
 
 
-def sampled_eval(model_path: Path, rows: Sequence[dict[str, Any]], recipe: Any, limit_per_env: int, run_dir: Path) -> dict[str, Any]:
+def sampled_eval(model_path: Path, rows: Sequence[dict[str, Any]], recipe: Any, limit_per_env: int, run_dir: Path) -> EvalSummary:
     """SFT's closing check: held-out generated tasks in /think and /no_think, greedy."""
     names = sorted({row["env"] for row in rows})
     envs = make_envs(names)
@@ -162,7 +183,7 @@ def sampled_eval(model_path: Path, rows: Sequence[dict[str, Any]], recipe: Any, 
     return summary
 
 
-def print_table(summary: dict[str, Any], title: str) -> None:
+def print_table(summary: EvalSummary, title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 

@@ -26,8 +26,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from align.algorithms.common import FrozenReference, JobError, console, count_pairs, finish, per_pair_means, prepare_job, train_loop
-from align.cluster import LearnerGroup, init_ray
+from align.algorithms.common import FrozenReference, JobError, console, count_pairs, finish, per_pair_means, prepare_job, start_ray, train_loop
+from align.cluster import LearnerGroup
 from align.config import LoadedRecipe
 from align.learner.engine import MicroBatch
 from align.learner.objectives import DPOObjective, reference_pair_logps
@@ -40,9 +40,7 @@ class Reference:
         r = loaded.recipe
         self.kind = r.dpo.reference
         c = r.cluster
-        if self.kind == "separate_group":
-            # Both groups share the embedded Ray session; ask for the slots of both up front.
-            init_ray(c.ray_address, num_cpus=int(c.num_learners * c.cpus_per_learner + FrozenReference.cpus(self.kind, c)) + 1)
+        start_ray(r)  # sized for both groups (common.ray_cpus), before either starts
         self.frozen = FrozenReference(self.kind, c, r.learner, model_path, r.seed, key="dpo.reference")
 
     def add_to_batch(self, policy: LearnerGroup, per_rank: list[list[MicroBatch]]) -> None:

@@ -11,7 +11,7 @@ import json
 import time
 from pathlib import Path
 
-from align.algorithms.common import console
+from align.algorithms.common import console, start_ray
 from align.algorithms.jobs import STAGE_JOBS
 from align.config import LoadedRecipe
 from align.config.schema import PipelineRecipe
@@ -31,6 +31,7 @@ def run(loaded: LoadedRecipe, resume: bool = False) -> int:
             console.print(f"[bold]stage {stage.name}[/]: done before ({finals[stage.name]}), skipped")
             continue
         console.rule(f"stage {stage.name}: align {stage_loaded.recipe.job} --recipe {stage.recipe}")
+        start_ray(*(s.recipe for s in stages))  # sized once, for the largest stage
         t0 = time.perf_counter()
         code = STAGE_JOBS[stage_loaded.recipe.job](stage_loaded, True)
         if code != 0:
