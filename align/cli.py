@@ -7,7 +7,6 @@ when that command runs, so ``align --help`` and recipe errors stay fast.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -15,23 +14,47 @@ from collections.abc import Callable, Sequence
 from rich.console import Console
 from rich.markup import escape
 
-from align.config import dump_recipe, list_recipes, load_recipe
+from align.algorithms.jobs import STAGE_JOBS, JobFn
+from align.config import LoadedRecipe, dump_recipe, list_recipes, load_recipe
 from align.errors import AlignError
 
-JOBS = ("sft", "dpo", "rm", "rl", "pipeline")
-# job -> module whose run(loaded, resume=...) -> int carries it out.
-JOB_MODULES = {
-    "sft": "align.algorithms.sft",
-    "dpo": "align.algorithms.dpo",
-    "rm": "align.algorithms.rm",
-    "rl": "align.algorithms.rl.driver",
-    "pipeline": "align.algorithms.pipeline",
-}
-
 EXIT_BAD_INPUT = 2
-EXIT_NOT_BUILT = 3
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _run_pipeline(loaded: LoadedRecipe, resume: bool) -> int:
+    from align.algorithms import pipeline
+
+    return pipeline.run(loaded, resume=resume)
+
+
+# `align <job> --recipe NAME`: the job's function (each imports its driver when called).
+JOBS: dict[str, JobFn] = {**STAGE_JOBS, "pipeline": _run_pipeline}
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from align.evaluate import cmd_eval
+
+    return cmd_eval(args)
+
+
+def _envs(args: argparse.Namespace) -> int:
+    from envs import cli, data_cli
+
+    if getattr(args, "data", None):  # dataset checks and scoring (--data) live in envs.data_cli
+        return {"test": data_cli.cmd_test, "score": data_cli.cmd_score}[args.action](args)
+    return {"list": cli.cmd_list, "sample": cli.cmd_sample, "test": cli.cmd_test}[args.action](args)
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    from envs.sandbox.cli import cmd_exec
+
+    return {"exec": cmd_exec}[args.action](args)
+
+
+# The other commands, likewise.
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"eval": _eval, "envs": _envs, "sandbox": _sandbox}
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -85,28 +108,11 @@ def _build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _handler(module: str, func: str) -> Callable[[argparse.Namespace], int] | None:
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name and module.startswith(e.name):
-            return None
-        raise
-    return getattr(mod, func, None)
-
-
 def _run_job(args: argparse.Namespace) -> int:
     loaded = load_recipe(args.recipe, args.overrides, job=args.command)
     if args.ray_address:
         os.environ["RAY_ADDRESS"] = args.ray_address
-    run = _handler(JOB_MODULES[args.command], "run")
-    if run is None:
-        err.print(
-            f"[bold]align {args.command}[/]: recipe '{loaded.name}' is valid, but the {args.command} job is not built yet "
-            "in this version of align."
-        )
-        return EXIT_NOT_BUILT
-    return int(run(loaded, resume=args.resume))
+    return int(JOBS[args.command](loaded, args.resume))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -124,17 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command in JOBS:
             return _run_job(args)
-        module, func = {
-            "eval": ("align.evaluate", "cmd_eval"),
-            # Dataset checks and scoring (--data) live in envs.data_cli.
-            "envs": ("envs.data_cli" if getattr(args, "data", None) else "envs.cli", f"cmd_{getattr(args, 'action', '')}"),
-            "sandbox": ("envs.code.cli", f"cmd_{getattr(args, 'action', '')}"),
-        }[args.command]
-        handler = _handler(module, func)
-        if handler is None:
-            err.print(f"[bold]align {args.command}[/] is not built yet in this version of align.")
-            return EXIT_NOT_BUILT
-        return int(handler(args))
+        return int(COMMANDS[args.command](args))
     except AlignError as e:
         err.print("[bold red]error:[/]", escape(str(e)))
         return EXIT_BAD_INPUT

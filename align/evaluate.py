@@ -18,11 +18,15 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 from align.config.schema import SamplingConfig
 from align.reasoning import ReasoningMode
-from envs.base import Environment, Task
+from envs.base import Environment, Task, task_source
+from rollout.types import GenerateFn, Trajectory
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -36,11 +40,28 @@ def standard_modes(budgets: Sequence[int] = ()) -> list[EvalMode]:
     return modes + [EvalMode(f"budget_{b}", ReasoningMode(True, b)) for b in budgets]
 
 
+class EvalCell(TypedDict):
+    """The metrics of one (environment, mode label) cell; see :func:`summarize`."""
+
+    n: int
+    accuracy: float | None
+    reward: float | None
+    thinking_tokens: float | None
+    completion_tokens: float | None
+    forced_close_rate: float | None
+    errors: int
+    toggle_compliance: NotRequired[float | None]  # no_think cells
+    budget_adherence: NotRequired[float | None]  # budget cells
+
+
+EvalSummary = dict[str, dict[str, EvalCell]]  # environment (and "all") -> mode label -> cell
+
+
 def _mean(xs: Sequence[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
-def summarize(results: Sequence[tuple[str, Any]]) -> dict[str, dict[str, dict[str, float | int | None]]]:
+def summarize(results: Sequence[tuple[str, Trajectory]]) -> EvalSummary:
     """Metrics per environment and mode label from ``(mode label, trajectory)`` pairs.
 
     Per cell: ``n``, ``accuracy`` (share with ``correct`` true; a crashed sample counts as
@@ -49,13 +70,13 @@ def summarize(results: Sequence[tuple[str, Any]]) -> dict[str, dict[str, dict[st
     for budget cells ``budget_adherence`` (thinking <= budget and no forced close). An ``all``
     environment aggregates every environment.
     """
-    cells: dict[tuple[str, str], list[Any]] = defaultdict(list)
+    cells: dict[tuple[str, str], list[Trajectory]] = defaultdict(list)
     for label, t in results:
         cells[(t.env, label)].append(t)
         cells[("all", label)].append(t)
-    out: dict[str, dict[str, dict[str, float | int | None]]] = defaultdict(dict)
+    out: EvalSummary = defaultdict(dict)
     for (env, label), ts in sorted(cells.items()):
-        cell: dict[str, float | int | None] = {
+        cell: EvalCell = {
             "n": len(ts),
             "accuracy": _mean([1.0 if t.correct else 0.0 for t in ts]),
             "reward": _mean([float(t.reward) for t in ts]),
@@ -76,15 +97,15 @@ async def play(
     envs: dict[str, Environment],
     tasks: Sequence[Task],
     modes: Sequence[EvalMode],
-    tokenizer: Any,
-    generate: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    generate: GenerateFn,
     sampling: SamplingConfig,
     max_turns: int,
     seed: int,
-) -> list[tuple[str, Any]]:
+) -> list[tuple[str, Trajectory]]:
     """Every task in every mode, greedy, all episodes concurrent through one batcher."""
     from rollout.collect import collect
-    from rollout.episode import Batcher
+    from rollout.batcher import Batcher
 
     greedy = sampling.model_copy(update={"temperature": 0.0})
     batcher = Batcher(generate)
@@ -100,14 +121,6 @@ def make_envs(names: Sequence[str], params: dict[str, dict[str, Any]] | None = N
     return {n: make_env(n, (params or {}).get(n)) for n in names}
 
 
-def heldout_tasks(envs: dict[str, Environment], n_per_env: dict[str, int], seed: int) -> list[Task]:
-    """Tasks from each environment's generator with an evaluation seed, disjoint from training's streams."""
-    tasks: list[Task] = []
-    for name, env in envs.items():
-        tasks.extend(env.generate(n_per_env[name], seed=1_000_003 + seed))
-    return tasks
-
-
 def tasks_for_rows(rows: Sequence[dict[str, Any]], envs: dict[str, Environment], generated: Any) -> list[Task]:
     """The generated tasks behind data rows (rows carry ``env`` and ``id``): regenerate and match ids."""
     from align.data.generated import env_seed, split_counts
@@ -119,7 +132,7 @@ def tasks_for_rows(rows: Sequence[dict[str, Any]], envs: dict[str, Environment],
     eval_counts = split_counts(generated.envs, generated.num_eval)
     tasks = []
     for name, ids in wanted.items():
-        produced = envs[name].generate(train_counts[name] + eval_counts[name], env_seed(generated.seed, name))
+        produced = task_source(envs[name]).generate(train_counts[name] + eval_counts[name], env_seed(generated.seed, name))
         tasks.extend(t for t in produced if t.id in ids)
     return tasks
 
@@ -133,11 +146,11 @@ def evaluate_checkpoint(
     max_turns: int,
     seed: int = 0,
     samples_path: Path | None = None,
-) -> dict[str, Any]:
+) -> EvalSummary:
     """Load ``model_path`` into an in-process vLLM engine, play, summarize; optionally write samples."""
     from align.models import inference_dtype, load_tokenizer
     from rollout.engine import VLLMEngine
-    from rollout.episode import engine_generate_fn
+    from rollout.batcher import engine_generate_fn
 
     tokenizer = load_tokenizer(model_path)
     engine = VLLMEngine(str(model_path), seed=seed, max_model_len=1024, kv_cache_memory_bytes=256 * 2**20, dtype=inference_dtype())
@@ -154,7 +167,7 @@ def evaluate_checkpoint(
     return summarize(results)
 
 
-def sampled_eval(model_path: Path, rows: Sequence[dict[str, Any]], recipe: Any, limit_per_env: int, run_dir: Path) -> dict[str, Any]:
+def sampled_eval(model_path: Path, rows: Sequence[dict[str, Any]], recipe: Any, limit_per_env: int, run_dir: Path) -> EvalSummary:
     """SFT's closing check: held-out generated tasks in /think and /no_think, greedy."""
     names = sorted({row["env"] for row in rows})
     envs = make_envs(names)
@@ -170,7 +183,7 @@ def sampled_eval(model_path: Path, rows: Sequence[dict[str, Any]], recipe: Any, 
     return summary
 
 
-def print_table(summary: dict[str, Any], title: str) -> None:
+def print_table(summary: EvalSummary, title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -197,8 +210,9 @@ def cmd_eval(args: Any) -> int:
     """
     from align.config import load_recipe
     from align.config.schema import PipelineRecipe, RLRecipe
+    from align.config.stages import load_stages
     from align.errors import AlignError
-    from align.report import heldout, training_prompts
+    from align.heldout import heldout_tasks, training_prompts
 
     loaded = load_recipe(args.recipe, args.overrides)
     r = loaded.recipe
@@ -209,14 +223,14 @@ def cmd_eval(args: Any) -> int:
         counts, budgets, seed = dict(r.eval.envs), list(r.eval.budgets), r.seed
         sampling = SamplingConfig(max_new_tokens=r.eval.max_new_tokens, max_answer_tokens=r.eval.max_answer_tokens)
         max_turns = r.eval.max_turns
-        stages = [load_recipe(s.recipe) for s in r.stages]
+        stages, _ = load_stages(r)
     elif isinstance(r, RLRecipe):
         counts, budgets, seed = {s.name: s.num_eval for s in r.envs}, list(r.reasoning.eval_budgets), r.seed
         sampling, max_turns, stages = r.rollout.sampling, r.rollout.max_turns, [loaded]
     else:
         raise AlignError(f"align eval takes a pipeline or rl recipe; '{loaded.name}' is a {r.job} recipe")
     envs = make_envs(list(counts))
-    tasks = heldout(envs, counts, training_prompts(envs, stages), seed)
+    tasks = heldout_tasks(envs, counts, training_prompts(envs, stages), seed)
     summary = evaluate_checkpoint(model, envs, tasks, standard_modes(budgets), sampling, max_turns, seed, samples_path=model / "eval_samples.jsonl")
     print_table(summary, f"{model}: held-out evaluation ({len(tasks)} tasks)")
     (model / "eval.json").write_text(json.dumps(summary, indent=2))

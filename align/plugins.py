@@ -27,7 +27,7 @@ import inspect
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
@@ -284,17 +284,3 @@ def check_class(cls: type, attributes: tuple[str, ...], coroutines: tuple[str, .
             problems.append(f"{c} must be an async method")
     return problems
 
-
-def validate_params(kind: Literal["env", "reward"], name: str, params: dict[str, Any] | None) -> BaseModel:
-    """Validate a recipe's ``params`` for environment or reward ``name`` (for the recipe loader).
-
-    Raises :class:`UnknownPluginError`, :class:`PluginLoadError` or :class:`PluginParamsError`,
-    each with a message that names the plugin and, for params, the field.
-    """
-    if kind in ("env", "envs"):
-        from envs.registry import ENVS as registry
-    elif kind in ("reward", "rewards"):
-        from rewards.registry import REWARDS as registry
-    else:
-        raise ValueError(f"kind must be 'env' or 'reward', got {kind!r}")
-    return registry.validate_params(name, params)

@@ -51,12 +51,6 @@ class ReasoningMode:
     thinking: bool = True
     budget: int | None = None
 
-    def system_prefix(self) -> str:
-        parts = [THINK_ON if self.thinking else THINK_OFF]
-        if self.thinking and self.budget is not None:
-            parts.append(budget_token(round_budget(self.budget)))
-        return " ".join(parts)
-
 
 def parse_mode(system_text: str) -> ReasoningMode:
     """Read the toggle and budget back from a rendered system turn (or prompt text).

@@ -13,43 +13,12 @@ from typing import Any
 from align.config import LoadedRecipe
 from align.config.schema import PipelineRecipe, SamplingConfig
 from align.evaluate import evaluate_checkpoint, make_envs, print_table, standard_modes
-from envs.base import Environment, Task
-
-
-def training_prompts(envs: dict[str, Environment], stages: list[LoadedRecipe]) -> set[str]:
-    """Prompts any stage trained on (regenerated from the same seeds), to keep them out of the eval."""
-    from align.data.generated import env_seed, split_counts
-
-    keys: set[str] = set()
-    for loaded in stages:
-        r = loaded.recipe
-        gen = getattr(getattr(r, "data", None), "generated", None)
-        if gen is not None and getattr(r.data, "path", None) is None:
-            counts = split_counts(gen.envs, gen.num_train)
-            for name, n in counts.items():
-                if name in envs:
-                    keys.update(_key(envs[name], t) for t in envs[name].generate(n, env_seed(gen.seed, name)))
-        for spec in getattr(r, "envs", []) or []:
-            if spec.name in envs:
-                keys.update(_key(envs[spec.name], t) for t in envs[spec.name].generate(spec.num_train, r.seed))
-    return keys
-
-
-def _key(env: Environment, task: Task) -> str:
-    return json.dumps(env.reset(task), sort_keys=True)
-
-
-def heldout(envs: dict[str, Environment], counts: dict[str, int], exclude: set[str], seed: int) -> list[Task]:
-    tasks: list[Task] = []
-    for name, n in counts.items():
-        fresh = [t for t in envs[name].generate(n * 4, 1_000_003 + seed) if _key(envs[name], t) not in exclude]
-        tasks.extend(fresh[:n])
-    return tasks
+from align.heldout import heldout_tasks, training_prompts
 
 
 def evaluate_stages(r: PipelineRecipe, finals: dict[str, Path], stages: list[LoadedRecipe]) -> dict[str, Any]:
     envs = make_envs(list(r.eval.envs))
-    tasks = heldout(envs, r.eval.envs, training_prompts(envs, stages), r.seed)
+    tasks = heldout_tasks(envs, r.eval.envs, training_prompts(envs, stages), r.seed)
     sampling = SamplingConfig(max_new_tokens=r.eval.max_new_tokens, max_answer_tokens=r.eval.max_answer_tokens)
     out: dict[str, Any] = {"tasks_per_env": {n: sum(t.env == n for t in tasks) for n in envs}}
     for name, path in finals.items():

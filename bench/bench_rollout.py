@@ -224,7 +224,8 @@ def main() -> int:
     from envs.registry import make_env
     from rollout.collect import collect
     from rollout.engine import VLLMEngine
-    from rollout.episode import derive_seed, render_prompt_ids
+    from rollout.chat import render_prompt_ids
+    from rollout.episode import derive_seed
     from rollout.types import GenRequest
 
     r = load_recipe(RECIPE, job="rl").recipe
@@ -427,7 +428,7 @@ def main() -> int:
 
 def profile_paths(engine: Any, requests: list[Any], episodes: Callable[..., int], engine_generate: bool) -> str:
     """cProfile of ``VLLMEngine.generate`` and of the episode path on the in-process engine."""
-    from rollout.episode import engine_generate_fn
+    from rollout.batcher import engine_generate_fn
 
     out = io.StringIO()
     for title, fn in (

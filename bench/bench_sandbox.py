@@ -21,7 +21,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from envs.code.sandbox import SandboxConfig, SandboxPool, default_concurrency, find_bwrap, run_program, sandbox_problem, sandbox_python
+from envs.sandbox import SandboxConfig, SandboxPool, default_concurrency, find_bwrap, run_program, sandbox_problem, sandbox_python
 
 TRIVIAL = "print(1)"
 OUT = Path(__file__).resolve().parent / "results" / "sandbox.json"

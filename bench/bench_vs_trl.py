@@ -133,7 +133,7 @@ def grpo_prompts(s: Settings, n_steps: int) -> list[dict[str, Any]]:
     from align.models import load_tokenizer
     from align.reasoning import ReasoningMode
     from envs.math import MathEnv
-    from rollout.episode import template_kwargs
+    from rollout.chat import chat_template_kwargs
 
     env = MathEnv()
     spec = EnvSpec(name="math", num_train=2000, num_eval=0)
@@ -142,7 +142,7 @@ def grpo_prompts(s: Settings, n_steps: int) -> list[dict[str, Any]]:
     rows = []
     for _ in range(n_steps):
         for task in mixer.next(s.prompts_per_step):
-            text = tok.apply_chat_template(list(task.prompt), tokenize=False, add_generation_prompt=True, **template_kwargs(ReasoningMode(True)))
+            text = tok.apply_chat_template(list(task.prompt), tokenize=False, add_generation_prompt=True, **chat_template_kwargs(ReasoningMode(True)))
             rows.append({"prompt": text, "answer": str(task.answer), "task_id": task.id})
     return rows
 

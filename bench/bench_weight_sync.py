@@ -96,7 +96,8 @@ def copy_seconds(nbytes: int, device: str) -> float:
 def bench_size(name: str, tokenizer_path: str, workdir: Path, repeats: int, placement: str, bucket_mb: int) -> dict[str, Any]:
     import asyncio
 
-    from align.cluster import LearnerGroup, RolloutGroup, WeightSync
+    from align.cluster import LearnerGroup, RolloutGroup
+    from align.weight_sync import WeightSync
     from align.config import load_recipe
     from align.config.schema import ClusterConfig, LearnerConfig
     from rollout.types import GenRequest

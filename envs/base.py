@@ -1,15 +1,24 @@
 """The environment contract: what a plugin author implements.
 
-An environment turns a :class:`Task` into opening messages (``reset``), and scores the
-policy's actions (``step``). A single-turn verifier is an environment whose first step is
-final; a multi-turn one (tool use) returns observation messages and ``done=False`` until the
-episode ends. Batching and concurrency are the rollout layer's job: ``step`` handles one
-action of one episode, and may be awaited concurrently for many.
+An environment (:class:`Environment`) has four members: ``name``, a ``Params`` model, ``reset``
+(a :class:`Task` -> opening messages) and async ``step`` (scores one policy action). A
+single-turn verifier is an environment whose first step is final; a multi-turn one (tool use)
+returns observation messages and ``done=False`` until the episode ends. Batching and concurrency
+are the rollout layer's job: ``step`` handles one action of one episode, and may be awaited
+concurrently for many. ``description`` is optional (``align envs list`` falls back to the
+docstring).
 
-Environments also generate the tiny world's data from a seed: RL tasks with verifiable
-answers (``generate``), demonstrations with worked reasoning traces (``demonstrate``) and
-wrong solutions for preference pairs (``corrupt``), plus ``self_checks`` that
-``align envs test NAME`` runs before a long job.
+Two optional protocols on top:
+
+- :class:`SelfChecking`: ``self_checks()``, known-good and known-bad actions that ``align envs
+  test NAME`` plays before a long job. A minimal verifier is the four members plus this.
+- :class:`TaskSource` (includes ``self_checks``): the tiny world's data from a seed, namely RL
+  tasks with verifiable answers (``generate``), demonstrations with worked reasoning traces
+  (``demonstrate``) and wrong solutions for preference pairs (``corrupt``). Generated data,
+  held-out tasks and RL task streams without a ``data_path`` need it; :func:`task_source` says so
+  to the user when an environment lacks it.
+
+Everything a verifier needs is importable from here (``split_thinking`` and the think/tool tags).
 """
 
 from __future__ import annotations
@@ -20,6 +29,14 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel
+
+from align.errors import AlignError
+from align.reasoning import THINK_CLOSE, THINK_OPEN, TOOL_CALL_CLOSE, TOOL_CALL_OPEN, ReasoningMode, split_thinking
+
+__all__ = [
+    "THINK_CLOSE", "THINK_OPEN", "TOOL_CALL_CLOSE", "TOOL_CALL_OPEN", "Environment", "Message", "NoParams", "NoTaskSourceError", "ReasoningMode",
+    "SelfCheck", "SelfChecking", "StepResult", "Task", "TaskSource", "safe_step", "split_thinking", "task_source",
+]  # fmt: skip
 
 Message = dict[str, Any]  # {"role": "system"|"user"|"assistant"|"tool", "content": str}
 
@@ -74,8 +91,9 @@ class NoParams(BaseModel):
 
 @runtime_checkable
 class Environment(Protocol):
+    """The contract: what the registry checks and the rollout layer calls."""
+
     name: ClassVar[str]
-    description: ClassVar[str]
     Params: ClassVar[type[BaseModel]]
 
     def __init__(self, params: BaseModel) -> None: ...
@@ -87,6 +105,18 @@ class Environment(Protocol):
     async def step(self, task: Task, history: list[Message], action: str) -> StepResult:
         """Score one policy turn. ``history`` is everything before ``action``."""
         ...
+
+
+@runtime_checkable
+class SelfChecking(Protocol):
+    def self_checks(self) -> list[SelfCheck]:
+        """Examples with known outcomes, played by ``align envs test``."""
+        ...
+
+
+@runtime_checkable
+class TaskSource(SelfChecking, Protocol):
+    """An environment that also generates the tiny world's tasks, demonstrations and corruptions."""
 
     def generate(self, n: int, seed: int) -> list[Task]:
         """``n`` tiny-world tasks, deterministic in ``seed``."""
@@ -100,7 +130,20 @@ class Environment(Protocol):
         """A plausible but wrong solution, same shape as ``demonstrate`` (for preference pairs)."""
         ...
 
-    def self_checks(self) -> list[SelfCheck]: ...
+
+class NoTaskSourceError(AlignError, TypeError):
+    """An environment without a task generator was asked for generated tasks."""
+
+
+def task_source(env: Environment) -> TaskSource:
+    """``env`` as a :class:`TaskSource`, or an error that says what is missing and what to do."""
+    if isinstance(env, TaskSource):
+        return env
+    missing = [m for m in ("generate", "demonstrate", "corrupt", "self_checks") if not callable(getattr(env, m, None))]
+    raise NoTaskSourceError(
+        f"environment '{env.name}' generates no tasks (it lacks {', '.join(missing)} of envs.base.TaskSource); "
+        "give its tasks from a file (envs[].data_path, data.path) or implement those methods"
+    )
 
 
 async def safe_step(env: Environment, task: Task, history: list[Message], action: str) -> StepResult:

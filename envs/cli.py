@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from align.plugins import PluginError
-from envs.base import Environment, SelfCheck, StepResult, safe_step
+from envs.base import Environment, NoTaskSourceError, SelfCheck, SelfChecking, StepResult, safe_step, task_source
 from envs.registry import available_envs, make_env
 
 EXIT_FAILED = 1
@@ -50,12 +50,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
     env = _env_or_none(args.name)
     if env is None:
         return EXIT_BAD_INPUT
-    for task in env.generate(args.n, args.seed):
+    try:
+        source = task_source(env)
+    except NoTaskSourceError as e:
+        err.print("[bold red]error:[/]", escape(str(e)))
+        return EXIT_BAD_INPUT
+    for task in source.generate(args.n, args.seed):
         out.rule(f"[bold]{escape(task.id)}[/]")
         for message in env.reset(task):
             out.print(f"[cyan]{message['role']}:[/]", escape(str(message["content"])))
         out.print("[green]gold:[/]", escape(json.dumps(task.answer)))
-        demo = env.demonstrate(task)
+        demo = source.demonstrate(task)
         out.print("[magenta]demonstration:[/]", escape(json.dumps(demo[-1]["content"])))
     return 0
 
@@ -72,7 +77,7 @@ async def play(env: Environment, check: SelfCheck) -> StepResult:
     return result
 
 
-async def _run_checks(env: Environment) -> list[tuple[SelfCheck, StepResult]]:
+async def _run_checks(env: SelfChecking) -> list[tuple[SelfCheck, StepResult]]:
     checks = env.self_checks()
     results = await asyncio.gather(*(play(env, c) for c in checks))
     return list(zip(checks, results))
@@ -82,6 +87,9 @@ def cmd_test(args: argparse.Namespace) -> int:
     env = _env_or_none(args.name)
     if env is None:
         return EXIT_BAD_INPUT
+    if not isinstance(env, SelfChecking):
+        err.print("[bold red]error:[/]", escape(f"{args.name} has no self_checks(); add one that returns known-good and known-bad examples (envs.base.SelfCheck)"))
+        return EXIT_FAILED
     try:
         outcomes = asyncio.run(_run_checks(env))
     except Exception as e:  # noqa: BLE001 - self_checks() itself is plugin code

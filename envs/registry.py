@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from align.plugins import PluginInfo, PluginRegistry, check_class
 from envs.base import Environment
 
-ENV_ATTRIBUTES = ("name", "description", "Params", "reset", "step", "generate", "demonstrate", "corrupt", "self_checks")
+ENV_ATTRIBUTES = ("name", "Params", "reset", "step")  # the contract of envs.base.Environment
 
 
 def _check_env(cls: type) -> list[str]:

@@ -7,7 +7,8 @@
         weight: 1.0
         params: {path: runs/tiny-rm/final}          # a folder written by `align rm`
 
-Scoring runs in :class:`~align.cluster.RewardModelGroup` actors (``num_actors`` of them,
+Scoring runs in :class:`~align.cluster.RewardModelGroup` actors (workers of class
+:class:`~align.learner.reward_model.RewardModelScorer`) (``num_actors`` of them,
 each holding one copy of the model) so a large reward model sits on its own GPUs beside the
 learners and rollout engines; ``num_actors: 0`` scores in the calling process (tests, small
 models on CPU). Each trajectory's conversation is rendered with the reward model's own chat
@@ -23,81 +24,13 @@ must share nothing with the policy but the chat format; it is loaded once and ne
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from align.reasoning import round_budget
 from rewards.base import RewardInput
-
-Message = dict[str, Any]
-
-
-class RewardModelScorer:
-    """One copy of a reward model that scores conversations in padded batches (a plain worker class).
-
-    :class:`align.cluster.RewardModelGroup` makes it a Ray actor; tests use it directly.
-    """
-
-    def __init__(self, path: str, batch_size: int = 32, max_seq_len: int = 1024, cpus: float | None = None) -> None:
-        from transformers import AutoTokenizer
-
-        from align.learner.reward_model import RewardModel
-
-        if cpus is not None and not torch.cuda.is_available():  # as a Ray actor: its CPU share
-            torch.set_num_threads(max(1, int(cpus)))
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = RewardModel.from_pretrained(path).to(self.device).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.batch_size = batch_size
-        self.max_seq_len = max_seq_len
-
-    def attributes(self) -> dict[str, float]:
-        """The model's attribute names and saved weights, in output order."""
-        return {n: self.model.attribute_weights.get(n, 0.0) for n in self.model.attribute_names}
-
-    def _render(self, messages: list[Message], template_kwargs: Mapping[str, Any]) -> list[int]:
-        clean = [{k: v for k, v in m.items() if v is not None} for m in messages]
-        ids = list(self.tokenizer.apply_chat_template(clean, tokenize=True, return_dict=True, **template_kwargs)["input_ids"])
-        return ids[-self.max_seq_len :]
-
-    @torch.no_grad()
-    def score(
-        self,
-        conversations: Sequence[list[Message]],
-        template_kwargs: Sequence[Mapping[str, Any]] | None = None,
-        weights: Mapping[str, float] | None = None,
-    ) -> list[float]:
-        """One combined reward per conversation, in order (batched longest-first to pad little)."""
-        kwargs = template_kwargs if template_kwargs is not None else [{}] * len(conversations)
-        ids = [self._render(c, k) for c, k in zip(conversations, kwargs, strict=True)]
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-        out = [0.0] * len(ids)
-        pad = self.tokenizer.pad_token_id
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start : start + self.batch_size]
-            length = max(len(ids[i]) for i in chunk)
-            input_ids = torch.full((len(chunk), length), pad, dtype=torch.long)
-            mask = torch.zeros((len(chunk), length), dtype=torch.long)
-            for row, i in enumerate(chunk):
-                input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
-                mask[row, : len(ids[i])] = 1
-            rewards = self.model(input_ids.to(self.device), mask.to(self.device))
-            for i, v in zip(chunk, self.model.combine(rewards, weights).tolist(), strict=True):
-                out[i] = float(v)
-        return out
-
-
-def template_kwargs(x: RewardInput) -> dict[str, Any]:
-    """The chat-template variables that render ``x``'s conversation as the policy saw it."""
-    kwargs: dict[str, Any] = {"enable_thinking": x.mode.thinking}
-    if x.mode.thinking and x.mode.budget is not None:
-        kwargs["thinking_budget"] = round_budget(x.mode.budget)
-    return kwargs
-
+from rollout.chat import chat_template_kwargs
 
 class RewardModelParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -156,7 +89,7 @@ class RewardModelReward:
     def score(self, batch: list[RewardInput]) -> list[float | None]:
         if not batch:
             return []
-        scores = self._scorers().score([x.messages for x in batch], [template_kwargs(x) for x in batch], self.params.attribute_weights)
+        scores = self._scorers().score([x.messages for x in batch], [chat_template_kwargs(x.mode) for x in batch], self.params.attribute_weights)
         return list(scores)
 
     def close(self) -> None:

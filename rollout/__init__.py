@@ -2,7 +2,9 @@
 
 - :mod:`rollout.types`: ``GenRequest``, ``GenOutput``, ``Trajectory``, ``GenerateFn``.
 - :mod:`rollout.engine`: ``VLLMEngine``, one in-process vLLM engine (a Ray actor in ``align/cluster.py``).
-- :mod:`rollout.episode`: ``Batcher`` and ``run_episode`` (multi-turn, reasoning budgets).
+- :mod:`rollout.batcher`: ``Batcher``, concurrent episodes' requests joined into engine calls.
+- :mod:`rollout.chat`: prompts and observations as token ids, thinking counts, ``chat_template_kwargs``.
+- :mod:`rollout.episode`: ``run_episode`` (multi-turn, reasoning budgets).
 - :mod:`rollout.collect`: ``collect``, G concurrent episodes per task through one Batcher.
 
 Importing this package does not import vLLM; ``VLLMEngine`` does when it is built.
@@ -10,7 +12,8 @@ Importing this package does not import vLLM; ``VLLMEngine`` does when it is buil
 
 from rollout.collect import collect
 from rollout.engine import VLLMEngine
-from rollout.episode import Batcher, derive_seed, engine_generate_fn, run_episode
+from rollout.batcher import Batcher, engine_generate_fn
+from rollout.episode import derive_seed, run_episode
 from rollout.types import GenerateFn, GenOutput, GenRequest, Trajectory
 
 __all__ = [

@@ -16,7 +16,8 @@ from transformers import PreTrainedTokenizerBase
 from align.config.schema import SamplingConfig
 from align.reasoning import ReasoningMode
 from envs.base import Environment, Task
-from rollout.episode import Batcher, derive_seed, run_episode
+from rollout.batcher import Batcher
+from rollout.episode import derive_seed, run_episode
 from rollout.types import GenerateFn, Trajectory
 
 

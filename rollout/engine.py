@@ -155,18 +155,18 @@ class VLLMEngine:
     # Bucketed weight sync (align.weight_sync): the engine's side of "broadcast" and "cuda_ipc".
 
     def gpu_uuid(self) -> str | None:
-        from align.weight_sync import gpu_uuid
+        from align.weight_sync.transports import gpu_uuid
 
         return gpu_uuid()
 
     def init_weight_group(self, host: str, port: int, rank: int, world_size: int, backend: str) -> None:
-        from align.weight_sync import WeightGroup
+        from align.weight_sync.transports import WeightGroup
 
         self._weight_group = WeightGroup(host, port, rank, world_size, backend)
 
     def receive_broadcast(self, buckets: list[Any]) -> None:
         """Receive every bucket from the learner and load each as it lands."""
-        from align.weight_sync import receive_broadcast
+        from align.weight_sync.transports import receive_broadcast
 
         for items in receive_broadcast(self._weight_group, buckets):
             self._load_items(items)
@@ -174,7 +174,7 @@ class VLLMEngine:
 
     def load_ipc_bucket(self, bucket: Any, handle: Any) -> None:
         """Load one bucket from the learner's GPU buffer (same GPU); :meth:`finish_weight_update` after the last."""
-        from align.weight_sync import load_ipc
+        from align.weight_sync.transports import load_ipc
 
         load_ipc(bucket, handle, self._load_items)
 
@@ -207,7 +207,11 @@ class VLLMEngine:
                 h.removeFilter(_DROP_NOT_LOADED)
 
     def sleep(self, level: int = 1) -> None:
-        """Free accelerator memory between rollouts (level 1 keeps weights in host RAM). No-op on CPU."""
+        """Free accelerator memory between rollouts (level 1 keeps weights in host RAM). No-op on CPU.
+
+        Unused by the drivers today; kept (with its test) for colocated GPU runs, where an 8B
+        policy's engine must give the learner its memory during the update.
+        """
         if self._sleep_enabled:
             self.llm.sleep(level=level)
 

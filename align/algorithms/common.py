@@ -6,6 +6,9 @@ same way everywhere (torchtune's copy-pasted recipes drifted apart on exactly th
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -82,9 +85,24 @@ def global_batch_size(loaded: LoadedRecipe) -> int:
     return r.learner.micro_batch_size_per_device * r.learner.gradient_accumulation_steps * r.cluster.num_learners
 
 
+def ray_cpus(recipe: Any) -> int:
+    """Logical CPUs of a job's actors: learners, a separate reference, rollout engines (RL) or one spare slot."""
+    c = recipe.cluster
+    if recipe.job == "rl":
+        ref = FrozenReference.cpus(recipe.grpo.reference, c) if recipe.grpo.kl_coef > 0 else 0.0
+        return int(c.num_learners * c.cpus_per_learner + ref) + c.num_rollout_engines
+    ref = FrozenReference.cpus(recipe.dpo.reference, c) if recipe.job == "dpo" else 0.0
+    return int(c.num_learners * c.cpus_per_learner + ref) + 1
+
+
+def start_ray(*recipes: Any) -> None:
+    """Start (or join) Ray sized for the largest of ``recipes`` (a pipeline's stages): the first start fixes its size."""
+    init_ray(recipes[0].cluster.ray_address, num_cpus=max(ray_cpus(r) for r in recipes))
+
+
 def start_learners(loaded: LoadedRecipe, model_path: Path, total_steps: int, model_kind: str = "causal_lm", num_labels: int = 1) -> LearnerGroup:
     r = loaded.recipe
-    init_ray(r.cluster.ray_address, num_cpus=int(r.cluster.num_learners * r.cluster.cpus_per_learner) + 1)
+    start_ray(r)
     group = LearnerGroup(r.cluster)
     group.setup(str(model_path), r.learner, total_steps, r.seed, model_kind, num_labels)
     return group
@@ -206,21 +224,10 @@ def train_loop(
     examples = job.data.train.examples
     plan = BatchPlan(len(examples), global_batch_size(job.loaded), r.seed, lengths=example_lengths(examples))
     ckpts = Checkpoints(job.run_dir, r.checkpoint.keep_last)
-    latest = ckpts.latest() if resume else None
-    if resume and latest is None:
-        console.print(f"[yellow]--resume: no checkpoint in {ckpts.root}; starting from step 0[/]")
     group = start_learners(job.loaded, job.model_path, max_steps, model_kind, num_labels)
     summary: dict[str, Any] = {"first_eval": None, "last_eval": None, "learner_nodes": group.node_ids()}
-    start = 0
-    if latest is not None:
-        import json
-
-        state = json.loads((latest / "state.json").read_text())
-        plan.check_state(state["plan"])
-        group.load_state(str(latest))
-        start = int(state["step"])
-        console.print(f"resumed from {latest} at step {start}")
-    log = MetricsLog(job.run_dir, resume_from_step=start if latest is not None else None)
+    start, state = resume_from(ckpts, resume, group, check=lambda s: plan.check_state(s["plan"]))
+    log = MetricsLog(job.run_dir, resume_from_step=start if state is not None else None)
     log.log(start, "data", {k: float(v) for k, v in job.stats.items()})
     pad_id = job.tokenizer.pad_token_id
     step_times: list[float] = []
@@ -275,30 +282,42 @@ def train_loop(
     return group, summary
 
 
-def finish(
-    job: Job,
-    group: LearnerGroup,
-    plots: dict[str, tuple[str, str]],
-    title: str,
-    before_publish: Callable[[Path], None] | None = None,
-) -> Path:
-    """Write the final HF folder (atomically) and the loss plot; returns the HF folder.
+def resume_from(
+    ckpts: Checkpoints, resume: bool, group: LearnerGroup, check: Callable[[dict[str, Any]], None] | None = None
+) -> tuple[int, dict[str, Any] | None]:
+    """(step, state.json) of the latest checkpoint, loaded into ``group`` after ``check(state)``; else (0, None)."""
+    latest = ckpts.latest() if resume else None
+    if latest is None:
+        if resume:
+            console.print(f"[yellow]--resume: no checkpoint in {ckpts.root}; starting from step 0[/]")
+        return 0, None
+    state = json.loads((latest / "state.json").read_text())
+    if check:
+        check(state)
+    group.load_state(str(latest))
+    start = int(state["step"])
+    console.print(f"resumed from {latest} at step {start}")
+    return start, state
 
-    ``before_publish(tmp)`` may add files (a reward model's attribute names) before the rename.
-    """
-    import os
-    import shutil
 
-    final = job.run_dir / "final"
-    tmp = job.run_dir / ".final.tmp"
+def publish_hf(run_dir: Path, group: LearnerGroup, tokenizer_path: Path, before_publish: Callable[[Path], None] | None = None) -> Path:
+    """Write ``run_dir/final`` atomically (a temp folder, then renamed); ``before_publish(tmp)`` may add files."""
+    final = run_dir / "final"
+    tmp = run_dir / ".final.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    group.save_hf(str(tmp), tokenizer_path=str(job.model_path))
+    group.save_hf(str(tmp), tokenizer_path=str(tokenizer_path))
     if before_publish:
         before_publish(tmp)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
+    return final
+
+
+def finish(job: Job, group: LearnerGroup, plots: dict[str, tuple[str, str]], title: str, before_publish: Callable[[Path], None] | None = None) -> Path:
+    """:func:`publish_hf` (``before_publish``: e.g. a reward model's attribute names) and the loss plot; returns the HF folder."""
+    final = publish_hf(job.run_dir, group, job.model_path, before_publish)
     plot_curves(job.run_dir, plots, "loss.png", title)
     return final
 

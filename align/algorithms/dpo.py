@@ -26,8 +26,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from align.algorithms.common import FrozenReference, JobError, console, count_pairs, finish, per_pair_means, prepare_job, train_loop
-from align.cluster import LearnerGroup, init_ray
+from align.algorithms.common import FrozenReference, JobError, console, count_pairs, finish, per_pair_means, prepare_job, start_ray, train_loop
+from align.cluster import LearnerGroup
 from align.config import LoadedRecipe
 from align.learner.engine import MicroBatch
 from align.learner.objectives import DPOObjective, reference_pair_logps
@@ -40,9 +40,7 @@ class Reference:
         r = loaded.recipe
         self.kind = r.dpo.reference
         c = r.cluster
-        if self.kind == "separate_group":
-            # Both groups share the embedded Ray session; ask for the slots of both up front.
-            init_ray(c.ray_address, num_cpus=int(c.num_learners * c.cpus_per_learner + FrozenReference.cpus(self.kind, c)) + 1)
+        start_ray(r)  # sized for both groups (common.ray_cpus), before either starts
         self.frozen = FrozenReference(self.kind, c, r.learner, model_path, r.seed, key="dpo.reference")
 
     def add_to_batch(self, policy: LearnerGroup, per_rank: list[list[MicroBatch]]) -> None:
@@ -60,17 +58,19 @@ def task_accuracy(loaded: LoadedRecipe, model_path: Path, run_dir: Path, label: 
     """Greedy accuracy of ``model_path`` on held-out generated tasks (``/think`` and ``/no_think``).
 
     ``dpo.num_eval_samples_to_generate`` tasks per environment of ``data.generated``, drawn from
-    the environments' evaluation seed stream (disjoint from the training streams), so the start
+    :func:`align.heldout.heldout_tasks` without this recipe's training prompts, so the start
     and the final policy are scored on the same tasks.
     """
     from align.config.schema import SamplingConfig
-    from align.evaluate import evaluate_checkpoint, heldout_tasks, make_envs, standard_modes
+    from align.evaluate import evaluate_checkpoint, make_envs, standard_modes
+    from align.heldout import heldout_tasks, training_prompts
 
     r = loaded.recipe
     assert r.data.generated is not None
     names = sorted(r.data.generated.envs)
     envs = make_envs(names)
-    tasks = heldout_tasks(envs, {n: r.dpo.num_eval_samples_to_generate for n in names}, seed=r.seed)
+    counts = {n: r.dpo.num_eval_samples_to_generate for n in names}
+    tasks = heldout_tasks(envs, counts, training_prompts(envs, [loaded]), r.seed)
     sampling = SamplingConfig(temperature=0.0, max_new_tokens=r.dpo.max_new_tokens, max_answer_tokens=32)
     return evaluate_checkpoint(model_path, envs, tasks, standard_modes(), sampling, max_turns=3, seed=r.seed,
                                samples_path=run_dir / f"eval_samples_{label}.jsonl")  # fmt: skip

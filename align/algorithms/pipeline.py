@@ -7,25 +7,15 @@ held-out tasks, and the report compares each stage with the one before.
 
 from __future__ import annotations
 
-import importlib
 import json
-import re
 import time
 from pathlib import Path
 
-from align.algorithms.common import console
-from align.config import LoadedRecipe, load_recipe
+from align.algorithms.common import console, start_ray
+from align.algorithms.jobs import STAGE_JOBS
+from align.config import LoadedRecipe
 from align.config.schema import PipelineRecipe
-
-JOB_MODULES = {"sft": "align.algorithms.sft", "dpo": "align.algorithms.dpo", "rm": "align.algorithms.rm", "rl": "align.algorithms.rl.driver"}
-
-
-def stage_overrides(r: PipelineRecipe, index: int, finals: dict[str, Path]) -> list[str]:
-    stage = r.stages[index]
-    out = [f"output_dir={Path(r.output_dir) / stage.name}", f"seed={r.seed}"]
-    for text in stage.overrides:
-        out.append(re.sub(r"\$\{stage:([^}]+)\}", lambda m: str(finals[m.group(1)]), text))
-    return out
+from align.config.stages import load_stages
 
 
 def run(loaded: LoadedRecipe, resume: bool = False) -> int:
@@ -34,19 +24,16 @@ def run(loaded: LoadedRecipe, resume: bool = False) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     timings_path = run_dir / "timings.json"
     timings: dict[str, float] = json.loads(timings_path.read_text()) if timings_path.exists() else {}
-    finals: dict[str, Path] = {}
     # Validate every stage's recipe before running any, so a typo in the last stage costs nothing.
-    stages = []
-    for i, stage in enumerate(r.stages):
-        finals[stage.name] = run_dir / stage.name / "final"
-        stages.append(load_recipe(stage.recipe, stage_overrides(r, i, finals)))
+    stages, finals = load_stages(r)
     for stage, stage_loaded in zip(r.stages, stages, strict=True):
         if (finals[stage.name] / "config.json").is_file():
             console.print(f"[bold]stage {stage.name}[/]: done before ({finals[stage.name]}), skipped")
             continue
         console.rule(f"stage {stage.name}: align {stage_loaded.recipe.job} --recipe {stage.recipe}")
+        start_ray(*(s.recipe for s in stages))  # sized once, for the largest stage
         t0 = time.perf_counter()
-        code = importlib.import_module(JOB_MODULES[stage_loaded.recipe.job]).run(stage_loaded, resume=True)
+        code = STAGE_JOBS[stage_loaded.recipe.job](stage_loaded, True)
         if code != 0:
             console.print(f"[red]stage {stage.name} failed with exit code {code}; rerun the pipeline to resume it[/]")
             return code

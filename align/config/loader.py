@@ -229,12 +229,13 @@ def _check_plugins(recipe: BaseModel, path: Path) -> None:
     if not isinstance(recipe, RLRecipe):
         return
     from align.errors import AlignError as _Err
-    from align.plugins import validate_params
+    from envs.registry import ENVS
+    from rewards.registry import REWARDS
 
-    for kind, key, specs in (("env", "envs", recipe.envs), ("reward", "rewards", recipe.rewards)):
+    for registry, key, specs in ((ENVS, "envs", recipe.envs), (REWARDS, "rewards", recipe.rewards)):
         for i, spec in enumerate(specs):
             try:
-                validate_params(kind, spec.name, spec.params)
+                registry.validate_params(spec.name, spec.params)
             except _Err as e:
                 raise RecipeError(f"{path}: {key}.{i} ({spec.name}): {e}") from None
 

@@ -164,10 +164,13 @@ class JobBase(Strict):
     cluster: ClusterConfig = ClusterConfig()
     learner: LearnerConfig = LearnerConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
-    data: DataConfig = DataConfig()
     # Start from a previous stage's checkpoint (an HF folder). null: model.path or a fresh tiny model.
     init_from: str | None = None
     log_every_steps: int = Field(1, ge=1)
+
+
+class DataJobBase(JobBase):  # SFT, DPO, RM train on rows; RL reads tasks from its environments
+    data: DataConfig = DataConfig()
 
 
 class SFTSettings(Strict):
@@ -177,7 +180,7 @@ class SFTSettings(Strict):
     max_new_tokens: int = Field(128, ge=1)
 
 
-class SFTRecipe(JobBase):
+class SFTRecipe(DataJobBase):
     job: Literal["sft"] = "sft"
     sft: SFTSettings = SFTSettings()
 
@@ -197,7 +200,7 @@ class DPOSettings(Strict):
     max_new_tokens: int = Field(128, ge=1)
 
 
-class DPORecipe(JobBase):
+class DPORecipe(DataJobBase):
     job: Literal["dpo"] = "dpo"
     dpo: DPOSettings = DPOSettings()
 
@@ -211,7 +214,7 @@ class RMSettings(Strict):
     center_rewards_coefficient: float = Field(0.0, ge=0)
 
 
-class RMRecipe(JobBase):
+class RMRecipe(DataJobBase):
     job: Literal["rm"] = "rm"
     rm: RMSettings = RMSettings()
 
@@ -234,7 +237,7 @@ class RolloutConfig(Strict):
     max_model_len: int = Field(1024, ge=64)
     max_turns: int = Field(4, ge=1)
     enforce_eager: bool = True
-    # How new weights reach the engines after an update (align/weight_sync.py). auto: cuda_ipc when
+    # How new weights reach the engines after an update (align/weight_sync/). auto: cuda_ipc when
     # every engine shares a GPU with a learner, broadcast (NCCL) when the engines have GPUs of their
     # own, object_store on CPU and with grpo.off_policy_overlap (which needs a snapshot).
     weight_sync: Literal["auto", "object_store", "broadcast", "cuda_ipc"] = "auto"

@@ -43,7 +43,7 @@ def env_seed(seed: int, name: str) -> int:
     return random.Random(f"generated:{seed}:{name}").randrange(2**31)
 
 
-def _prompt_key(messages: list[dict[str, Any]]) -> str:
+def prompt_key(messages: list[dict[str, Any]]) -> str:
     return json.dumps(messages, sort_keys=True, default=str)
 
 
@@ -54,6 +54,7 @@ def generated_rows(cfg: GeneratedData, kind: RowKind) -> tuple[list[dict[str, An
     ``kind="preference"``: ``{"prompt": reset(task), "chosen": demonstrate(task), "rejected": corrupt(task, rng)}``
     with ``rng`` seeded from the task id, so a pair does not depend on which other tasks were drawn.
     """
+    from envs.base import task_source
     from envs.registry import make_env  # written alongside; imported late on purpose
 
     train_counts = split_counts(cfg.envs, cfg.num_train)
@@ -64,7 +65,7 @@ def generated_rows(cfg: GeneratedData, kind: RowKind) -> tuple[list[dict[str, An
         n_train, n_eval = train_counts[name], eval_counts[name]
         if n_train + n_eval == 0:
             continue
-        env = make_env(name, None)
+        env = task_source(make_env(name, None))
         tasks = env.generate(n_train + n_eval, env_seed(cfg.seed, name))
         if len(tasks) < n_train + n_eval:
             raise ValueError(f"environment {name!r} generated {len(tasks)} tasks, {n_train + n_eval} were asked for")
@@ -77,7 +78,7 @@ def generated_rows(cfg: GeneratedData, kind: RowKind) -> tuple[list[dict[str, An
                 rng = random.Random(f"corrupt:{cfg.seed}:{name}:{task.id}")
                 row = {"prompt": prompt, "chosen": env.demonstrate(task), "rejected": env.corrupt(task, rng)}
             row.update(env=name, id=task.id)
-            env_rows.append((_prompt_key(prompt), row))
+            env_rows.append((prompt_key(prompt), row))
         seen = {key for key, _ in env_rows[:n_train]}
         train.extend(row for _, row in env_rows[:n_train])
         evals.extend(row for key, row in env_rows[n_train:] if key not in seen)

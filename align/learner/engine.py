@@ -75,21 +75,13 @@ class Learner:
 
     # -------------------------------------------------------------- set-up
 
-    def address(self) -> tuple[str, int]:
-        """Host and a free port on this node, for rank 0 to serve the process group."""
+    def free_port(self, host: str) -> tuple[str, int]:
+        """``host`` (this node's address, from the group) and a free port on it, for rank 0 to serve the process group."""
         import socket
 
-        import ray
-
-        host = ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"
         with socket.socket() as s:
             s.bind((host, 0))
             return host, s.getsockname()[1]
-
-    def node_id(self) -> str:
-        import ray
-
-        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
 
     def setup(
         self,
@@ -245,19 +237,19 @@ class Learner:
             return [(k, tuple(v.shape), v.dtype) for k, v in sd.items()]
 
     def gpu_uuid(self) -> str | None:
-        from align.weight_sync import gpu_uuid
+        from align.weight_sync.transports import gpu_uuid
 
         return gpu_uuid()
 
     def init_weight_group(self, host: str, port: int, world_size: int, backend: str) -> None:
         """Rank 0 joins the weight-sync group as its rank 0 (the engines join as 1..world_size-1)."""
-        from align.weight_sync import WeightGroup
+        from align.weight_sync.transports import WeightGroup
 
         if self.rank == 0:
             self._weight_group = WeightGroup(host, port, 0, world_size, backend)
 
     def push_broadcast(self, buckets: list[Any]) -> None:
-        from align.weight_sync import send_broadcast
+        from align.weight_sync.transports import send_broadcast
 
         with self._hf_weights() as sd:
             if self.rank == 0:
@@ -265,17 +257,15 @@ class Learner:
 
     def push_ipc(self, buckets: list[Any], engines: list[Any]) -> None:
         """Hand each bucket to ``engines`` (the rollout engines on this rank's GPU) over CUDA IPC."""
-        from align.weight_sync import send_ipc
+        from align.weight_sync.transports import send_ipc
 
         with self._hf_weights() as sd:
             if not engines:
                 return
 
             def start(bucket: Any, handle: Any) -> Callable[[], None]:
-                import ray
-
-                refs = [e.load_ipc_bucket.remote(bucket, handle) for e in engines]
-                return lambda: ray.get(refs)
+                futures = [e.load_ipc_bucket.remote(bucket, handle).future() for e in engines]  # actor calls
+                return lambda: [f.result() for f in futures]
 
             send_ipc(buckets, sd, start)
 

@@ -185,3 +185,56 @@ def write_head_info(
     tmp = path / f".{HEAD_JSON}.tmp{os.getpid()}"
     tmp.write_text(json.dumps(info, indent=2) + "\n")
     os.replace(tmp, path / HEAD_JSON)
+
+
+class RewardModelScorer:
+    """One copy of a reward model that scores conversations in padded batches (a plain worker class).
+
+    :class:`align.cluster.RewardModelGroup` makes it a Ray actor; tests use it directly.
+    """
+
+    def __init__(self, path: str, batch_size: int = 32, max_seq_len: int = 1024, cpus: float | None = None) -> None:
+        from transformers import AutoTokenizer
+
+        if cpus is not None and not torch.cuda.is_available():  # as a Ray actor: its CPU share
+            torch.set_num_threads(max(1, int(cpus)))
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = RewardModel.from_pretrained(path).to(self.device).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.batch_size = batch_size
+        self.max_seq_len = max_seq_len
+
+    def attributes(self) -> dict[str, float]:
+        """The model's attribute names and saved weights, in output order."""
+        return {n: self.model.attribute_weights.get(n, 0.0) for n in self.model.attribute_names}
+
+    def _render(self, messages: list[dict[str, Any]], template_kwargs: Mapping[str, Any]) -> list[int]:
+        clean = [{k: v for k, v in m.items() if v is not None} for m in messages]
+        ids = list(self.tokenizer.apply_chat_template(clean, tokenize=True, return_dict=True, **template_kwargs)["input_ids"])
+        return ids[-self.max_seq_len :]
+
+    @torch.no_grad()
+    def score(
+        self,
+        conversations: Sequence[list[dict[str, Any]]],
+        template_kwargs: Sequence[Mapping[str, Any]] | None = None,
+        weights: Mapping[str, float] | None = None,
+    ) -> list[float]:
+        """One combined reward per conversation, in order (batched longest-first to pad little)."""
+        kwargs = template_kwargs if template_kwargs is not None else [{}] * len(conversations)
+        ids = [self._render(c, k) for c, k in zip(conversations, kwargs, strict=True)]
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        out = [0.0] * len(ids)
+        pad = self.tokenizer.pad_token_id
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            length = max(len(ids[i]) for i in chunk)
+            input_ids = torch.full((len(chunk), length), pad, dtype=torch.long)
+            mask = torch.zeros((len(chunk), length), dtype=torch.long)
+            for row, i in enumerate(chunk):
+                input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
+                mask[row, : len(ids[i])] = 1
+            rewards = self.model(input_ids.to(self.device), mask.to(self.device))
+            for i, v in zip(chunk, self.model.combine(rewards, weights).tolist(), strict=True):
+                out[i] = float(v)
+        return out

@@ -21,11 +21,12 @@ def world_texts(seed: int = 0, tasks_per_env: int = 400) -> Iterator[str]:
     """
     import warnings
 
+    from envs.base import task_source
     from envs.registry import make_env
 
     for name in BUILTIN_ENVS:
         try:
-            env = make_env(name)
+            env = task_source(make_env(name))
         except Exception as e:  # noqa: BLE001 - any plugin failure: report and go on
             warnings.warn(f"tiny-world tokenizer: environment {name!r} unavailable, its text is left out: {e}", stacklevel=2)
             continue

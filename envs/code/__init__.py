@@ -1,6 +1,5 @@
-"""The ``code`` environment and the sandbox it runs programs in (see README.md)."""
+"""The ``code`` environment (see README.md); programs run in the shared sandbox, :mod:`envs.sandbox`."""
 
 from envs.code.env import CodeEnv, CodeParams
-from envs.code.sandbox import SandboxConfig, SandboxPool, SandboxResult, SandboxUnavailable, run_program
 
-__all__ = ["CodeEnv", "CodeParams", "SandboxConfig", "SandboxPool", "SandboxResult", "SandboxUnavailable", "run_program"]
+__all__ = ["CodeEnv", "CodeParams"]

@@ -1,5 +1,5 @@
 """The ``code`` environment: extract the program from a completion and run the task's tests in
-the sandbox (see :mod:`envs.code.sandbox` for what is and is not contained).
+the sandbox (see :mod:`envs.sandbox` for what is and is not contained).
 
 Single-turn: the first step is final. Reward is the fraction of tests passed (``reward="fraction"``,
 a denser signal for small models) or 1/0 (``reward="binary"``); ``correct`` means every test
@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from envs.base import Message, SelfCheck, StepResult, Task
 from envs.code import generate
 from envs.code.harness import build_runs, corrupt_program, count_passed, extract_code, failure_reason
-from envs.code.sandbox import SandboxConfig, SandboxPool, SandboxResult, shared_pool
+from envs.sandbox import SandboxConfig, SandboxPool, SandboxResult, shared_pool
 
 
 class CodeParams(BaseModel):

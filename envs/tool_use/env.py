@@ -68,8 +68,8 @@ class ToolUseEnv:
             raise ValueError(f"tool_use: unknown task kinds {sorted(unknown)}; choose from {list(generate.KINDS)}")
 
     def _run_python(self, code: str) -> Awaitable[Any]:
-        """Run the python tool in the process-wide sandbox pool (envs.code imported only here)."""
-        from envs.code.sandbox import SandboxConfig, shared_pool
+        """Run the python tool in the process-wide sandbox pool (envs.sandbox imported only here)."""
+        from envs.sandbox import SandboxConfig, shared_pool
 
         config = SandboxConfig(
             timeout_s=self.params.python_timeout_s,

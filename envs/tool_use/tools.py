@@ -9,7 +9,7 @@ turns into an error observation and counts against the well-formed score.
   numbers, ``+ - * / // % **``, parentheses, ``abs round min max sqrt``. Exponents and
   intermediate results are bounded so ``9**9**9`` is an error, not a hung worker.
 - ``lookup(key)``: a per-task key-value table (``task.meta["table"]``), case-insensitive keys.
-- ``python(code)``: runs in the code sandbox (envs/code/sandbox.py); the observation is stdout,
+- ``python(code)``: runs in the code sandbox (envs/sandbox/); the observation is stdout,
   or the error's last line.
 """
 

@@ -103,6 +103,15 @@ def test_recipes_show_prints_defaults(capsys) -> None:
     assert "prompts_per_step: 128" in out and "min_lr_ratio: 0.1" in out  # a default never written in the file
 
 
+def test_data_lives_only_on_jobs_that_read_rows(capsys) -> None:
+    assert main(["recipes", "show", "nano3-multienv-tiny"]) == 0
+    assert "\ndata:" not in capsys.readouterr().out
+    assert main(["recipes", "show", "tiny-dpo"]) == 0
+    assert "\ndata:" in capsys.readouterr().out
+    with pytest.raises(RecipeError, match="unknown key 'data'"):
+        load_recipe("nano3-multienv-tiny", ["data.path=rows.jsonl"])
+
+
 def test_extends_cycle_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text("extends: b.yaml\njob: sft\n")
     (tmp_path / "b.yaml").write_text("extends: a.yaml\njob: sft\n")

@@ -370,6 +370,9 @@ class _FakeEnv:
     def corrupt(self, task, rng):
         return [{"role": "assistant", "content": f"<think>guess</think>{task.a + task.b + rng.randint(1, 9)}"}]
 
+    def self_checks(self):
+        return []
+
 
 def test_generated_rows_mix_environments_by_share_deterministically(monkeypatch):
     fake = types.ModuleType("envs.registry")

@@ -21,7 +21,6 @@ from align.models import load_tokenizer, prepare_initial_checkpoint
 from align.plugins import PluginParamsError
 from rewards.base import RewardFn
 from rewards.registry import available_rewards, make_reward
-from rewards.reward_model import RewardModelScorer
 from rewards.testing import trajectory
 
 TEXTS = [f"What is {a}+{b}? <think>{a}+{b}={a + b}</think>\\boxed{{{a + b}}}" for a in range(20) for b in range(20)]
@@ -196,7 +195,7 @@ def test_reward_model_reward_in_process_scores_each_conversation(trained_folder:
     one = [fn.score([x])[0] for x in BATCH]
     assert scores == pytest.approx(one, abs=1e-5)
     # Weights: the saved ones by default, the recipe's when given.
-    scorer = RewardModelScorer(str(trained_folder))
+    scorer = reward_model_module.RewardModelScorer(str(trained_folder))
     assert scorer.attributes() == {"correctness": 1.0, "brevity": 0.25}
     only = make_reward("reward_model", {"path": str(trained_folder), "num_actors": 0, "attribute_weights": {"correctness": 1.0}})
     assert only.score(BATCH) != pytest.approx(scores)
@@ -204,15 +203,15 @@ def test_reward_model_reward_in_process_scores_each_conversation(trained_folder:
 
 
 def test_reward_model_renders_the_trajectory_mode(trained_folder: Path) -> None:
-    scorer = RewardModelScorer(str(trained_folder))
+    scorer = reward_model_module.RewardModelScorer(str(trained_folder))
     think, no_think = trajectory("\\boxed{4}"), trajectory("\\boxed{4}", thinking=False)
-    from rewards.reward_model import template_kwargs
+    from rollout.chat import chat_template_kwargs
 
-    assert template_kwargs(no_think) == {"enable_thinking": False}
-    assert template_kwargs(trajectory("x", budget=50)) == {"enable_thinking": True, "thinking_budget": 64}
-    text = scorer.tokenizer.decode(scorer._render(no_think.messages, template_kwargs(no_think)))
+    assert chat_template_kwargs(no_think.mode) == {"enable_thinking": False}
+    assert chat_template_kwargs(trajectory("x", budget=50).mode) == {"enable_thinking": True, "thinking_budget": 64}
+    text = scorer.tokenizer.decode(scorer._render(no_think.messages, chat_template_kwargs(no_think.mode)))
     assert "/no_think" in text and "<think></think>\\boxed{4}" in text
-    assert scorer.score([think.messages], [template_kwargs(think)]) != scorer.score([no_think.messages], [template_kwargs(no_think)])
+    assert scorer.score([think.messages], [chat_template_kwargs(think.mode)]) != scorer.score([no_think.messages], [chat_template_kwargs(no_think.mode)])
 
 
 def test_reward_model_reward_errors_speak_to_the_user(trained_folder: Path, tmp_path: Path) -> None:
@@ -225,10 +224,10 @@ def test_reward_model_reward_errors_speak_to_the_user(trained_folder: Path, tmp_
 
 
 def test_reward_model_group_actors_match_in_process(trained_folder: Path) -> None:
-    from rewards.reward_model import template_kwargs
+    from rollout.chat import chat_template_kwargs
 
     init_ray()
-    conversations, kwargs = [x.messages for x in BATCH], [template_kwargs(x) for x in BATCH]
+    conversations, kwargs = [x.messages for x in BATCH], [chat_template_kwargs(x.mode) for x in BATCH]
     local = RewardModelGroup(str(trained_folder), in_process=True).score(conversations, kwargs)
     group = RewardModelGroup(str(trained_folder), num_actors=2, cpus_per_actor=1)
     try:

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
-from align.plugins import DuplicatePluginError, PluginLoadError, PluginParamsError, UnknownPluginError, validate_params
-from envs.base import Environment, StepResult, safe_step
+from align.plugins import DuplicatePluginError, PluginLoadError, PluginParamsError, UnknownPluginError
+from envs.base import Environment, NoParams, StepResult, safe_step
 from envs.cli import play
 from envs.math import MathEnv, MathParams
 from envs.registry import ENVS, available_envs, get_env_class, make_env, register_env
@@ -102,14 +102,12 @@ def test_make_env_validates_params() -> None:
 
 
 def test_validate_params_for_the_recipe_loader() -> None:
-    assert validate_params("env", "math", {"difficulty": [3]}) == MathParams(difficulty=(3,))
-    assert validate_params("reward", "length", None).buffer_tokens == 32
+    assert ENVS.validate_params("math", {"difficulty": [3]}) == MathParams(difficulty=(3,))
+    assert REWARDS.validate_params("length", None).buffer_tokens == 32
     with pytest.raises(PluginParamsError, match=r"reward function 'length'[\s\S]*buffer_tokens"):
-        validate_params("reward", "length", {"buffer_tokens": 0})
+        REWARDS.validate_params("length", {"buffer_tokens": 0})
     with pytest.raises(UnknownPluginError, match="Did you mean 'length'"):
-        validate_params("reward", "lenght", {})
-    with pytest.raises(ValueError, match="kind"):
-        validate_params("model", "math", {})  # type: ignore[arg-type]
+        REWARDS.validate_params("lenght", {})
 
 
 def test_unknown_name_lists_candidates_and_a_close_match() -> None:
@@ -141,6 +139,57 @@ def test_pip_installed_example_is_discovered(installed_example: Path, plugin_pat
     assert [r.correct for r in results] == [c.expect_correct for c in env.self_checks()]
     with pytest.raises(PluginParamsError, match="reverse_word"):
         make_env("reverse_word", {"max_letters": 1})
+
+
+def test_minimal_verifier_plugin_passes_envs_test(installed_example: Path, plugin_path, capsys, monkeypatch) -> None:
+    """The example's minimal form: 25 lines or fewer, one import source, the four contract members
+    plus self-checks; `align envs test` passes it, and what needs a TaskSource says what is missing."""
+    from align.cli import main
+    from envs.base import SelfChecking, TaskSource
+
+    source = (EXAMPLE / "align_env_example" / "minimal.py").read_text()
+    assert len(source.splitlines()) <= 25
+    assert [line for line in source.splitlines() if line.startswith(("from ", "import "))] == [
+        "from typing import ClassVar",
+        "from envs.base import Message, NoParams, SelfCheck, StepResult, Task, split_thinking",
+    ]
+    plugin_path(installed_example)
+    import envs.cli
+
+    monkeypatch.setattr(envs.cli.out, "_width", 250)
+    monkeypatch.setattr(envs.cli.err, "_width", 250)
+    info = available_envs()["reverse_word_verifier"]
+    assert info.ok, info.error
+    env = make_env("reverse_word_verifier")
+    assert isinstance(env, Environment) and isinstance(env, SelfChecking) and not isinstance(env, TaskSource)
+    assert main(["envs", "test", "reverse_word_verifier"]) == 0
+    assert "2/2 self-checks passed" in capsys.readouterr().out
+    assert main(["envs", "sample", "reverse_word_verifier"]) == 2
+    assert "generates no tasks (it lacks generate, demonstrate, corrupt of envs.base.TaskSource)" in capsys.readouterr().err
+
+
+def test_envs_test_without_self_checks_says_what_to_add(capsys, monkeypatch) -> None:
+    from align.cli import main
+
+    class Bare:
+        name: ClassVar[str] = "bare_verifier"
+        Params: ClassVar[type] = NoParams
+
+        def __init__(self, params: NoParams) -> None: ...
+
+        def reset(self, task):  # noqa: ANN001, ANN201
+            return task.prompt
+
+        async def step(self, task, history, action):  # noqa: ANN001, ANN201
+            return StepResult(reward=0.0, done=True)
+
+    register_env(Bare)
+    try:
+        assert isinstance(make_env("bare_verifier"), Environment)
+        assert main(["envs", "test", "bare_verifier"]) == 1
+        assert "bare_verifier has no self_checks()" in capsys.readouterr().err
+    finally:
+        ENVS.unregister("bare_verifier")
 
 
 def test_two_entry_points_of_one_name_are_an_error_naming_both(installed_example: Path, plugin_path, tmp_path: Path) -> None:

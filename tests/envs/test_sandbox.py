@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from align.cli import main as align_main
-from envs.code.sandbox import SandboxConfig, SandboxPool, SandboxUnavailable, run_program, sandbox_problem
+from envs.sandbox import SandboxConfig, SandboxPool, SandboxUnavailable, run_program, sandbox_problem
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -263,7 +263,7 @@ def test_refuses_without_bwrap_unless_allowed(caplog: pytest.LogCaptureFixture) 
     with pytest.raises(SandboxUnavailable, match="bubblewrap"):
         run_program("print(1)", config=broken)
     weak = SandboxConfig(bwrap_path="/bin/false", allow_rlimits_only=True, timeout_s=5.0)
-    with caplog.at_level(logging.WARNING, logger="envs.code.sandbox"):
+    with caplog.at_level(logging.WARNING, logger="envs.sandbox.runner"):
         first = run_program("print(1)", config=weak)
         second = run_program("x = bytearray(8 * 1024**3)", config=weak)
     assert (first.status, first.stdout, first.isolation) == ("ok", "1\n", "rlimits-only")

@@ -70,7 +70,8 @@ def _hf_greedy(checkpoint: Path, weights: dict[str, torch.Tensor], prompts: list
 def _push_and_compare(checkpoint: Path, gpus: tuple[float, float], want: tuple[str, str], bucket_mb: int) -> dict[str, object]:
     import time
 
-    from align.cluster import LearnerGroup, RolloutGroup, WeightSync
+    from align.cluster import LearnerGroup, RolloutGroup
+    from align.weight_sync import WeightSync
     from align.config.schema import ClusterConfig, LearnerConfig, RolloutConfig
     from align.learner.objectives import sft_objective
     from align.models import load_tokenizer

@@ -19,7 +19,9 @@ from align.models import load_model
 from align.reasoning import THINK_CLOSE, THINK_OPEN, ReasoningMode
 from envs.base import Message, NoParams, StepResult, Task
 from rollout.collect import collect
-from rollout.episode import ChatTokens, count_thinking, derive_seed, engine_generate_fn, observation_ids, template_kwargs
+from rollout.batcher import engine_generate_fn
+from rollout.chat import ChatTokens, chat_template_kwargs, count_thinking, observation_ids
+from rollout.episode import derive_seed
 from rollout.types import GenOutput, GenRequest, Trajectory
 
 # ---------------------------------------------------------------- test environments
@@ -132,7 +134,7 @@ def train_format(model, tokenizer, steps: int = 24, batch_size: int = 8, seed: i
         mode = rng.choice([ReasoningMode(True), ReasoningMode(True, 16), ReasoningMode(True, 64), ReasoningMode(False)])
         if not mode.thinking:
             messages = [m if m["role"] != "assistant" else {**m, "content": str(a + b)} for m in messages]
-        texts.append(tokenizer.apply_chat_template(messages, tokenize=False, **template_kwargs(mode)))
+        texts.append(tokenizer.apply_chat_template(messages, tokenize=False, **chat_template_kwargs(mode)))
     encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
     model.train()
@@ -334,7 +336,7 @@ def test_multi_turn_observations_are_template_tokens_with_mask_zero(policy, toke
                 assert t.completion_ids[e - 1] == chat.eos_id
             # The whole token stream is the chat template's rendering of the conversation.
             stream = tokenizer.decode(t.prompt_ids + t.completion_ids, skip_special_tokens=False)
-            assert stream + "\n" == tokenizer.apply_chat_template(t.messages, tokenize=False, **template_kwargs(mode))
+            assert stream + "\n" == tokenizer.apply_chat_template(t.messages, tokenize=False, **chat_template_kwargs(mode))
             assert t.completion == "\n".join(m["content"] for m in t.messages if m["role"] == "assistant")
     assert complete > 0
     assert {n for n, _ in env.actions} >= {1, 3, 5}  # the env saw the history before each action

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from align.weight_sync import Bucket, WeightGroup, pack, plan_buckets, receive_broadcast, send_broadcast, unpack
+from align.weight_sync.transports import Bucket, WeightGroup, pack, plan_buckets, receive_broadcast, send_broadcast, unpack
 
 
 def _tensors() -> dict[str, torch.Tensor]:
@@ -124,7 +124,8 @@ def test_broadcast_push_from_zero3_learners_to_two_engines(tiny_checkpoint, toke
     """2 learners (ZeRO-3, so the push gathers on both) -> 2 vLLM engines, over gloo in 1 KiB..
     1 MiB buckets; then the engines' greedy tokens equal transformers' on the learners' weights."""
     pytest.importorskip("ray")
-    from align.cluster import ClusterError, LearnerGroup, RolloutGroup, WeightSync, init_ray
+    from align.cluster import ClusterError, LearnerGroup, RolloutGroup, init_ray
+    from align.weight_sync import WeightSync
     from align.config.schema import ClusterConfig, LearnerConfig, RolloutConfig
     from align.learner.objectives import sft_objective
     from align.models import load_model

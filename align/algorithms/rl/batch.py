@@ -12,13 +12,14 @@ import torch
 
 from align.config.schema import GRPOSettings
 from align.losses import IGNORE, group_advantages, kl_k3
+from rollout.types import Trajectory
 
 
 @dataclass
 class Scored:
     """A group of G trajectories of one prompt, with rewards and advantages."""
 
-    trajectories: list  # list[Trajectory]
+    trajectories: list[Trajectory]
     rewards: list[float]
     components: dict[str, list[float | None]] = field(default_factory=dict)
     advantages: list[float] = field(default_factory=list)

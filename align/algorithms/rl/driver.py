@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import time
 from collections import defaultdict
 from concurrent.futures import Future
@@ -30,21 +29,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from align.algorithms.common import FrozenReference, JobError, console, start_checkpoint
+from align.algorithms.common import FrozenReference, JobError, console, publish_hf, resume_from, start_checkpoint, start_ray
 from align.algorithms.rl.batch import Scored, fill, finalize, mean_k3, micro_batches, select_groups, to_sequences
 from align.algorithms.rl.objective import GRPOObjective, TokenLogprobs
 from align.algorithms.rl.schedule import EngineQueue
 from align.algorithms.rl.tasks import TaskMixer, assign_mode, load_tasks
-from align.cluster import LearnerGroup, RolloutGroup, WeightSync, init_ray
+from align.cluster import LearnerGroup, RolloutGroup
 from align.config import LoadedRecipe
-from align.config.schema import RLRecipe
-from align.evaluate import play, standard_modes, summarize
+from align.config.schema import GRPOSettings, RLRecipe
+from align.evaluate import EvalSummary, play, standard_modes, summarize
 from align.models import inference_dtype, load_tokenizer
 from align.runlog import Checkpoints, MetricsLog, plot_curves
+from align.weight_sync import WeightSync
 from envs.registry import make_env
+from rewards.base import RewardFn
 from rewards.combine import combine
 from rewards.registry import make_reward
 from rollout.collect import collect
+from rollout.types import Trajectory
 
 
 def check_machine(loaded: LoadedRecipe) -> None:
@@ -95,8 +97,7 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
     if in_process and r.cluster.num_learners != 1:
         raise JobError("in-process RL runs one learner: set cluster.num_learners=1")
     if not in_process:
-        ref_cpus = FrozenReference.cpus(g.reference, r.cluster) if use_reference else 0.0
-        init_ray(r.cluster.ray_address, num_cpus=int(r.cluster.num_learners * r.cluster.cpus_per_learner + ref_cpus) + r.cluster.num_rollout_engines)
+        start_ray(r)
     learner_cfg = r.learner.model_copy(update={"gradient_accumulation_steps": r.accumulation_steps})
     learners = LearnerGroup(r.cluster, in_process=in_process)
     # The learners, the reference and the vLLM engines build at the same time (Ray actors build
@@ -113,27 +114,25 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
     logprob_fn = TokenLogprobs(r.rollout.sampling.temperature)
 
     ckpts = Checkpoints(run_dir, r.checkpoint.keep_last)
-    start = 0
-    latest = ckpts.latest() if resume else None
-    if latest is not None:
-        state = json.loads((latest / "state.json").read_text())
-        learners.load_state(str(latest))
-        mixer.load_state_dict(state["tasks"])
-        start = int(state["step"])
+    start, state = resume_from(ckpts, resume, learners, check=lambda s: mixer.load_state_dict(s["tasks"]))
+    if state is not None:
         sync.push()
-        console.print(f"resumed from {latest} at step {start}")
-    log = MetricsLog(run_dir, resume_from_step=start if latest is not None else None)
-    samples_file = open(run_dir / "trajectories.jsonl", "a" if latest is not None else "w")
+    log = MetricsLog(run_dir, resume_from_step=start if state is not None else None)
+    samples_file = open(run_dir / "trajectories.jsonl", "a" if state is not None else "w")
+    eval_history: dict[int, EvalSummary] = {}
+    # Rollouts run `depth` steps ahead of the learners (0: on-policy); see align/algorithms/rl/schedule.py.
+    depth = g.max_staleness if g.off_policy_overlap else 0
+    queue = EngineQueue(threaded=depth > 0, version=start)
 
-    def evaluate(step: int) -> dict[str, Any]:
+    def evaluate(step: int) -> EvalSummary:
         modes = standard_modes(r.reasoning.eval_budgets)
         results = asyncio.run(play(envs, eval_tasks, modes, tokenizer, rollout.generate, r.rollout.sampling, r.rollout.max_turns, r.seed))
         return summarize(results)
 
-    def log_eval(step: int, summary: dict[str, Any]) -> None:
+    def log_eval(step: int, summary: EvalSummary) -> None:
         flat = {f"{env}/{mode}/{k}": v for env, ms in summary.items() for mode, c in ms.items() for k, v in c.items() if v is not None}
         log.log(step, "eval", flat)
-        history["eval"][step] = summary
+        eval_history[step] = summary
         _print_eval(step, summary)
 
     def produce(step: int) -> StepRollout:
@@ -164,13 +163,9 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
         out.tasks_state = mixer.state_dict()  # what a checkpoint after this step's update resumes from
         return out
 
-    history: dict[str, Any] = {"eval": {}}
     if start == 0:
         log_eval(0, evaluate(0))
 
-    # Rollouts run `depth` steps ahead of the learners (0: on-policy); see align/algorithms/rl/schedule.py.
-    depth = g.max_staleness if g.off_policy_overlap else 0
-    queue = EngineQueue(threaded=depth > 0, version=start)
     pending: dict[int, Future[StepRollout]] = {}
     try:
         for step in range(start, g.max_steps):
@@ -229,16 +224,9 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
 
     log.close()
     samples_file.close()
-    final = run_dir / "final"
-    tmp = run_dir / ".final.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    learners.save_hf(str(tmp), tokenizer_path=str(model_path))
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+    final = publish_hf(run_dir, learners, model_path)
     _plots(run_dir, [s.name for s in r.envs])
-    (run_dir / "summary.json").write_text(json.dumps({"final_checkpoint": str(final), "eval": history["eval"]}, indent=2, default=str))
+    (run_dir / "summary.json").write_text(json.dumps({"final_checkpoint": str(final), "eval": eval_history}, indent=2, default=str))
     learners.shutdown()
     if reference is not None:
         reference.shutdown()
@@ -268,7 +256,7 @@ def _attach(per_rank: list[list[dict[str, Any]]], key: str, values: list[list[An
             mb[key] = v
 
 
-def score_group(trajectories: list[Any], rewards: list[tuple[Any, float]], max_new_tokens: int, cfg: Any) -> Scored:
+def score_group(trajectories: list[Trajectory], rewards: list[tuple[RewardFn, float]], max_new_tokens: int, cfg: GRPOSettings) -> Scored:
     """Environment reward + weighted reward functions, then advantages and overlong filtering.
 
     A reward function that raises is a bug for the batch, not a sample: its component is
@@ -313,7 +301,7 @@ def _step_metrics(groups: list[Scored], kept: list[Scored], train: dict[str, flo
         "clip_frac": train.get("clip_frac_sum", 0.0) / max(train.get("tokens", 1.0), 1.0),
         "errors": float(sum(1 for t in trajs if t.info.get("error"))),
     }
-    per_env: dict[str, list[Any]] = defaultdict(list)
+    per_env: dict[str, list[Trajectory]] = defaultdict(list)
     for t in trajs:
         per_env[t.env].append(t)
     for env, ts in per_env.items():
@@ -334,7 +322,7 @@ def _write_samples(f: Any, step: int, groups: list[Scored], per_group: int) -> N
     f.flush()
 
 
-def _print_eval(step: int, summary: dict[str, Any]) -> None:
+def _print_eval(step: int, summary: EvalSummary) -> None:
     parts = [f"{env} {c['think']['accuracy']:.2f}" for env, c in summary.items() if "think" in c and env != "all"]
     console.print(f"eval step {step}: held-out accuracy (/think) " + ", ".join(parts))
 

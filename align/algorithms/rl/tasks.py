@@ -8,15 +8,15 @@ environments.
 
 from __future__ import annotations
 
-import json
 import random
 from typing import Any
 
 from align.config.schema import EnvSpec, RLReasoningConfig
 from align.data.errors import DataError
 from align.data.generated import split_counts
+from align.heldout import heldout_tasks, task_key
 from align.reasoning import ReasoningMode
-from envs.base import Environment, Task
+from envs.base import Environment, Task, task_source
 from envs.public_data import load_env_tasks, split_tasks
 
 
@@ -30,12 +30,10 @@ def load_tasks(spec: EnvSpec, env: Environment, n: int, seed: int, split: str) -
             print(f"{spec.name}: skipped {skipped} bad row(s) of {spec.data_path} (on_bad_row=skip)")
         train, evals = split_tasks(tasks, spec.num_eval, seed, spec.name)
         return evals if split == "eval" else train
-    # Train and eval streams come from different seeds; eval prompts seen in train are dropped.
     if split == "train":
-        return env.generate(n, seed)
-    train_keys = {json.dumps(t.prompt, sort_keys=True) for t in env.generate(spec.num_train, seed)}
-    evals = [t for t in env.generate(n * 2, seed + 7919) if json.dumps(t.prompt, sort_keys=True) not in train_keys]
-    return evals[:n]
+        return task_source(env).generate(n, seed)
+    train_keys = {task_key(env, t) for t in task_source(env).generate(spec.num_train, seed)}
+    return heldout_tasks({spec.name: env}, {spec.name: n}, train_keys, seed)
 
 
 def assign_mode(task: Task, cfg: RLReasoningConfig, seed: int) -> ReasoningMode:

@@ -1,9 +1,11 @@
-"""``reverse_word``: the smallest complete align environment, to copy when writing your own.
+"""``reverse_word``: the full form of an align environment, to copy when writing your own.
 
 The policy is asked to spell a word backwards; the answer after its think block must be the
-reversed word (case and surrounding spaces ignored). Everything an environment must provide is
-here: a strict params model, ``reset``, an async single-turn ``step``, a seeded task generator,
-demonstrations, corruptions for preference pairs, and self-checks for ``align envs test``.
+reversed word (case and surrounding spaces ignored). The contract (``envs.base.Environment``) is
+``name``, a strict ``Params`` model, ``reset`` and an async single-turn ``step``; this class also
+is an ``envs.base.TaskSource``: a seeded task generator, demonstrations, corruptions for preference
+pairs, and self-checks for ``align envs test``, so the tiny world can train on it.
+``minimal.py`` is the smallest form: a verifier with the four members and self-checks.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from align.reasoning import split_thinking
-from envs.base import Message, SelfCheck, StepResult, Task
+from align_env_example.minimal import ReverseWordVerifier
+from envs.base import Message, SelfCheck, StepResult, Task, split_thinking
+
+__all__ = ["ReverseWordEnv", "ReverseWordParams", "ReverseWordVerifier"]
 
 WORDS = ("cat", "dog", "sun", "tree", "moon", "book", "bird", "lamp", "frog", "star", "rain", "milk")
 

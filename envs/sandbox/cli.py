@@ -11,7 +11,7 @@ import argparse
 import json
 import logging
 
-from envs.code.sandbox import SandboxConfig, SandboxUnavailable, run_program
+from envs.sandbox import SandboxConfig, SandboxUnavailable, run_program
 
 EXIT_RAN = 0
 EXIT_NO_SANDBOX = 1

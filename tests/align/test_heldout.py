@@ -1,0 +1,65 @@
+"""The single held-out selector: deterministic, honours ``exclude``, and in the shipped ``tiny``
+pipeline none of its tasks is a prompt that any stage trains on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from align.algorithms.rl.tasks import load_tasks
+from align.config import LoadedRecipe, load_recipe
+from align.config.schema import PipelineRecipe
+from align.config.stages import load_stages
+from align.data.build import load_splits
+from align.data.generated import prompt_key
+from align.evaluate import make_envs
+from align.heldout import heldout_tasks, task_key, training_prompts
+from envs.base import Environment
+
+
+def _opening(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The messages before the first assistant turn: what the policy was prompted with."""
+    first = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return messages[:first]
+
+
+def trained_prompt_keys(loaded: LoadedRecipe, envs: dict[str, Environment]) -> set[str]:
+    """Prompt keys of the rows or tasks a stage trains on, read through the loaders the drivers use."""
+    r = loaded.recipe
+    if r.job == "rl":
+        return {task_key(envs[s.name], t) for s in r.envs for t in load_tasks(s, envs[s.name], s.num_train, r.seed, "train")}
+    kind = "sft" if r.job == "sft" else "preference"
+    rows = load_splits(r.data, kind, r.seed).train
+    return {prompt_key(_opening(row["messages"]) if kind == "sft" else row["prompt"]) for row in rows}
+
+
+def test_heldout_tasks_are_deterministic_and_skip_excluded_prompts() -> None:
+    envs = make_envs(["math", "tool_use"])
+    counts = {"math": 12, "tool_use": 5}
+    first = heldout_tasks(envs, counts, set(), seed=3)
+    assert [t.id for t in first] == [t.id for t in heldout_tasks(envs, counts, set(), seed=3)]
+    assert [sum(t.env == n for t in first) for n in counts] == [12, 5]
+    assert [t.id for t in heldout_tasks(envs, counts, set(), seed=4)] != [t.id for t in first]
+    banned = {task_key(envs[t.env], t) for t in first[:4]}
+    again = heldout_tasks(envs, counts, banned, seed=3)
+    assert not {task_key(envs[t.env], t) for t in again} & banned
+    assert sum(t.env == "math" for t in again) == 12  # refilled from the same stream's later candidates
+
+
+def test_no_heldout_task_is_trained_on_in_the_tiny_pipeline() -> None:
+    r = load_recipe("tiny").recipe
+    assert isinstance(r, PipelineRecipe)
+    stages, _ = load_stages(r)
+    assert [s.recipe.job for s in stages] == ["sft", "rm", "dpo", "rl"]
+    envs = make_envs(list(r.eval.envs))
+    trained = {s.recipe.job: trained_prompt_keys(s, envs) for s in stages}
+    assert all(len(keys) > 1000 for keys in trained.values()), {k: len(v) for k, v in trained.items()}
+    # What the report evaluates every stage on (align.report.evaluate_stages, align eval on this recipe).
+    heldout = heldout_tasks(envs, dict(r.eval.envs), training_prompts(envs, stages), r.seed)
+    assert set(t.env for t in heldout) == set(r.eval.envs) and len(heldout) >= 0.75 * sum(r.eval.envs.values())
+    keys = {task_key(envs[t.env], t) for t in heldout}
+    assert len(keys) == len(heldout)
+    overlap = {job: len(keys & trained_keys) for job, trained_keys in trained.items()}
+    assert overlap == {"sft": 0, "rm": 0, "dpo": 0, "rl": 0}
+    # Without the exclude set the same stream does hit training prompts: the check above has teeth.
+    unfiltered = heldout_tasks(envs, dict(r.eval.envs), set(), r.seed)
+    assert any(task_key(envs[t.env], t) in trained["sft"] for t in unfiltered)
