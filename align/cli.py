@@ -17,6 +17,7 @@ from rich.markup import escape
 
 from align.config import dump_recipe, list_recipes, load_recipe
 from align.errors import AlignError
+from align.learner.ds_build import check_lock, use_align_cache
 
 JOBS = ("sft", "dpo", "rm", "rl", "pipeline")
 # job -> module whose run(loaded, resume=...) -> int carries it out.
@@ -89,6 +90,9 @@ def _handler(module: str, func: str) -> Callable[[argparse.Namespace], int] | No
 
 def _run_job(args: argparse.Namespace) -> int:
     loaded = load_recipe(args.recipe, args.overrides, job=args.command)
+    cluster = getattr(loaded.recipe, "cluster", None)
+    if cluster is None or not cluster.gpus_per_learner:
+        check_lock()  # a stale DeepSpeed build lock would hang CPU learners forever: refuse it now
     if args.ray_address:
         os.environ["RAY_ADDRESS"] = args.ray_address
     run = _handler(JOB_MODULES[args.command], "run")
@@ -103,6 +107,7 @@ def _run_job(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    use_align_cache()  # one DeepSpeed op build per user, however align is started (align.learner.ds_build)
     try:
         if args.command == "recipes":
             if args.action == "list":

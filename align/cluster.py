@@ -17,7 +17,9 @@ import torch
 
 from align.config.schema import ClusterConfig, LearnerConfig
 from align.errors import AlignError
+from align.learner import ds_build
 from align.learner.engine import Learner, MicroBatch, Objective
+from align.setup_wait import Step, deadline_in, wait_setup
 from align.weights import from_wire, to_wire
 
 # Before Ray is imported anywhere: listen on loopback only, and write no auth-token file.
@@ -39,6 +41,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
+    ds_build.use_align_cache()
     env_vars = {k: os.environ[k] for k in _PROPAGATED_ENV if k in os.environ}
     env_vars["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     runtime_env = {"env_vars": env_vars}
@@ -105,9 +108,12 @@ class LearnerGroup:
         n = 1 if in_process else cluster.num_learners
         self.size = n
         self._pending: list[Any] | None = None  # setup() calls not yet waited for
+        self._setup_timeout_s, self._deadline = cluster.setup_timeout_s, 0.0
         if in_process:
             self.actors: list[Any] = [_Local(Learner(0, 1))]
             return
+        if not cluster.gpus_per_learner:
+            ds_build.prepare_cpu_learners(lambda msg: print(msg, flush=True))
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -130,16 +136,35 @@ class LearnerGroup:
         wait: bool = True,
     ) -> None:  # fmt: skip
         """Build the DeepSpeed engines. ``wait=False`` returns at once (another group can build
-        meanwhile); :meth:`wait_ready` then blocks until they are built."""
-        master = _get([self.actors[0].address.remote()], self.in_process)[0]
-        self._pending = [a.setup.remote(model_path, cfg, total_steps, seed, master, model_kind, num_labels) for a in self.actors]
+        meanwhile); :meth:`wait_ready` then blocks until they are built, or raises
+        :class:`~align.setup_wait.SetupTimeout` naming each stuck learner and its step after
+        ``cluster.setup_timeout_s``."""
+        if self.in_process:
+            master = self.actors[0].address.remote()
+            self._pending = [a.setup.remote(model_path, cfg, total_steps, seed, master, model_kind, num_labels) for a in self.actors]
+        else:
+            self._deadline = deadline_in(self._setup_timeout_s)
+            ref = self.actors[0].address.remote()
+            wait_setup([Step("learner 0 (rank 0)", "starting its process", ref)], self._deadline, self._setup_timeout_s)
+            master = _get([ref], False)[0]
+            self._pending = [
+                step
+                for i, a in enumerate(self.actors)
+                for step in (
+                    Step(f"learner {i} (rank {i})", "Learner.join_group: joining the process group (CPU: loading DeepSpeed's comm op)", a.join_group.remote(master)),
+                    Step(f"learner {i} (rank {i})", f"Learner.load_model: loading {model_path}", a.load_model.remote(model_path, cfg, seed, model_kind, num_labels)),
+                    Step(f"learner {i} (rank {i})", "Learner.build_engine: building the DeepSpeed engine", a.build_engine.remote(total_steps)),
+                )
+            ]  # fmt: skip
         if wait:
             self.wait_ready()
 
     def wait_ready(self) -> None:
         pending, self._pending = self._pending, None
-        if pending:
-            _get(pending, self.in_process)
+        if pending and self.in_process:
+            _get(pending, True)
+        elif pending:
+            wait_setup(pending, self._deadline, self._setup_timeout_s)
 
     def node_ids(self) -> list[str]:
         return _get([a.node_id.remote() for a in self.actors], self.in_process)
@@ -230,6 +255,9 @@ class RolloutGroup:
             ).remote(seed=seed + i, **kwargs)
             for i in range(n)
         ]
+        timeout_s = cluster.setup_timeout_s
+        ready = [Step(f"rollout engine {i}", f"VLLMEngine.__init__: starting vLLM with {model_path}", e.__ray_ready__.remote()) for i, e in enumerate(self.engines)]
+        wait_setup(ready, deadline_in(timeout_s), timeout_s)
 
     async def generate(self, requests: list[Any]) -> list[Any]:
         """One contiguous slice of ``requests`` per engine, run concurrently; outputs in request order."""
@@ -379,6 +407,7 @@ class RewardModelGroup:
         max_seq_len: int = 1024,
         placement_timeout_s: float = 120.0,
         in_process: bool = False,
+        setup_timeout_s: float = 900.0,
     ) -> None:
         from rewards.reward_model import RewardModelScorer
 
@@ -406,6 +435,8 @@ class RewardModelGroup:
             ).remote(**kwargs)
             for i in range(num_actors)
         ]
+        ready = [Step(f"reward-model actor {i}", f"RewardModelScorer.__init__: loading {path}", a.__ray_ready__.remote()) for i, a in enumerate(self.actors)]
+        wait_setup(ready, deadline_in(setup_timeout_s), setup_timeout_s, knob="the reward_model reward's setup_timeout_s param")
 
     @property
     def size(self) -> int:

@@ -37,8 +37,8 @@ AttributeError for the q/k/v projections). align reloads through ``collective_rp
 ...)``, which redoes that processing. The failure is recorded in the JSON's ``errors``.
 
 Limits: wall-clock timings on a shared 2-core machine; the load average is recorded with each
-run. Startup includes Ray and DeepSpeed start for align (the DeepSpeed comm-op JIT is cached
-in ``.cache/torch_extensions``, as in ``make``).
+run. Startup includes Ray and DeepSpeed start for align (the DeepSpeed comm op is built once, by
+``make install``, into align's per-user cache: ``align.learner.ds_build``).
 """
 
 from __future__ import annotations
@@ -98,7 +98,6 @@ class Settings:
 
 def job_env() -> dict[str, str]:
     env = dict(os.environ)
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
     env.setdefault("HF_HOME", str(ROOT / ".cache" / "huggingface"))
     env.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="disabled", TOKENIZERS_PARALLELISM="false",
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(ROOT))  # fmt: skip

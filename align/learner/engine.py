@@ -101,6 +101,14 @@ class Learner:
         model_kind: str = "causal_lm",
         num_labels: int = 1,
     ) -> None:
+        """All of set-up. ``LearnerGroup`` calls the three steps as separate actor calls instead, so
+        a step that hangs past ``cluster.setup_timeout_s`` can be named."""
+        self.join_group(master)
+        self.load_model(model_path, cfg, seed, model_kind, num_labels)
+        self.build_engine(total_steps)
+
+    def join_group(self, master: tuple[str, int]) -> None:
+        """Join the learners' process group (on CPU DeepSpeed loads, or first builds, its comm op here)."""
         import deepspeed
 
         os.environ.update(
@@ -109,6 +117,8 @@ class Learner:
         )  # fmt: skip
         if not torch.distributed.is_initialized():
             deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+
+    def load_model(self, model_path: str, cfg: LearnerConfig, seed: int, model_kind: str = "causal_lm", num_labels: int = 1) -> None:
         self.cfg = cfg
         torch.manual_seed(seed)
         model = _load_for_training(model_path, model_kind, num_labels, _use_bf16(cfg))
@@ -128,6 +138,14 @@ class Learner:
                 PeftLora(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                          target_modules=cfg.lora.target_modules, modules_to_save=modules_to_save),
             )  # fmt: skip
+        self._model: nn.Module | None = model
+
+    def build_engine(self, total_steps: int) -> None:
+        import deepspeed
+
+        model, cfg, self._model = self._model, self.cfg, None
+        if model is None:
+            raise RuntimeError("Learner.build_engine needs load_model first")
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))

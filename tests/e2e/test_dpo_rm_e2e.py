@@ -34,7 +34,6 @@ SMALL = ["learner.micro_batch_size_per_device=16", "checkpoint.every_steps=1000"
 
 def _run(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONUNBUFFERED="1", RAY_AUTH_MODE="disabled")
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
     return subprocess.run(ALIGN + args, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
 
 
