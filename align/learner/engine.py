@@ -38,6 +38,9 @@ from align.weights import Wire, to_wire
 
 Objective = Callable[[nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
 MicroBatch = dict[str, torch.Tensor]
+# Reward models: "reward" trains the head's bias (regression), "pairwise_reward" keeps it at zero
+# (Bradley-Terry cannot see it; align.learner.reward_model).
+REWARD_KINDS = ("reward", "pairwise_reward")
 
 
 def lr_lambda(cfg: LearnerConfig, total_steps: int) -> Callable[[int], float]:
@@ -132,7 +135,7 @@ class Learner:
             from peft import LoraConfig as PeftLora
             from peft import get_peft_model
 
-            modules_to_save = ["score"] if model_kind == "reward" else None
+            modules_to_save = ["score"] if model_kind in REWARD_KINDS else None
             model = get_peft_model(
                 model,
                 PeftLora(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
@@ -347,10 +350,10 @@ def _load_for_training(path: str, kind: str, num_labels: int, bf16: bool) -> nn.
     select_kernels()
     if kind == "causal_lm":
         return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    if kind == "reward":
+    if kind in REWARD_KINDS:
         from align.learner.reward_model import RewardModel
 
-        return RewardModel.from_causal_lm(path, num_labels=num_labels, dtype=dtype)
-    raise ValueError(f"unknown model kind {kind!r}; expected causal_lm or reward")
+        return RewardModel.from_causal_lm(path, num_labels=num_labels, dtype=dtype, train_bias=kind == "reward")
+    raise ValueError(f"unknown model kind {kind!r}; expected causal_lm, {' or '.join(REWARD_KINDS)}")
 
 
