@@ -34,6 +34,7 @@ import torch
 
 REMOTE_MODULE = "modeling_align_reward"
 REMOTE_CLASS = "AlignRewardModel"
+LEGACY_HEAD = "reward_head.safetensors"  # align's earlier layout (backbone-only model.safetensors); read, never written
 
 
 def native_class(config: Any) -> type | None:
@@ -86,6 +87,8 @@ def load_head(path: Path, num_labels: int) -> dict[str, torch.Tensor]:
 
     index = path / "model.safetensors.index.json"
     files = json.loads(index.read_text())["weight_map"] if index.is_file() else {}
+    if (path / LEGACY_HEAD).is_file():  # folders written before this layout: the head in a file of its own
+        files = {"score.weight": LEGACY_HEAD, "score.bias": LEGACY_HEAD}
     head: dict[str, torch.Tensor] = {}
     for key in ("score.weight", "score.bias"):
         file = path / files.get(key, "model.safetensors")

@@ -98,3 +98,17 @@ def test_trained_bradley_terry_model_scores_the_same_in_transformers(start: Path
     ours = torch.tensor(RewardModelScorer(str(folder)).score(CHATS))  # align's scorer, as RL rewards use it
     assert torch.allclose(theirs, ours, atol=1e-5), (theirs, ours)
     assert ours.std() > 1e-3
+
+
+def test_folder_of_the_earlier_layout_still_loads_in_align(start: Path, tmp_path: Path) -> None:
+    """Before this layout, model.safetensors held the backbone alone and the head had a file of its own."""
+    from safetensors.torch import save_file
+
+    model = RewardModel.from_causal_lm(start, num_labels=2).eval()
+    torch.nn.init.normal_(model.score.bias)
+    model.backbone.save_pretrained(tmp_path)
+    save_file({k: v.contiguous() for k, v in model.score.state_dict(prefix="score.").items()}, str(tmp_path / "reward_head.safetensors"))
+    write_head_info(tmp_path, ["a", "b"], {"a": 1.0, "b": 1.0})
+    ids = torch.randint(10, 200, (2, 7))
+    with torch.no_grad():
+        assert torch.equal(RewardModel.from_pretrained(tmp_path).eval()(ids), model(ids))
