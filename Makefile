@@ -2,9 +2,10 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# Caches live inside the project so reruns are fast and nothing leaks into $HOME.
+# Caches live inside the project so reruns are fast and nothing leaks into $HOME; the one
+# exception is DeepSpeed's CPU comm op, built once per user into ~/.cache/align/torch_extensions
+# (align.learner.ds_build), where the `align` command finds it however it is started.
 export PIP_CACHE_DIR := $(CURDIR)/.cache/pip
-export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 export HF_HOME := $(CURDIR)/.cache/huggingface
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_AUTH_MODE := disabled
@@ -21,6 +22,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q "torch==2.13.0"
 	$(PY) -m pip install -q -e ".[cpu,dev]"
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+	$(PY) -m align.learner.ds_build  # DeepSpeed's CPU comm op now (about 2 min once), not silently in the first job
 	touch $@
 
 install: $(VENV)/.installed
@@ -44,4 +46,4 @@ wheelhouse: install
 	$(PY) -m align.wheelhouse.build --target $(TARGET) $(if $(INSTALLED),--installed $(INSTALLED)) --parts-mb $(PARTS_MB)
 
 clean:
-	rm -rf runs .cache/torch_extensions
+	rm -rf runs

@@ -17,6 +17,7 @@ from rich.markup import escape
 from align.algorithms.jobs import STAGE_JOBS, JobFn
 from align.config import LoadedRecipe, dump_recipe, list_recipes, load_recipe
 from align.errors import AlignError
+from align.learner.ds_build import check_lock, use_align_cache
 
 EXIT_BAD_INPUT = 2
 
@@ -110,6 +111,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _run_job(args: argparse.Namespace) -> int:
     loaded = load_recipe(args.recipe, args.overrides, job=args.command)
+    cluster = getattr(loaded.recipe, "cluster", None)
+    if cluster is None or not cluster.gpus_per_learner:
+        check_lock()  # a stale DeepSpeed build lock would hang CPU learners forever: refuse it now
     if args.ray_address:
         os.environ["RAY_ADDRESS"] = args.ray_address
     return int(JOBS[args.command](loaded, args.resume))
@@ -117,6 +121,7 @@ def _run_job(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    use_align_cache()  # one DeepSpeed op build per user, however align is started (align.learner.ds_build)
     try:
         if args.command == "recipes":
             if args.action == "list":

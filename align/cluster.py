@@ -19,7 +19,9 @@ import torch
 
 from align.config.schema import ClusterConfig, LearnerConfig, RolloutConfig
 from align.errors import AlignError
+from align.learner import ds_build
 from align.learner.engine import Learner, MicroBatch, Objective
+from align.setup_wait import Step, deadline_in, wait_setup
 from align.weights import from_wire, to_wire
 
 # Before Ray is imported anywhere: listen on loopback only, and write no auth-token file.
@@ -42,6 +44,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
+    ds_build.use_align_cache()
     env_vars = {k: os.environ[k] for k in _PROPAGATED_ENV if k in os.environ}
     env_vars["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     runtime_env = {"env_vars": env_vars}
@@ -172,9 +175,12 @@ class LearnerGroup(_Group):
     def __init__(self, cluster: ClusterConfig, in_process: bool = False) -> None:
         super().__init__()
         self._pending: list[Any] | None = None  # setup() calls not yet waited for
+        self._setup_timeout_s, self._deadline = cluster.setup_timeout_s, 0.0
         if in_process:
             self._spawn_local(Learner(0, 1))
         else:
+            if not cluster.gpus_per_learner:
+                ds_build.prepare_cpu_learners(lambda msg: print(msg, flush=True))
             n, c = cluster.num_learners, cluster
             self._spawn(Learner, n, c.cpus_per_learner, c.gpus_per_learner, c.placement_timeout_s, f"{n} learners",
                         lambda i: dict(rank=i, world_size=n, cpus=c.cpus_per_learner))  # fmt: skip
@@ -189,16 +195,35 @@ class LearnerGroup(_Group):
         wait: bool = True,
     ) -> None:  # fmt: skip
         """Build the DeepSpeed engines. ``wait=False`` returns at once (another group can build
-        meanwhile); :meth:`wait_ready` then blocks until they are built."""
-        master = self.master_address()
-        self._pending = [a.setup.remote(model_path, cfg, total_steps, seed, master, model_kind, num_labels) for a in self.actors]
+        meanwhile); :meth:`wait_ready` then blocks until they are built, or raises
+        :class:`~align.setup_wait.SetupTimeout` naming each stuck learner and its step after
+        ``cluster.setup_timeout_s``."""
+        if self.in_process:
+            master = self.master_address()
+            self._pending = [a.setup.remote(model_path, cfg, total_steps, seed, master, model_kind, num_labels) for a in self.actors]
+        else:
+            self._deadline = deadline_in(self._setup_timeout_s)
+            ip_ref = self.actors[0].node_ip.remote()
+            wait_setup([Step("learner 0 (rank 0)", "starting its process", ip_ref)], self._deadline, self._setup_timeout_s)
+            master = self.master_address()
+            self._pending = [
+                step
+                for i, a in enumerate(self.actors)
+                for step in (
+                    Step(f"learner {i} (rank {i})", "Learner.join_group: joining the process group (CPU: loading DeepSpeed's comm op)", a.join_group.remote(master)),
+                    Step(f"learner {i} (rank {i})", f"Learner.load_model: loading {model_path}", a.load_model.remote(model_path, cfg, seed, model_kind, num_labels)),
+                    Step(f"learner {i} (rank {i})", "Learner.build_engine: building the DeepSpeed engine", a.build_engine.remote(total_steps)),
+                )
+            ]  # fmt: skip
         if wait:
             self.wait_ready()
 
     def wait_ready(self) -> None:
         pending, self._pending = self._pending, None
-        if pending:
+        if pending and self.in_process:
             self._get(pending)
+        elif pending:
+            wait_setup(pending, self._deadline, self._setup_timeout_s)
 
     def train_step(self, per_rank: list[list[MicroBatch]], objective: Objective) -> dict[str, float]:
         """One optimizer step; ``per_rank[r]`` are rank r's micro-batches. Metrics summed over ranks."""
@@ -263,6 +288,8 @@ class RolloutGroup(_Group):
             n, c = cluster.num_rollout_engines, cluster
             self._spawn(VLLMEngine, n, 1.0, c.gpus_per_rollout_engine, c.placement_timeout_s, f"{n} rollout engines",
                         lambda i: dict(seed=seed + i, **kwargs))  # fmt: skip
+            ready = [Step(f"rollout engine {i}", f"VLLMEngine.__init__: starting vLLM with {model_path}", e.__ray_ready__.remote()) for i, e in enumerate(self.actors)]
+            wait_setup(ready, deadline_in(c.setup_timeout_s), c.setup_timeout_s)
 
     @property
     def engines(self) -> list[Any]:
@@ -310,6 +337,7 @@ class RewardModelGroup(_Group):
         max_seq_len: int = 1024,
         placement_timeout_s: float = 120.0,
         in_process: bool = False,
+        setup_timeout_s: float = 900.0,
     ) -> None:
         from align.learner.reward_model import RewardModelScorer
 
@@ -323,6 +351,8 @@ class RewardModelGroup(_Group):
             init_ray()  # joins the job's session; starts one only when used on its own (tests)
             self._spawn(RewardModelScorer, num_actors, cpus_per_actor, gpus_per_actor, placement_timeout_s,
                         f"{num_actors} reward-model actors", lambda i: kwargs)  # fmt: skip
+            ready = [Step(f"reward-model actor {i}", f"RewardModelScorer.__init__: loading {path}", a.__ray_ready__.remote()) for i, a in enumerate(self.actors)]
+            wait_setup(ready, deadline_in(setup_timeout_s), setup_timeout_s, knob="the reward_model reward's setup_timeout_s param")
 
     @property
     def size(self) -> int:

@@ -92,7 +92,9 @@ class MetricsLog:
         self._file = open(self.path, "a")
         from torch.utils.tensorboard import SummaryWriter
 
-        self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+        # purge_step hides older points at steps the run writes again (all of them on a fresh start).
+        purge_step = 0 if resume_from_step is None else resume_from_step + 1
+        self._tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
 
     def log(self, step: int, split: str, metrics: dict[str, float]) -> None:
         record = {"step": step, "split": split, "time": time.time(), **metrics}

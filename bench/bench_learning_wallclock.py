@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_vs_trl import ALIGN, PY, ROOT, START, Settings, StepTimer, align_grpo_recipe, job_env, load1, run_header, trl_grpo_trainer  # noqa: E402
+from bench_vs_trl import ALIGN, PY, ROOT, START, Settings, StepTimer, align_grpo_recipe, ensure_start, job_env, load1, run_header, trl_grpo_trainer  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_learning_wallclock.json"
 RUNS = ROOT / "runs" / "bench_learning_wallclock"
@@ -229,6 +229,7 @@ def main() -> int:
     console = Console()
     s = Settings()
     RUNS.mkdir(parents=True, exist_ok=True)
+    ensure_start(console)
     sides: dict[str, dict[str, Any]] = {}
     for side in (["trl-1t", "align"] if args.trl_first else ["align", "trl-1t"]):
         console.print(f"[bold]{side}[/] GRPO for {budget:.0f} s (load {load1():.2f}) ...")

@@ -10,7 +10,8 @@ from align's ``metrics.jsonl`` and from a TRL callback; the first ``--warmup`` s
 run are dropped, the rest pooled per side, and medians compared. Startup is the wall time from
 launching the process to the start of its first step.
 
-What is held equal: the start checkpoint (``runs/tiny-sft/final``: weights and tokenizer), fp32,
+What is held equal: the start checkpoint (``runs/tiny-sft/final``, or ``runs/tiny/sft/final`` after
+``make demo``; built with ``align sft --recipe tiny-sft`` when neither exists), fp32,
 one learner process per side, the prompts (math tasks from ``envs.math``, in align's
 task-stream order; rendered with the same chat template, ``/think``), generations per prompt,
 max completion tokens, temperature 1, the global batch and its micro-batching, the reward (the
@@ -36,8 +37,8 @@ AttributeError for the q/k/v projections). align reloads through ``collective_rp
 ...)``, which redoes that processing. The failure is recorded in the JSON's ``errors``.
 
 Limits: wall-clock timings on a shared 2-core machine; the load average is recorded with each
-run. Startup includes Ray and DeepSpeed start for align (the DeepSpeed comm-op JIT is cached
-in ``.cache/torch_extensions``, as in ``make``).
+run. Startup includes Ray and DeepSpeed start for align (the DeepSpeed comm op is built once, by
+``make install``, into align's per-user cache: ``align.learner.ds_build``).
 """
 
 from __future__ import annotations
@@ -61,9 +62,15 @@ sys.path.insert(0, str(ROOT))
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_vs_trl.json"
 RUNS = ROOT / "runs" / "bench_vs_trl"
-START = ROOT / "runs" / "tiny-sft" / "final"
-PY = str(ROOT / ".venv" / "bin" / "python")
-ALIGN = str(ROOT / ".venv" / "bin" / "align")
+# The interpreter this script runs under (``.venv/bin/python`` after ``make install``) and its ``align``.
+PY = sys.executable
+ALIGN = str(Path(sys.executable).with_name("align"))
+# The start checkpoint: a standalone `align sft --recipe tiny-sft` writes the first, `make demo`
+# (`align pipeline --recipe tiny`) the second. The first that exists is used; with neither,
+# ensure_start() builds the first with START_COMMAND.
+START_CANDIDATES = (ROOT / "runs" / "tiny-sft" / "final", ROOT / "runs" / "tiny" / "sft" / "final")
+START_COMMAND = [ALIGN, "sft", "--recipe", "tiny-sft"]
+START = next((p for p in START_CANDIDATES if (p / "config.json").is_file()), START_CANDIDATES[0])
 
 
 @dataclass
@@ -91,11 +98,27 @@ class Settings:
 
 def job_env() -> dict[str, str]:
     env = dict(os.environ)
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
     env.setdefault("HF_HOME", str(ROOT / ".cache" / "huggingface"))
     env.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="disabled", TOKENIZERS_PARALLELISM="false",
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(ROOT))  # fmt: skip
     return env
+
+
+def ensure_start(console: Any) -> Path:
+    """``START``, built first with ``START_COMMAND`` (about 5 minutes on 2 CPU cores) when no candidate exists."""
+    if (START / "config.json").is_file():
+        console.print(f"start checkpoint: {START}")
+        return START
+    tried = ", ".join(str(p.relative_to(ROOT)) for p in START_CANDIDATES)
+    command = " ".join(Path(c).name if i == 0 else c for i, c in enumerate(START_COMMAND))
+    console.print(f"no start checkpoint ({tried}); building it with `{command}` ...")
+    log = RUNS / "start_checkpoint.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:
+        proc = subprocess.run(START_COMMAND, cwd=ROOT, env=job_env(), stdout=f, stderr=subprocess.STDOUT)
+    if proc.returncode != 0 or not (START / "config.json").is_file():
+        raise SystemExit(f"building the start checkpoint failed (exit {proc.returncode}); see {log}, or run `{command}` yourself")
+    return START
 
 
 def load1() -> float:
@@ -465,6 +488,7 @@ def main() -> int:
     from rich.table import Table
 
     console = Console()
+    ensure_start(console)
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     errors: dict[str, str] = {}
     for job in jobs:

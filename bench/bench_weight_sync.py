@@ -43,8 +43,10 @@ from pathlib import Path
 from typing import Any
 
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parents[1] / ".cache" / "torch_extensions"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from align.learner.ds_build import use_align_cache  # noqa: E402
+
+use_align_cache()  # where `make install` built DeepSpeed's CPU comm op
 
 import torch  # noqa: E402
 

@@ -45,6 +45,8 @@ class RewardModelParams(BaseModel):
     gpus_per_actor: float = Field(0.0, ge=0)
     batch_size_per_actor: int = Field(32, ge=1)
     max_seq_len: int = Field(1024, ge=8)
+    # Fail, naming the scorer actor, if loading the model takes longer than this.
+    setup_timeout_s: float = Field(900.0, gt=0)
 
 
 class RewardModelReward:
@@ -83,6 +85,7 @@ class RewardModelReward:
             self._group = RewardModelGroup(
                 p.path, num_actors=max(1, p.num_actors), cpus_per_actor=p.cpus_per_actor, gpus_per_actor=p.gpus_per_actor,
                 batch_size_per_actor=p.batch_size_per_actor, max_seq_len=p.max_seq_len, in_process=p.num_actors == 0,
+                setup_timeout_s=p.setup_timeout_s,
             )  # fmt: skip
         return self._group
 

@@ -135,7 +135,7 @@ def run(loaded: LoadedRecipe, resume: bool = False) -> int:
                   + ", ".join(f"{k} {v}" for k, v in job.stats.items()))  # fmt: skip
     group, summary = train_loop(
         job, objective, units, s.max_steps, s.eval_every_steps, resume,
-        model_kind="reward", num_labels=len(names), eval_extra=extra, summarize=summarize,
+        model_kind="reward" if s.objective == "regression" else "pairwise_reward", num_labels=len(names), eval_extra=extra, summarize=summarize,
     )  # fmt: skip
     metric = "accuracy" if s.objective == "bradley_terry" else "pairwise_accuracy"
     plots = {"train loss": ("train", "loss"), "eval loss": ("eval", "loss"), f"eval {metric}": ("eval", metric)}

@@ -70,6 +70,9 @@ class ClusterConfig(Strict):
     gpus_per_rollout_engine: float = Field(0.0, ge=0)
     # Fail fast if the nodes do not offer what the placement group asks for.
     placement_timeout_s: float = Field(120.0, gt=0)
+    # Fail with the stuck actor and step named if an actor's set-up (model load, DeepSpeed engine,
+    # vLLM start) takes longer than this.
+    setup_timeout_s: float = Field(900.0, gt=0)
 
     def gpus_needed(self, with_rollout: bool) -> float:
         rollout = self.num_rollout_engines * self.gpus_per_rollout_engine if with_rollout else 0.0

@@ -38,6 +38,9 @@ from align.weights import Wire, to_wire
 
 Objective = Callable[[nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
 MicroBatch = dict[str, torch.Tensor]
+# Reward models: "reward" trains the head's bias (regression), "pairwise_reward" keeps it at zero
+# (Bradley-Terry cannot see it; align.learner.reward_model).
+REWARD_KINDS = ("reward", "pairwise_reward")
 
 
 def lr_lambda(cfg: LearnerConfig, total_steps: int) -> Callable[[int], float]:
@@ -93,6 +96,14 @@ class Learner:
         model_kind: str = "causal_lm",
         num_labels: int = 1,
     ) -> None:
+        """All of set-up. ``LearnerGroup`` calls the three steps as separate actor calls instead, so
+        a step that hangs past ``cluster.setup_timeout_s`` can be named."""
+        self.join_group(master)
+        self.load_model(model_path, cfg, seed, model_kind, num_labels)
+        self.build_engine(total_steps)
+
+    def join_group(self, master: tuple[str, int]) -> None:
+        """Join the learners' process group (on CPU DeepSpeed loads, or first builds, its comm op here)."""
         import deepspeed
 
         os.environ.update(
@@ -101,6 +112,8 @@ class Learner:
         )  # fmt: skip
         if not torch.distributed.is_initialized():
             deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+
+    def load_model(self, model_path: str, cfg: LearnerConfig, seed: int, model_kind: str = "causal_lm", num_labels: int = 1) -> None:
         self.cfg = cfg
         torch.manual_seed(seed)
         model = _load_for_training(model_path, model_kind, num_labels, _use_bf16(cfg))
@@ -114,12 +127,20 @@ class Learner:
             from peft import LoraConfig as PeftLora
             from peft import get_peft_model
 
-            modules_to_save = ["score"] if model_kind == "reward" else None
+            modules_to_save = ["score"] if model_kind in REWARD_KINDS else None
             model = get_peft_model(
                 model,
                 PeftLora(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                          target_modules=cfg.lora.target_modules, modules_to_save=modules_to_save),
             )  # fmt: skip
+        self._model: nn.Module | None = model
+
+    def build_engine(self, total_steps: int) -> None:
+        import deepspeed
+
+        model, cfg, self._model = self._model, self.cfg, None
+        if model is None:
+            raise RuntimeError("Learner.build_engine needs load_model first")
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
@@ -319,10 +340,10 @@ def _load_for_training(path: str, kind: str, num_labels: int, bf16: bool) -> nn.
     select_kernels()
     if kind == "causal_lm":
         return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    if kind == "reward":
+    if kind in REWARD_KINDS:
         from align.learner.reward_model import RewardModel
 
-        return RewardModel.from_causal_lm(path, num_labels=num_labels, dtype=dtype)
-    raise ValueError(f"unknown model kind {kind!r}; expected causal_lm or reward")
+        return RewardModel.from_causal_lm(path, num_labels=num_labels, dtype=dtype, train_bias=kind == "reward")
+    raise ValueError(f"unknown model kind {kind!r}; expected causal_lm, {' or '.join(REWARD_KINDS)}")
 
 

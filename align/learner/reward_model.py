@@ -6,16 +6,18 @@ that reads the hidden state of each sequence's *last non-pad token*. One output 
 Bradley-Terry reward; several are HelpSteer-style attributes (helpfulness, correctness, ...)
 that :meth:`RewardModel.combine` weights into one reward at inference.
 
-Why not ``AutoModelForSequenceClassification``: not every architecture has one (NemotronH in
-transformers 5.19 does not), and the policy's own backbone is what makes a reward model share
-the policy's tokenizer and scale. The head is called ``score`` as in transformers' classifiers,
-so LoRA's ``modules_to_save=["score"]`` trains it in full.
+Why not ``AutoModelForSequenceClassification`` for training: not every architecture has one
+(NemotronH in transformers 5.19 does not), and the policy's own backbone is what makes a reward
+model share the policy's tokenizer and scale. The head is called ``score`` as in transformers'
+classifiers, so LoRA's ``modules_to_save=["score"]`` trains it in full. A Bradley-Terry head's
+bias is frozen at zero (``train_bias=False``): the loss cannot see it (it cancels in
+``r_chosen - r_rejected``), and a zero bias is what lets the standard classes load the folder.
 
-Saved format (a folder, written by :meth:`save_pretrained`, read by :meth:`from_pretrained`)::
+Saved format (a folder, written by :meth:`save_pretrained`, read by :meth:`from_pretrained`): a
+Hugging Face sequence-classification folder (:mod:`align.learner.rm_export`: the standard class
+where transformers has one for the architecture and the bias is zero, else a class shipped in
+the folder for ``trust_remote_code=True``), plus::
 
-    config.json              the backbone's config (AutoConfig/AutoModel load it as usual)
-    model.safetensors        the backbone's weights under AutoModel names (no lm_head)
-    reward_head.safetensors  score.weight [num_labels, hidden_size], score.bias [num_labels]
     reward_head.json         {"format": "align.reward_model/1", "num_labels": K, "pooling": "last_non_pad",
                               "attribute_names": [K names], "attribute_weights": {name: weight}}
     tokenizer files          (written by the learner next to it)
@@ -41,7 +43,6 @@ from torch import nn
 
 HEAD_FORMAT = "align.reward_model/1"
 HEAD_JSON = "reward_head.json"
-HEAD_WEIGHTS = "reward_head.safetensors"
 
 
 @contextmanager
@@ -93,19 +94,23 @@ class RewardModel(nn.Module):
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def from_causal_lm(cls, path: str | Path, num_labels: int = 1, dtype: torch.dtype = torch.float32) -> "RewardModel":
-        """A new reward model: the backbone of the causal LM at ``path`` and a freshly initialised head."""
+    def from_causal_lm(cls, path: str | Path, num_labels: int = 1, dtype: torch.dtype = torch.float32, train_bias: bool = True) -> "RewardModel":
+        """A new reward model: the backbone of the causal LM at ``path`` and a freshly initialised head
+        (its bias frozen at zero with ``train_bias=False``, for Bradley-Terry)."""
         from transformers import AutoModel
 
         with _quiet_transformers():
             backbone = AutoModel.from_pretrained(str(path), dtype=dtype)
-        return cls(backbone, num_labels)
+        model = cls(backbone, num_labels)
+        model.score.bias.requires_grad_(train_bias)
+        return model
 
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32) -> "RewardModel":
         """Load a folder written by :meth:`save_pretrained` (see the module docstring)."""
-        from safetensors.torch import load_file
         from transformers import AutoModel
+
+        from align.learner.rm_export import load_head
 
         path = Path(path)
         info_path = path / HEAD_JSON
@@ -117,11 +122,10 @@ class RewardModel(nn.Module):
         info = json.loads(info_path.read_text())
         if info.get("format") != HEAD_FORMAT:
             raise ValueError(f"{info_path}: format {info.get('format')!r}, expected {HEAD_FORMAT!r}")
-        with _quiet_transformers():
+        with _quiet_transformers():  # the backbone of a sequence classifier: the head's keys are unexpected
             backbone = AutoModel.from_pretrained(str(path), dtype=dtype)
         model = cls(backbone, int(info["num_labels"]), info)
-        head = load_file(str(path / HEAD_WEIGHTS))
-        model.score.load_state_dict({k.removeprefix("score."): v.to(dtype) for k, v in head.items()})
+        model.score.load_state_dict({k: v.to(dtype) for k, v in load_head(path, model.num_labels).items()})
         return model
 
     def save_pretrained(self, path: str | Path, state_dict: Mapping[str, torch.Tensor] | None = None, safe_serialization: bool = True, **_: Any) -> None:
@@ -129,7 +133,7 @@ class RewardModel(nn.Module):
 
         The learner passes a gathered (ZeRO-3) or LoRA-merged state dict, as it does for causal LMs.
         """
-        from safetensors.torch import save_file
+        from align.learner.rm_export import save
 
         del safe_serialization  # always safetensors
         sd = dict(state_dict if state_dict is not None else self.state_dict())
@@ -138,8 +142,7 @@ class RewardModel(nn.Module):
         head_sd = {k: v.detach().cpu().contiguous() for k, v in sd.items() if k.startswith("score.")}
         if set(head_sd) != {"score.weight", "score.bias"}:
             raise ValueError(f"state dict has head keys {sorted(head_sd)}, expected score.weight and score.bias")
-        self.backbone.save_pretrained(str(path), state_dict=backbone_sd, safe_serialization=True)
-        save_file(head_sd, str(path / HEAD_WEIGHTS))
+        save(path, self.backbone.config, backbone_sd, head_sd, self.attribute_names)
         write_head_info(path, self.attribute_names, self.attribute_weights, num_labels=self.num_labels)
 
     # ------------------------------------------------------------------ training hooks
@@ -170,7 +173,8 @@ class RewardModel(nn.Module):
 def write_head_info(
     path: str | Path, attribute_names: Sequence[str], attribute_weights: Mapping[str, float], num_labels: int | None = None
 ) -> None:
-    """Write ``reward_head.json`` (atomically): what the head's outputs are called and how they combine."""
+    """Write ``reward_head.json`` (atomically): what the head's outputs are called and how they combine;
+    the names also go into ``config.json``'s ``id2label`` when the folder has one."""
     path = Path(path)
     names = list(attribute_names)
     if num_labels is not None and len(names) != num_labels:
@@ -185,6 +189,12 @@ def write_head_info(
     tmp = path / f".{HEAD_JSON}.tmp{os.getpid()}"
     tmp.write_text(json.dumps(info, indent=2) + "\n")
     os.replace(tmp, path / HEAD_JSON)
+    config_path = path / "config.json"
+    if config_path.is_file():
+        config = json.loads(config_path.read_text())
+        config.update(id2label={str(i): n for i, n in enumerate(names)}, label2id={n: i for i, n in enumerate(names)})
+        tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, config_path)
 
 
 class RewardModelScorer:

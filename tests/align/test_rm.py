@@ -84,7 +84,7 @@ def test_folder_round_trip_and_format(start: Path, tmp_path: Path) -> None:
     model.save_pretrained(tmp_path)
     write_head_info(tmp_path, ["helpfulness", "correctness", "brevity"], {"helpfulness": 1.0, "correctness": 0.5})
     files = {p.name for p in tmp_path.iterdir()}
-    assert {"config.json", "model.safetensors", "reward_head.safetensors", HEAD_JSON} <= files
+    assert {"config.json", "model.safetensors", "modeling_align_reward.py", HEAD_JSON} <= files
     info = json.loads((tmp_path / HEAD_JSON).read_text())
     assert info["attribute_names"] == ["helpfulness", "correctness", "brevity"]
     assert info["attribute_weights"] == {"helpfulness": 1.0, "correctness": 0.5, "brevity": 0.0}

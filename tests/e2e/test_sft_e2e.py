@@ -22,7 +22,6 @@ SMALL = [
 
 def _env(**extra: str) -> dict[str, str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1", RAY_AUTH_MODE="disabled", **extra)
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
     return env
 
 

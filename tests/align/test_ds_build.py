@@ -1,0 +1,66 @@
+"""DeepSpeed's CPU comm op: the per-user cache folder, and a stale build lock refused in seconds."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from align.cli import main
+from align.learner import ds_build
+
+
+def test_cache_defaults_to_align_per_user_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert ds_build.use_align_cache() == tmp_path / "align" / "torch_extensions"
+    assert os.environ["TORCH_EXTENSIONS_DIR"] == str(tmp_path / "align" / "torch_extensions")
+    assert ds_build.build_dir() == tmp_path / "align" / "torch_extensions" / "deepspeed_shm_comm"
+
+
+def test_a_users_folder_wins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "mine"))
+    assert ds_build.use_align_cache() == tmp_path / "mine"
+
+
+@pytest.fixture
+def extensions_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    return ds_build.build_dir()
+
+
+def test_stale_lock_is_reported_with_the_command_that_clears_it(extensions_dir: Path) -> None:
+    lock = extensions_dir / "lock"
+    lock.touch()  # what a killed build leaves: the file, no process holding it
+    with pytest.raises(ds_build.StaleBuildLock, match=f"rm {lock}"):
+        ds_build.check_lock(recheck_s=0.0)
+
+
+def test_a_lock_held_by_a_live_builder_is_not_stale(extensions_dir: Path) -> None:
+    lock = extensions_dir / "lock"
+    # torch's FileBaton: O_CREAT | O_EXCL, the fd kept open until the build ends.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import os, time; fd = os.open({str(lock)!r}, os.O_CREAT | os.O_EXCL); print(flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        holder.stdout.readline()
+        assert ds_build.check_lock(recheck_s=0.0) == [holder.pid]
+        said: list[str] = []
+        ds_build.build(said.append)  # must not wait on the baton: it names the builder and returns
+        assert str(holder.pid) in said[0]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_cli_refuses_a_stale_lock_in_seconds(extensions_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lock = extensions_dir / "lock"
+    lock.touch()
+    t0 = time.monotonic()
+    assert main(["sft", "--recipe", "tiny-sft"]) == 2
+    assert time.monotonic() - t0 < 10
+    err = capsys.readouterr().err
+    assert "stale build lock" in err and f"rm {lock}" in err.replace("\n", "")
