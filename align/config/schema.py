@@ -8,9 +8,9 @@ Every section forbids unknown keys (a typo must fail, not pass silently as it do
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 
 class Strict(BaseModel):
@@ -284,7 +284,8 @@ class GRPOSettings(Strict):
     # exceeds this (NeMo-RL's seq_logprob_error_threshold; null: off). See align/algorithms/rl/guard.py.
     max_seq_logprob_error: float | None = Field(None, ge=1)
     # rollout: MoE layers route each token to the experts vLLM chose (align/learner/routing_replay.py).
-    routing_replay: Literal["off", "rollout"] = "off"
+    # (YAML reads a bare off as false: both mean "off".)
+    routing_replay: Annotated[Literal["off", "rollout"], BeforeValidator(lambda v: "off" if v is False else v)] = "off"
     epochs_per_step: int = Field(1, ge=1)
     eval_every_steps: int = Field(10, ge=1)
     # Off-policy overlap: the rollout of step t+1 runs while the learners update on step t, so its
