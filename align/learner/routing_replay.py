@@ -19,8 +19,9 @@ a recompute under gradient checkpointing (inside ``backward``, after the objecti
 replays the same experts.
 
 Layout: ``experts`` is ``[B, T, n_moe_layers, top_k]`` aligned with ``input_ids`` (rows of -1
-where the engine routed nothing). With packed rows (GPU) the router sees the packed tokens; the
-hook maps the experts into that layout with the same deterministic packing the forward used.
+where the engine routed nothing). With packed rows (GPU, ``align.models.enable_packed_forward``)
+the router sees the packed tokens; the hook maps the experts into that layout with the same
+deterministic packing the forward does (it depends on the attention mask alone).
 """
 
 from __future__ import annotations
@@ -35,27 +36,28 @@ from align.learner.moe import moe_routers
 
 
 class _ReplayState:
-    def __init__(self) -> None:
+    def __init__(self, packed: bool) -> None:
+        self.packed = packed  # the model runs padded batches as packed rows (enable_packed_forward)
         self.experts: torch.Tensor | None = None  # [B, T, L, K]
         self.attention_mask: torch.Tensor | None = None
-        self._packed: dict[int, torch.Tensor] = {}  # rows the router saw -> [rows, L, K]
+        self._in_rows: torch.Tensor | None = None  # the experts in packed rows, [R * W, L, K]
 
     def for_rows(self, rows: int) -> torch.Tensor | None:
         """This micro-batch's experts as ``[rows, L, K]`` in the layout the router sees."""
         if self.experts is None:
             return None
         b, t, n_layers, k = self.experts.shape
-        if rows == b * t:
-            return self.experts.reshape(rows, n_layers, k)
-        if rows not in self._packed:
-            assert self.attention_mask is not None
-            packed = pack_padded(self.attention_mask, self.attention_mask)
-            flat = self.experts.new_full((packed.input_ids.numel(), n_layers, k), -1)
-            flat[packed.target.to(flat.device)] = self.experts.reshape(b * t, n_layers, k)[packed.source.to(flat.device)]
-            self._packed[rows] = flat
-        out = self._packed[rows]
+        out = self.experts.reshape(b * t, n_layers, k)
+        if self.packed:
+            if self._in_rows is None:
+                assert self.attention_mask is not None
+                # The packing the forward does (align.models._packed): it depends on the mask alone.
+                packed = pack_padded(self.attention_mask, self.attention_mask)
+                self._in_rows = out.new_full((packed.input_ids.numel(), n_layers, k), -1)
+                self._in_rows[packed.target.to(out.device)] = out[packed.source.to(out.device)]
+            out = self._in_rows
         if out.shape[0] != rows:
-            raise RuntimeError(f"routing replay: the router saw {rows} tokens, the micro-batch has {b}x{t} (padded) or {out.shape[0]} (packed)")
+            raise RuntimeError(f"routing replay: the router saw {rows} tokens, the micro-batch has {out.shape[0]} ({b}x{t}, packed: {self.packed})")
         return out
 
 
@@ -64,7 +66,7 @@ def _state(model: nn.Module) -> _ReplayState:
     target = getattr(model, "module", model)  # the DeepSpeed engine wraps the model
     state = getattr(target, "_align_routing_replay", None)
     if state is None:
-        state = _ReplayState()
+        state = _ReplayState(packed=any(getattr(m, "_align_packed", False) for m in target.modules()))
         for layer, router in enumerate(moe_routers(target)):
             router.register_forward_hook(_make_hook(state, layer))
         target._align_routing_replay = state
@@ -89,7 +91,7 @@ def set_replay(model: nn.Module, experts: torch.Tensor | None, attention_mask: t
             raise ValueError(f"routed expert index {int(experts.max())} is out of range for {routers[0].num_experts} experts")
     state.experts = None if experts is None else experts.long()
     state.attention_mask = attention_mask
-    state._packed = {}
+    state._in_rows = None
 
 
 def _make_hook(state: _ReplayState, layer: int) -> Any:

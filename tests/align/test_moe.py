@@ -129,7 +129,7 @@ def test_replay_maps_experts_into_packed_rows() -> None:
     experts follow each token there."""
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 0, 0, 0]])
     experts = torch.arange(12).view(3, 4, 1, 1).expand(3, 4, 2, 2).clone()  # each token's own number
-    state = _ReplayState()
+    state = _ReplayState(packed=True)
     state.experts, state.attention_mask = experts, mask
     packed = pack_padded(mask * torch.arange(1, 13).view(3, 4), mask)
     rows = packed.input_ids.numel()
@@ -137,7 +137,18 @@ def test_replay_maps_experts_into_packed_rows() -> None:
     assert rows != 12 and out.shape == (rows, 2, 2)
     # The token at padded flat index s sits at packed flat index target: it carries number s.
     assert torch.equal(out[packed.target, 0, 0], packed.source)
-    assert state.for_rows(12).shape == (12, 2, 2)
+    with pytest.raises(RuntimeError, match="router saw 12 tokens"):
+        state.for_rows(12)
+
+
+def test_replay_maps_packed_rows_even_when_they_hold_as_many_tokens_as_the_padded_batch() -> None:
+    """Lengths [2, 4] pack into two rows of 4 (the longer sample first): as many slots as the
+    padded batch, in another order. The layout follows the model's packing, never a count."""
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    state = _ReplayState(packed=True)
+    state.experts, state.attention_mask = torch.arange(8).view(2, 4, 1, 1).expand(2, 4, 2, 2).clone(), mask
+    out = state.for_rows(8)
+    assert out[:, 0, 0].tolist() == [4, 5, 6, 7, 0, 1, -1, -1]
 
 
 def _complement(indices: torch.Tensor, n_experts: int) -> torch.Tensor:
