@@ -117,7 +117,7 @@ def test_routed_experts_ride_along_with_their_tokens_into_micro_batches() -> Non
     long.routed_experts[-1] = -1  # the last token is never fed to the engine
     g = finalize(Scored([short, long], [1.0, 0.0]), GRPOSettings())
     mb = micro_batches(to_sequences([g], routed_experts=True), world_size=1, accumulation=1, pad_id=0, aggregation="token")[0][0]
-    assert mb["routed_experts"].shape == (2, 6, 2, 2)
+    assert mb["routed_experts"].shape == (2, 6, 2, 2) and mb["routed_experts"].dtype == torch.int8  # indices < 128
     for i, seq in enumerate(mb["sequence_index"].tolist()):
         experts = [short, long][seq].routed_experts
         assert mb["routed_experts"][i, : len(experts)].tolist() == experts.tolist()
