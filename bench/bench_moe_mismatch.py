@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -99,7 +100,7 @@ def main() -> int:
         m = res["mean"]  # type: ignore[index]
         print(f"{mode:<8} {m['mismatch_kl']:>12.3e} {m['mismatch_abs_logp']:>10.4f} {m['seq_masked_share']:>9.3f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.node(), "policy": "dense tiny" if args.dense else "tiny MoE ME*ME*"}
+    meta = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.node(), "cores": os.cpu_count(), "loadavg": os.getloadavg(), "policy": "dense tiny" if args.dense else "tiny MoE ME*ME*"}
     args.out.write_text(json.dumps({"meta": meta, "threshold": args.threshold, "results": results}, indent=2))
     return 0 if all("error" not in r for r in results.values()) else 1
 
