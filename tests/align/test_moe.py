@@ -155,3 +155,31 @@ def _complement(indices: torch.Tensor, n_experts: int) -> torch.Tensor:
     """Per row, the experts not in ``indices`` (needs ``n_experts == 2 * top_k``)."""
     chosen = torch.zeros(indices.shape[0], n_experts, dtype=torch.bool).scatter_(1, indices, True)
     return torch.nonzero(~chosen)[:, 1].view(indices.shape[0], -1)
+
+
+def test_replay_removes_the_routing_flips_of_a_lower_precision_learner(moe_model) -> None:
+    """The same weights in bf16 (the learner) and float32 (the sampler) route some tokens to other
+    experts; replaying the sampler's experts makes every routing agree and shrinks the worst
+    per-token log-prob gap (bench/bench_moe_replay_proxy.py measures the same on a larger policy)."""
+    ids = torch.randint(2, moe_model.config.vocab_size, (8, 48), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    learner = copy.deepcopy(moe_model).to(torch.bfloat16)
+
+    def run(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        seen: list[torch.Tensor] = []
+        hooks = [r.register_forward_hook(lambda m, a, out: seen.append(out[2])) for r in moe_routers(model)]
+        with torch.no_grad():
+            logp = model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)[:, :-1].gather(-1, ids[:, 1:, None])
+        for h in hooks:
+            h.remove()
+        return logp.squeeze(-1), torch.stack([s.view(8, 48, 2).sort(-1).values for s in seen], dim=2)
+
+    sampler_logp, sampler_experts = run(moe_model)
+    own_logp, own_experts = run(learner)
+    set_replay(learner, sampler_experts, mask)
+    replay_logp, replay_experts = run(learner)
+    flipped = (own_experts != sampler_experts).any(-1).float().mean()
+    assert flipped > 0.002, "bf16 should flip some routings (else this test shows nothing)"
+    assert torch.equal(replay_experts, sampler_experts)
+    worst_own, worst_replay = (own_logp - sampler_logp).abs().max(), (replay_logp - sampler_logp).abs().max()
+    assert worst_replay < worst_own / 3, (float(worst_own), float(worst_replay))
