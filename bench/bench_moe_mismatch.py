@@ -1,7 +1,7 @@
 """Train/inference mismatch of the MoE hybrid policy, with and without routing replay.
 
     .venv/bin/python bench/bench_moe_mismatch.py [--steps 4] [--threshold 2] [--replay off,rollout] [--dense]
-        [--override KEY=VALUE ...] [--out FILE]
+        [--init-from DIR] [--override KEY=VALUE ...] [--out FILE]
 
 Each replay mode is one short ``align rl --recipe nano3-multienv-tiny`` run on the same fresh
 tiny MoE hybrid (random weights, seed 0: no SFT stage, so the policy samples freely; overlong
@@ -20,7 +20,10 @@ Read back from each run's ``metrics.jsonl``, per step, before any update of that
   exceeds ``--threshold`` (the outlier share; the run masks them with
   ``grpo.max_seq_logprob_error=THRESHOLD``, so both modes train on the same rule).
 
-``--dense`` checks the bench itself on the dense tiny policy (replay off only: a dense model has
+A fresh random policy is nearly uniform, so its log-probs agree to ~1e-7 whatever the routing
+(the dense check below measured mismatch_abs_logp 1.9e-7); ``--init-from`` starts from a trained
+checkpoint instead (e.g. the MoE pipeline's SFT stage), where sharper distributions make routing
+flips show. ``--dense`` checks the bench itself on the dense tiny policy (replay off only: a dense model has
 no experts to replay). ``--override`` passes more recipe overrides (e.g. GPU placement:
 ``cluster.gpus_per_learner=0.5 cluster.gpus_per_rollout_engine=0.4 learner.precision=bf16``).
 Needs a vLLM that serves NemotronH MoE (CUDA, or the CPU plugin of issue 14) and returns routed
@@ -52,7 +55,7 @@ sys.exit(run(load_recipe("nano3-multienv-tiny", sys.argv[1:]), in_process=True))
 """
 
 QUICK = [
-    "init_from=null", "tokenizer.vocab_size=512", "envs=[{name: math, num_train: 256, num_eval: 4}]",
+    "tokenizer.vocab_size=512", "envs=[{name: math, num_train: 256, num_eval: 4}]",
     "grpo.prompts_per_step=8", "grpo.generations_per_prompt=4", "learner.micro_batch_size_per_device=8",
     "grpo.dynamic_sampling=false", "grpo.overlong_filtering=false", "grpo.eval_every_steps=1000", "rollout.sampling.max_new_tokens=48",
     "rollout.sampling.max_answer_tokens=8", "rollout.kv_cache_memory_mb=128", "reasoning.eval_budgets=[16]",
@@ -61,13 +64,14 @@ QUICK = [
 MOE = [
     "model.tiny.layers_block_type=ME*ME*", "model.tiny.n_routed_experts=4", "model.tiny.num_experts_per_tok=2",
     "model.tiny.n_shared_experts=1", "model.tiny.moe_intermediate_size=128", "model.tiny.moe_shared_expert_intermediate_size=128",
-    "rollout.return_routed_experts=true",
 ]  # fmt: skip
 KEYS = ("mismatch_kl", "mismatch_abs_logp", "seq_masked_share")
 
 
 def run_mode(replay: str, args: argparse.Namespace, out_dir: Path) -> dict[str, object]:
-    overrides = [*QUICK, *([] if args.dense else MOE), f"grpo.routing_replay={replay}", f"grpo.max_seq_logprob_error={args.threshold}",
+    start = [f"init_from={args.init_from}"] if args.init_from else ["init_from=null"]
+    moe = [] if args.dense else [*([] if args.init_from else MOE), "rollout.return_routed_experts=true"]
+    overrides = [*start, *QUICK, *moe, f"grpo.routing_replay={replay}", f"grpo.max_seq_logprob_error={args.threshold}",
                  f"grpo.max_steps={args.steps}", f"output_dir={out_dir}", *args.override]  # fmt: skip
     proc = subprocess.run([sys.executable, "-c", DRIVER, *overrides], capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
@@ -84,6 +88,7 @@ def main() -> int:
     ap.add_argument("--threshold", type=float, default=2.0)
     ap.add_argument("--replay", default="off,rollout", help="comma-separated routing replay modes")
     ap.add_argument("--dense", action="store_true", help="the dense tiny policy, replay off: checks the bench")
+    ap.add_argument("--init-from", default=None, help="a trained checkpoint folder to start from (its own MoE config)")
     ap.add_argument("--override", nargs="*", default=[], help="more recipe overrides, KEY=VALUE")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
@@ -98,7 +103,7 @@ def main() -> int:
             print(f"{mode:<8} failed: {res['error']}")
             continue
         m = res["mean"]  # type: ignore[index]
-        print(f"{mode:<8} {m['mismatch_kl']:>12.3e} {m['mismatch_abs_logp']:>10.4f} {m['seq_masked_share']:>9.3f}")
+        print(f"{mode:<8} {m['mismatch_kl']:>12.3e} {m['mismatch_abs_logp']:>10.3e} {m['seq_masked_share']:>9.3f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.node(), "cores": os.cpu_count(), "loadavg": os.getloadavg(), "policy": "dense tiny" if args.dense else "tiny MoE ME*ME*"}
     args.out.write_text(json.dumps({"meta": meta, "threshold": args.threshold, "results": results}, indent=2))
