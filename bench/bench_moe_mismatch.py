@@ -20,10 +20,10 @@ Read back from each run's ``metrics.jsonl``, per step, before any update of that
   exceeds ``--threshold`` (the outlier share; the run masks them with
   ``grpo.max_seq_logprob_error=THRESHOLD``, so both modes train on the same rule).
 
-A fresh random policy is nearly uniform, so its log-probs agree to ~1e-7 whatever the routing
-(the dense check below measured mismatch_abs_logp 1.9e-7); ``--init-from`` starts from a trained
-checkpoint instead (e.g. the MoE pipeline's SFT stage), where sharper distributions make routing
-flips show. ``--dense`` checks the bench itself on the dense tiny policy (replay off only: a dense model has
+On CPU the engine and the learner both run float32: the dense check measured mismatch_abs_logp
+1.9e-7 there (2 steps, a random policy), so few routings can flip; on GPU (bf16 on both sides) the
+gap, and what replay removes, is the real one. ``--init-from`` starts from a trained checkpoint
+(e.g. the MoE pipeline's SFT stage) instead of a random policy. ``--dense`` checks the bench itself on the dense tiny policy (replay off only: a dense model has
 no experts to replay). ``--override`` passes more recipe overrides (e.g. GPU placement:
 ``cluster.gpus_per_learner=0.5 cluster.gpus_per_rollout_engine=0.4 learner.precision=bf16``).
 Needs a vLLM that serves NemotronH MoE (CUDA, or the CPU plugin of issue 14) and returns routed
