@@ -23,7 +23,9 @@ Read back from each run's ``metrics.jsonl``, per step, before any update of that
 On CPU the engine and the learner both run float32: the dense check measured mismatch_abs_logp
 1.9e-7 there (2 steps, a random policy), so few routings can flip; on GPU (bf16 on both sides) the
 gap, and what replay removes, is the real one. ``--init-from`` starts from a trained checkpoint
-(e.g. the MoE pipeline's SFT stage) instead of a random policy. ``--dense`` checks the bench itself on the dense tiny policy (replay off only: a dense model has
+(e.g. the MoE pipeline's SFT stage) instead of a random policy.
+
+``--dense`` checks the bench itself on the dense tiny policy (replay off only: a dense model has
 no experts to replay). ``--override`` passes more recipe overrides (e.g. GPU placement:
 ``cluster.gpus_per_learner=0.5 cluster.gpus_per_rollout_engine=0.4 learner.precision=bf16``).
 Needs a vLLM that serves NemotronH MoE (CUDA, or the CPU plugin of issue 14) and returns routed
