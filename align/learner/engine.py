@@ -115,7 +115,7 @@ class Learner:
         model = _load_for_training(model_path, model_kind, num_labels, _use_bf16(cfg))
         # MoE layers: experts kernel and router freezing (freeze_router null means off here; the RL
         # driver resolves it to on before it gets here). Dense models are left alone.
-        self.moe = configure_moe(model, cfg, freeze_router=bool(cfg.freeze_router))
+        configure_moe(model, cfg, freeze_router=bool(cfg.freeze_router))
         # GPU: Mamba2 kernels and packed rows inside the forward (objectives still see padded
         # tensors); CPU: padded batches, unchanged.
         self.packing = enable_packed_forward(model)
@@ -131,7 +131,7 @@ class Learner:
                 model,
                 PeftLora(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                          target_modules=cfg.lora.target_modules, modules_to_save=modules_to_save,
-                         target_parameters=lora_target_parameters(model, cfg.lora.target_parameters)),
+                         target_parameters=lora_target_parameters(model, cfg.lora.target_parameters, cfg.lora.dropout)),
             )  # fmt: skip
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)

@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 
 
 def moe_routers(model: nn.Module) -> list[nn.Module]:
-    """The routers of ``model``'s MoE layers, in layer order (the order vLLM reports routed experts)."""
-    return [m for m in model.modules() if type(m).__name__.endswith("TopkRouter")]
+    """The routers of ``model``'s NemotronH MoE layers, in layer order (the order vLLM reports routed
+    experts). Other MoE families' routers return other things and are not handled here."""
+    return [m for m in model.modules() if type(m).__name__ == "NemotronHTopkRouter"]
 
 
 def has_moe_layers(model: nn.Module) -> bool:
@@ -81,9 +82,15 @@ def configure_moe(model: nn.Module, cfg: LearnerConfig, freeze_router: bool) -> 
     return {"moe_layers": len(routers), "experts_implementation": impl, "frozen_router_params": frozen}
 
 
-def lora_target_parameters(model: nn.Module, wanted: list[str]) -> list[str] | None:
+def lora_target_parameters(model: nn.Module, wanted: list[str], dropout: float = 0.0) -> list[str] | None:
     """The entries of ``learner.lora.target_parameters`` this model has (peft refuses names that
     match nothing, and a dense model has no expert parameters); None when there are none."""
     names = [n for n, _ in model.named_parameters()]
     present = [w for w in wanted if any(n == w or n.endswith("." + w) for n in names)]
+    if present and dropout:
+        raise ValueError(
+            f"learner.lora.dropout={dropout}: peft cannot apply dropout to LoRA on parameters, and "
+            f"learner.lora.target_parameters adapts {', '.join(present)} here. Set learner.lora.dropout=0, "
+            "or learner.lora.target_parameters=[] to leave the routed experts out of LoRA"
+        )
     return present or None

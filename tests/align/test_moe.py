@@ -65,7 +65,9 @@ def test_lora_targets_routed_experts_only_where_the_model_has_them(moe_model) ->
     wanted = LoraConfig().target_parameters
     assert lora_target_parameters(moe_model, wanted) == ["experts.up_proj", "experts.down_proj"]
     dense = torch.nn.Sequential(torch.nn.Linear(2, 2))
-    assert lora_target_parameters(dense, wanted) is None
+    assert lora_target_parameters(dense, wanted, dropout=0.1) is None
+    with pytest.raises(ValueError, match="learner.lora.dropout=0.1: peft cannot"):
+        lora_target_parameters(moe_model, wanted, dropout=0.1)
 
 
 def test_replay_uses_the_given_experts_and_the_routers_weights_at_them(moe_model) -> None:
