@@ -17,7 +17,8 @@ class TokenLogprobs:
 
     A micro-batch that carries ``routed_experts`` (``grpo.routing_replay: rollout``) is run with
     the rollout's expert choices in every MoE layer (align/learner/routing_replay.py); one without
-    runs the routers' own top-k.
+    runs the routers' own top-k. The frozen reference (``grpo.kl_coef > 0``) reads the same
+    micro-batches, so it replays them too: KL is then measured on one routing.
     """
 
     temperature: float = 1.0
