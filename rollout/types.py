@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-
 from align.reasoning import ReasoningMode
 from envs.base import Message, Task
 from rewards.base import RewardInput
@@ -102,10 +101,7 @@ class Trajectory:
     num_turns: int = 0
     truncated: bool = False
     seed: int | None = None
-    # The experts the engine routed each token to: [len(prompt_ids + completion_ids), n_moe_layers,
-    # top_k], MoE layers in the layer pattern's order, rows of -1 where it routed nothing; None when
-    # not recorded (rollout.return_routed_experts off, or a dense policy). Read by routing replay.
-    routed_experts: "np.ndarray | None" = None
+    routed_experts: np.ndarray | None = None
 
     @property
     def error(self) -> str | None:
