@@ -103,6 +103,21 @@ def truncated_is_weights(train_logp: torch.Tensor, rollout_logp: torch.Tensor, c
     return torch.exp(train_logp - rollout_logp).clamp(max=cap).detach()
 
 
+def seq_logprob_error(train_logp: torch.Tensor, rollout_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per sequence, mean over masked tokens of exp(|log p_train - log p_rollout|), shape [B].
+
+    NeMo-RL's sequence "multiplicative probability error" (its ``seq_logprob_error_threshold``
+    compares against it; Nemotron 3 Nano used 2): 1.0 is perfect agreement, 2.0 means the typical
+    token's probability differs by a factor of two. The absolute value is taken per token, so
+    errors of opposite sign cannot cancel as they do in a sequence's importance ratio. A sequence
+    without masked tokens scores 1.0.
+    """
+    mask = mask.float()
+    err = torch.exp((train_logp.float() - rollout_logp.float()).abs().clamp(max=80.0))
+    n = mask.sum(-1)
+    return torch.where(n > 0, (err * mask).sum(-1) / n.clamp(min=1), torch.ones_like(n))
+
+
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """Per-token k3 estimate of KL(p || ref) for tokens sampled from p: r - log r - 1, r = ref / p.
 

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 from align.reasoning import ReasoningMode
 from envs.base import Message, Task
 from rewards.base import RewardInput
@@ -100,6 +101,7 @@ class Trajectory:
     num_turns: int = 0
     truncated: bool = False
     seed: int | None = None
+    routed_experts: np.ndarray | None = None
 
     @property
     def error(self) -> str | None:

@@ -8,9 +8,9 @@ Every section forbids unknown keys (a typo must fail, not pass silently as it do
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 
 class Strict(BaseModel):
@@ -85,6 +85,9 @@ class LoraConfig(Strict):
     dropout: float = 0.0
     # peft refuses out_proj and conv1d on Mamba models; these are valid for NemotronH and Llama.
     target_modules: list[str] = ["in_proj", "q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
+    # MoE routed experts are 3-D parameters, not Linear modules: peft adapts them by parameter name.
+    # Used only where the model has them (NemotronH MoE layers); the router is never adapted.
+    target_parameters: list[str] = ["experts.up_proj", "experts.down_proj"]
 
 
 class LearnerConfig(Strict):
@@ -103,6 +106,10 @@ class LearnerConfig(Strict):
     gradient_checkpointing: bool = False
     lora: LoraConfig | None = None
     max_seq_len: int = Field(512, ge=8)
+    # MoE layers (align/learner/moe.py). auto: grouped_mm on CUDA, eager on CPU. freeze_router null:
+    # frozen in RL (as Nemotron 3 Nano), trained in SFT/DPO/RM.
+    experts_implementation: Literal["auto", "grouped_mm", "batched_mm", "eager"] = "auto"
+    freeze_router: bool | None = None
 
 
 class CheckpointConfig(Strict):
@@ -281,6 +288,12 @@ class GRPOSettings(Strict):
     max_refill_rounds: int = Field(2, ge=0)
     overlong_filtering: bool = True
     tis_cap: float = Field(2.0, gt=0)  # truncated importance sampling cap for train/infer mismatch
+    # Drop whole sequences whose mean over policy tokens of exp(|logp_learner - logp_rollout|)
+    # exceeds this (NeMo-RL's seq_logprob_error_threshold; null: off). See align/algorithms/rl/guard.py.
+    max_seq_logprob_error: float | None = Field(None, ge=1)
+    # rollout: MoE layers route each token to the experts vLLM chose (align/learner/routing_replay.py).
+    # (YAML reads a bare off as false: both mean "off".)
+    routing_replay: Annotated[Literal["off", "rollout"], BeforeValidator(lambda v: "off" if v is False else v)] = "off"
     epochs_per_step: int = Field(1, ge=1)
     eval_every_steps: int = Field(10, ge=1)
     # Off-policy overlap: the rollout of step t+1 runs while the learners update on step t, so its

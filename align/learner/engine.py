@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from align.config.schema import LearnerConfig
+from align.learner.moe import configure_moe, lora_target_parameters
 from align.models import enable_packed_forward, select_kernels
 from align.weights import Wire, to_wire
 
@@ -117,6 +118,9 @@ class Learner:
         self.cfg = cfg
         torch.manual_seed(seed)
         model = _load_for_training(model_path, model_kind, num_labels, _use_bf16(cfg))
+        # MoE layers: experts kernel and router freezing (freeze_router null means off here; the RL
+        # driver resolves it to on before it gets here). Dense models are left alone.
+        configure_moe(model, cfg, freeze_router=bool(cfg.freeze_router))
         # GPU: Mamba2 kernels and packed rows inside the forward (objectives still see padded
         # tensors); CPU: padded batches, unchanged.
         self.packing = enable_packed_forward(model)
@@ -131,7 +135,8 @@ class Learner:
             model = get_peft_model(
                 model,
                 PeftLora(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                         target_modules=cfg.lora.target_modules, modules_to_save=modules_to_save),
+                         target_modules=cfg.lora.target_modules, modules_to_save=modules_to_save,
+                         target_parameters=lora_target_parameters(model, cfg.lora.target_parameters, cfg.lora.dropout)),
             )  # fmt: skip
         self._model: nn.Module | None = model
 
@@ -330,7 +335,12 @@ def _null() -> Iterator[None]:
 
 
 def _strip_peft(name: str) -> str:
-    return name.removeprefix("base_model.model.").replace(".base_layer.", ".").replace(".modules_to_save.default.", ".")
+    # LoRA on two parameters of one module (MoE experts' up_proj and down_proj) nests two wrappers:
+    # "experts.base_layer.base_layer.up_proj".
+    name = name.removeprefix("base_model.model.").replace(".modules_to_save.default.", ".")
+    while ".base_layer." in name:
+        name = name.replace(".base_layer.", ".")
+    return name
 
 
 def _load_for_training(path: str, kind: str, num_labels: int, bf16: bool) -> nn.Module:

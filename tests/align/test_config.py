@@ -35,6 +35,18 @@ def test_full_scale_recipe_settings() -> None:
     r = load_recipe("nano3-multienv").recipe
     assert (r.grpo.prompts_per_step, r.grpo.generations_per_prompt) == (128, 16)
     assert r.grpo.overlong_filtering and r.cluster.gpus_needed(with_rollout=True) >= 8
+    # Nemotron 3 Nano's published RL settings for its MoE hybrid.
+    assert r.learner.freeze_router is True and r.grpo.max_seq_logprob_error == 2.0
+    assert (r.grpo.baseline, r.grpo.clip_low, r.grpo.clip_high, r.grpo.loss_aggregation) == ("leave_one_out", 0.2, 0.28, "token")
+
+
+def test_routing_replay_off_survives_yaml_booleans() -> None:
+    """A bare `off` is YAML's false: the recipe file and the command line both mean replay off."""
+    assert load_recipe("nano3-multienv").recipe.grpo.routing_replay == "off"
+    assert load_recipe("nano3-multienv-tiny", ["grpo.routing_replay=off"]).recipe.grpo.routing_replay == "off"
+    assert load_recipe("nano3-multienv-tiny", ["grpo.routing_replay=rollout"]).recipe.grpo.routing_replay == "rollout"
+    with pytest.raises(RecipeError, match="routing_replay"):
+        load_recipe("nano3-multienv-tiny", ["grpo.routing_replay=on"])
 
 
 def test_override_is_revalidated() -> None:

@@ -1,14 +1,17 @@
 """RL batch building: advantages, dynamic sampling, overlong filtering, micro-batches, task mixing."""
 
+import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import pytest
 import torch
 
-from align.algorithms.rl.batch import Scored, fill, finalize, micro_batches, select_groups, to_sequences
+from align.algorithms.rl.batch import Scored, fill, finalize, mask_mismatched, micro_batches, select_groups, to_sequences
 from align.algorithms.rl.tasks import TaskMixer, assign_mode
 from align.config.schema import GRPOSettings, RLReasoningConfig
-from align.losses import IGNORE
+from align.errors import AlignError
+from align.losses import IGNORE, seq_logprob_error
 from envs.base import Task
 
 
@@ -22,6 +25,9 @@ class FakeTrajectory:
     rollout_logprobs: list[float]
     truncated: bool = False
     info: dict = field(default_factory=dict)
+    routed_experts: np.ndarray | None = None
+    task: Task = field(default_factory=lambda: Task(id="t0", env="math", prompt=[]))
+    env: str = "math"
 
 
 def _traj(n_prompt: int, n_completion: int, truncated: bool = False, observation_at: int | None = None) -> FakeTrajectory:
@@ -101,3 +107,59 @@ def test_reasoning_modes_follow_the_recipe_shares() -> None:
     assert off == pytest.approx(0.2, abs=0.03) and len(budgeted) / len(modes) == pytest.approx(0.3, abs=0.03)
     assert set(budgeted) == {16, 32}
     assert assign_mode(Task(id="7", env="math", prompt=[]), cfg, 0) == modes[7]  # deterministic
+
+
+def test_routed_experts_ride_along_with_their_tokens_into_micro_batches() -> None:
+    short, long = _traj(2, 2), _traj(3, 3)
+    # Each token's experts carry its position in the sequence: [len(ids), 2 MoE layers, top-2].
+    short.routed_experts = np.arange(4).repeat(4).reshape(4, 2, 2)
+    long.routed_experts = np.arange(6).repeat(4).reshape(6, 2, 2)
+    long.routed_experts[-1] = -1  # the last token is never fed to the engine
+    g = finalize(Scored([short, long], [1.0, 0.0]), GRPOSettings())
+    mb = micro_batches(to_sequences([g], routed_experts=True), world_size=1, accumulation=1, pad_id=0, aggregation="token")[0][0]
+    assert mb["routed_experts"].shape == (2, 6, 2, 2) and mb["routed_experts"].dtype == torch.int8  # indices < 128
+    for i, seq in enumerate(mb["sequence_index"].tolist()):
+        experts = [short, long][seq].routed_experts
+        assert mb["routed_experts"][i, : len(experts)].tolist() == experts.tolist()
+        assert (mb["routed_experts"][i, len(experts) :] == -1).all()  # padding
+    assert "routed_experts" not in micro_batches(to_sequences([g]), 1, 1, 0, "token")[0][0]  # replay off
+
+
+def test_replay_without_routed_experts_names_the_trajectory() -> None:
+    g = finalize(Scored([_traj(2, 2), _traj(2, 2)], [1.0, 0.0]), GRPOSettings())
+    with pytest.raises(AlignError, match="task 't0' \\(environment math\\) has none: turn on rollout.return_routed_experts"):
+        to_sequences([g], routed_experts=True)
+
+
+def test_seq_logprob_error_is_the_mean_multiplicative_probability_error() -> None:
+    train = torch.tensor([[0.0, math.log(3), -5.0], [-1.0, -1.0, 0.0]])
+    rollout = torch.tensor([[0.0, 0.0, 0.0], [-1.0 - math.log(2), -1.0 + math.log(2), 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]])
+    # Row 0: (e^0 + e^ln3) / 2 = 2 (the masked token's error does not count); row 1: errors of
+    # opposite sign do not cancel: (2 + 2) / 2 = 2. A row without tokens scores 1.
+    assert seq_logprob_error(train, rollout, mask).tolist() == pytest.approx([2.0, 2.0])
+    assert seq_logprob_error(train, rollout, torch.zeros_like(mask)).tolist() == [1.0, 1.0]
+
+
+def test_sequence_guard_masks_exactly_the_sequences_over_the_threshold() -> None:
+    trajs = [_traj(2, 2) for _ in range(4)]
+    for t, env in zip(trajs, ["math", "math", "code", "code"]):
+        t.env = env
+    groups = [finalize(Scored(trajs[:2], [1.0, 0.0]), GRPOSettings()), finalize(Scored(trajs[2:], [1.0, 0.0]), GRPOSettings())]
+    per_rank = micro_batches(to_sequences(groups), world_size=2, accumulation=1, pad_id=0, aggregation="token")
+    # Per sequence, the learner's log-probs on its 2 policy tokens are the rollout's (-0.5) plus
+    # these deltas: errors (e^0.1 + e^0.1)/2 = 1.105 and (e^ln2.9 + 1)/2 = 1.95 (under 2: kept),
+    # (e^ln2 + e^ln4)/2 = 3.0 and (e^ln3.2 + 1)/2 = 2.1 (over 2: masked).
+    deltas = {0: [0.1, -0.1], 1: [math.log(2.9), 0.0], 2: [math.log(2), -math.log(4)], 3: [-math.log(3.2), 0.0]}
+    for mbs in per_rank:
+        for mb in mbs:
+            mb["old_logprobs"] = mb["rollout_logprobs"].clone()
+            for i, seq in enumerate(mb["sequence_index"].tolist()):
+                cols = mb["loss_mask"][i].nonzero().flatten()
+                mb["old_logprobs"][i, cols] += torch.tensor(deltas[seq])
+    shares = mask_mismatched(per_rank, 2.0, "token", [t.env for t in trajs])
+    assert shares == {"": 0.5, "math": 0.0, "code": 1.0}
+    kept = {seq: float(mb["loss_mask"][i].sum()) for mbs in per_rank for mb in mbs for i, seq in enumerate(mb["sequence_index"].tolist())}
+    assert kept == {0: 2.0, 1: 2.0, 2: 0.0, 3: 0.0}
+    # Masked sequences leave the denominator too: 2 sequences x 2 tokens remain.
+    assert all(float(mb["loss_denominator"]) == 4.0 for mbs in per_rank for mb in mbs)

@@ -40,17 +40,18 @@ sys.exit(run(load_recipe("nano3-multienv-tiny", args), resume="--resume" in sys.
 def test_one_full_rl_step_in_process(tmp_path: Path) -> None:
     """The driver without Ray (learner and vLLM engine in one process). That process is a fresh
     interpreter, not pytest's: both leave process-wide state (torch.distributed, vLLM) behind."""
-    args = [*QUICK, "grpo.max_steps=1", "grpo.eval_every_steps=1", f"output_dir={tmp_path}"]
+    args = [*QUICK, "grpo.max_steps=1", "grpo.eval_every_steps=1", "grpo.max_seq_logprob_error=2", f"output_dir={tmp_path}"]
     proc = subprocess.run([sys.executable, "-c", IN_PROCESS, *args], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     step = _records(tmp_path, "train")[1]
     for key in ("reward", "math/reward", "instruction_following/reward", "time_rollout_s", "time_learner_s", "time_sync_s",
-                "mismatch_kl", "grad_norm"):  # fmt: skip
+                "mismatch_kl", "grad_norm", "seq_masked_share", "math/seq_masked_share", "instruction_following/seq_masked_share"):  # fmt: skip
         assert key in step, key
     assert step["grad_norm"] > 0  # the learner took a real step
     # Learner and vLLM agree on the sampled tokens' log-probs (same weights, same temperature) up
     # to float32 kernel differences (~4e-3 seen); a misaligned shift or temperature gives ~1.
     assert step["mismatch_abs_logp"] < 0.02 and step["mismatch_kl"] < 1e-3
+    assert step["seq_masked_share"] == 0.0  # so no sequence comes near the guard's factor of 2
     evals = _records(tmp_path, "eval")
     assert set(evals) == {0, 1} and "math/no_think/toggle_compliance" in evals[1]
     samples = [json.loads(l) for l in (tmp_path / "trajectories.jsonl").read_text().splitlines()]

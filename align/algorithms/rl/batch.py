@@ -8,10 +8,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from align.config.schema import GRPOSettings
-from align.losses import IGNORE, group_advantages, kl_k3
+from align.errors import AlignError
+from align.losses import IGNORE, group_advantages, kl_k3, seq_logprob_error
 from rollout.types import Trajectory
 
 
@@ -73,17 +75,31 @@ class Sequence_:
     labels: list[int]  # the token at t, or IGNORE where there is no loss at t
     rollout_logprobs: list[float]  # aligned with labels[1:]
     advantage: float
+    routed_experts: np.ndarray | None = None  # [len(input_ids), n_moe_layers, top_k], -1: not routed
 
 
-def to_sequences(groups: Sequence[Scored]) -> list[Sequence_]:
-    """Prompt + completion ids; labels only on policy tokens of kept trajectories."""
+def to_sequences(groups: Sequence[Scored], routed_experts: bool = False) -> list[Sequence_]:
+    """Prompt + completion ids; labels only on policy tokens of kept trajectories.
+
+    ``routed_experts``: carry each trajectory's rollout expert choices (routing replay); a
+    trajectory without them is an error that names it.
+    """
     out = []
     for g in groups:
         for t, adv, keep in zip(g.trajectories, g.advantages, g.keep, strict=True):
             ids = list(t.prompt_ids) + list(t.completion_ids)
             labels = [IGNORE] * len(t.prompt_ids) + [tok if (m and keep) else IGNORE for tok, m in zip(t.completion_ids, t.loss_mask)]
             lps = [0.0] * (len(t.prompt_ids) - 1) + list(t.rollout_logprobs)
-            out.append(Sequence_(ids, labels, lps, float(adv)))
+            experts = None
+            if routed_experts:
+                experts = t.routed_experts
+                if experts is None or len(experts) != len(ids):
+                    got = "none" if experts is None else f"{len(experts)} rows for {len(ids)} tokens"
+                    raise AlignError(
+                        f"grpo.routing_replay=rollout needs the engine's routed experts for every token, but the trajectory of "
+                        f"task {t.task.id!r} (environment {t.env}) has {got}: turn on rollout.return_routed_experts, or set grpo.routing_replay=off"
+                    )
+            out.append(Sequence_(ids, labels, lps, float(adv), experts))
     return out
 
 
@@ -100,13 +116,45 @@ def micro_batches(seqs: list[Sequence_], world_size: int, accumulation: int, pad
     for k, mb in enumerate(built):
         # Which sequence of ``seqs`` each row is, for metrics per environment after the sort.
         mb["sequence_index"] = torch.tensor(order[k * size : (k + 1) * size], dtype=torch.long)
+    _set_denominator(built, aggregation)
+    return [built[r * accumulation : (r + 1) * accumulation] for r in range(world_size)]
+
+
+def _set_denominator(built: list[dict[str, torch.Tensor]], aggregation: str) -> None:
+    """The global unit count (policy tokens, or sequences with any) into every micro-batch."""
     if aggregation == "token":
         total = sum(float(mb["loss_mask"].sum()) for mb in built)
     else:
         total = sum(float((mb["loss_mask"].sum(-1) > 0).sum()) for mb in built)
     for mb in built:
         mb["loss_denominator"] = torch.tensor(max(total, 1.0))
-    return [built[r * accumulation : (r + 1) * accumulation] for r in range(world_size)]
+
+
+def mask_mismatched(
+    per_rank: list[list[dict[str, torch.Tensor]]], max_error: float, aggregation: str, labels: Sequence[str] = ()
+) -> dict[str, float]:
+    """Sequence-level mismatch guard: take whole sequences out of the loss when their learner and
+    rollout log-probs disagree by more than ``max_error`` (:func:`align.losses.seq_logprob_error`).
+
+    Needs ``old_logprobs`` in every micro-batch. A masked sequence's ``loss_mask`` row becomes 0, and
+    the denominators are recomputed, so it leaves the loss's numerator *and* denominator (a mask,
+    not a zero weight). Returns the share of sequences masked (over those with policy tokens):
+    ``{"": overall}``, plus ``{label: share}`` per distinct label when ``labels`` names each sequence.
+    """
+    masked: dict[str, float] = {"": 0.0}
+    seen: dict[str, float] = {"": 0.0}
+    built = [mb for mbs in per_rank for mb in mbs]
+    for mb in built:
+        m = mb["loss_mask"]
+        has_tokens = m.sum(-1) > 0
+        drop = (seq_logprob_error(mb["old_logprobs"], mb["rollout_logprobs"], m) > max_error) & has_tokens
+        mb["loss_mask"] = m * (~drop).unsqueeze(-1).to(m.dtype)
+        rows = mb["sequence_index"].tolist() if labels else []
+        for key, d, h in [("", drop.sum(), has_tokens.sum())] + [(labels[r], drop[i], has_tokens[i]) for i, r in enumerate(rows)]:
+            masked[key] = masked.get(key, 0.0) + float(d)
+            seen[key] = seen.get(key, 0.0) + float(h)
+    _set_denominator(built, aggregation)
+    return {k: masked[k] / max(seen[k], 1.0) for k in masked}
 
 
 def _pad(seqs: list[Sequence_], pad_id: int) -> dict[str, torch.Tensor]:
@@ -121,7 +169,7 @@ def _pad(seqs: list[Sequence_], pad_id: int) -> dict[str, torch.Tensor]:
         labels[i, :L] = torch.tensor(s.labels)
         attn[i, :L] = 1
         lps[i, : L - 1] = torch.tensor(s.rollout_logprobs[: L - 1])
-    return {
+    out = {
         "input_ids": ids,
         "attention_mask": attn,
         "labels": labels,
@@ -129,6 +177,19 @@ def _pad(seqs: list[Sequence_], pad_id: int) -> dict[str, torch.Tensor]:
         "rollout_logprobs": lps,
         "advantages": torch.tensor([s.advantage for s in seqs], dtype=torch.float32),
     }
+    shapes = {s.routed_experts.shape[1:] for s in seqs if s.routed_experts is not None}
+    if shapes:
+        (shape,) = shapes  # one policy made them all
+        # int8 holds indices up to 127 (Nano 3 has 128 experts): 23 MoE layers x top-6 x 20k tokens is
+        # 2.8 MB a sequence that way.
+        top = max(int(s.routed_experts.max(initial=-1)) for s in seqs if s.routed_experts is not None)
+        dtype = torch.int8 if top < 128 else torch.int16
+        experts = torch.full((len(seqs), n, *shape), -1, dtype=dtype)
+        for i, s in enumerate(seqs):
+            if s.routed_experts is not None:
+                experts[i, : len(s.input_ids)] = torch.from_numpy(np.asarray(s.routed_experts, dtype=np.int16)).to(dtype)
+        out["routed_experts"] = experts
+    return out
 
 
 def mean_k3(per_rank: list[list[dict[str, torch.Tensor]]], sample_key: str, other_key: str, labels: Sequence[str] = ()) -> dict[str, float]:

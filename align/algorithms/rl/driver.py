@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from align.algorithms.common import FrozenReference, JobError, console, publish_hf, resume_from, start_checkpoint, start_ray
-from align.algorithms.rl.batch import Scored, fill, finalize, mean_k3, micro_batches, select_groups, to_sequences
+from align.algorithms.rl.batch import Scored, fill, finalize, mask_mismatched, mean_k3, micro_batches, select_groups, to_sequences
 from align.algorithms.rl.objective import GRPOObjective, TokenLogprobs
 from align.algorithms.rl.schedule import EngineQueue
 from align.algorithms.rl.tasks import TaskMixer, assign_mode, load_tasks
@@ -98,7 +98,8 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
         raise JobError("in-process RL runs one learner: set cluster.num_learners=1")
     if not in_process:
         start_ray(r)
-    learner_cfg = r.learner.model_copy(update={"gradient_accumulation_steps": r.accumulation_steps})
+    # freeze_router null: frozen in RL, as Nemotron 3 Nano (align/learner/moe.py).
+    learner_cfg = r.learner.model_copy(update={"gradient_accumulation_steps": r.accumulation_steps, "freeze_router": r.learner.freeze_router is not False})
     learners = LearnerGroup(r.cluster, in_process=in_process)
     # The learners, the reference and the vLLM engines build at the same time (Ray actors build
     # asynchronously): start-up costs the slowest, not the sum. Engines sharing a GPU with a
@@ -180,13 +181,16 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
 
             # Learners: old log-probs (and the train/inference mismatch), reference log-probs, then the update.
             t0 = time.perf_counter()
-            seqs = to_sequences(ro.train_groups)
+            seqs = to_sequences(ro.train_groups, routed_experts=g.routing_replay == "rollout")
             per_rank = micro_batches(seqs, learners.size, r.accumulation_steps, tokenizer.pad_token_id, g.loss_aggregation)
             _attach(per_rank, "old_logprobs", learners.compute(per_rank, logprob_fn))
             extra = _mismatch(per_rank)
+            env_of = [t.env for grp in ro.train_groups for t in grp.trajectories]
+            if g.max_seq_logprob_error is not None:
+                masked = mask_mismatched(per_rank, g.max_seq_logprob_error, g.loss_aggregation, env_of)
+                extra.update({f"{k}/seq_masked_share" if k else "seq_masked_share": v for k, v in masked.items()})
             if reference is not None:
                 _attach(per_rank, "ref_logprobs", reference.compute(learners, per_rank, logprob_fn))
-                env_of = [t.env for grp in ro.train_groups for t in grp.trajectories]
                 kl = mean_k3(per_rank, "old_logprobs", "ref_logprobs", env_of)
                 extra.update({f"{k}/kl" if k else "kl": v for k, v in kl.items()})
             train_metrics: dict[str, float] = {}

@@ -7,16 +7,24 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from align.learner.routing_replay import set_replay
 from align.losses import grpo_loss_sum, shift, token_logprobs, truncated_is_weights
 
 
 @dataclass(frozen=True)
 class TokenLogprobs:
-    """Per-token log-probs of ``labels`` at the sampling temperature, [B, T-1]."""
+    """Per-token log-probs of ``labels`` at the sampling temperature, [B, T-1].
+
+    A micro-batch that carries ``routed_experts`` (``grpo.routing_replay: rollout``) is run with
+    the rollout's expert choices in every MoE layer (align/learner/routing_replay.py); one without
+    runs the routers' own top-k. The frozen reference (``grpo.kl_coef > 0``) reads the same
+    micro-batches, so it replays them too: KL is then measured on one routing.
+    """
 
     temperature: float = 1.0
 
     def __call__(self, model: nn.Module, mb: dict[str, torch.Tensor]) -> torch.Tensor:
+        set_replay(model, mb.get("routed_experts"), mb["attention_mask"])
         logits = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"]).logits
         lg, lb = shift(logits, mb["labels"])
         return token_logprobs(lg, lb, self.temperature)
