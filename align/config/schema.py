@@ -375,12 +375,12 @@ class PipelineRecipe(Strict):
         import re
 
         seen: set[str] = set()
-        for stage in self.stages:
+        for i, stage in enumerate(self.stages):
             for ref in re.findall(r"\$\{stage:([^}]+)\}", " ".join(stage.overrides)):
                 if ref not in seen:
-                    raise ValueError(f"stage '{stage.name}' refers to '${{stage:{ref}}}', which is not an earlier stage")
+                    raise ValueError(f"stages.{i}.overrides: stage '{stage.name}' refers to '${{stage:{ref}}}', which is not an earlier stage")
             if stage.name in seen:
-                raise ValueError(f"stage name '{stage.name}' is used twice")
+                raise ValueError(f"stages.{i}.name: stage name '{stage.name}' is used twice")
             seen.add(stage.name)
         return self
 
