@@ -11,12 +11,14 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 
 from align.config import dump_recipe, list_recipes, load_recipe
 from align.errors import AlignError
+from align.io_checks import check_output_dir
 
 JOBS = ("sft", "dpo", "rm", "rl", "pipeline")
 # job -> module whose run(loaded, resume=...) -> int carries it out.
@@ -89,6 +91,7 @@ def _handler(module: str, func: str) -> Callable[[argparse.Namespace], int] | No
 
 def _run_job(args: argparse.Namespace) -> int:
     loaded = load_recipe(args.recipe, args.overrides, job=args.command)
+    check_output_dir(Path(loaded.recipe.output_dir))  # before Ray, learners or engines start
     if args.ray_address:
         os.environ["RAY_ADDRESS"] = args.ray_address
     run = _handler(JOB_MODULES[args.command], "run")

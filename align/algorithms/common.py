@@ -22,6 +22,7 @@ from align.config.schema import ClusterConfig, LearnerConfig
 from align.data import BatchPlan, PreparedData, RowKind, iter_texts, load_splits, pad_batch, prepare_data, shard_batch
 from align.data.tokenize import example_lengths
 from align.errors import AlignError
+from align.io_checks import disk_errors
 from align.learner.engine import MicroBatch, Objective
 from align.learner.objectives import AdaptersOff
 from align.models import load_tokenizer, prepare_initial_checkpoint
@@ -293,9 +294,10 @@ def finish(
     tmp = job.run_dir / ".final.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    group.save_hf(str(tmp), tokenizer_path=str(job.model_path))
-    if before_publish:
-        before_publish(tmp)
+    with disk_errors(job.run_dir, "the final model"):
+        group.save_hf(str(tmp), tokenizer_path=str(job.model_path))
+        if before_publish:
+            before_publish(tmp)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

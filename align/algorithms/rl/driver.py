@@ -40,7 +40,7 @@ from align.config import LoadedRecipe
 from align.config.schema import RLRecipe
 from align.evaluate import play, standard_modes, summarize
 from align.models import inference_dtype, load_tokenizer
-from align.runlog import Checkpoints, MetricsLog, plot_curves
+from align.runlog import Checkpoints, MetricsLog, cut_jsonl, plot_curves
 from envs.registry import make_env
 from rewards.combine import combine
 from rewards.registry import make_reward
@@ -123,6 +123,8 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
         sync.push()
         console.print(f"resumed from {latest} at step {start}")
     log = MetricsLog(run_dir, resume_from_step=start if latest is not None else None)
+    if latest is not None:
+        cut_jsonl(run_dir / "trajectories.jsonl", start)  # the steps after the checkpoint run again
     samples_file = open(run_dir / "trajectories.jsonl", "a" if latest is not None else "w")
 
     def evaluate(step: int) -> dict[str, Any]:
