@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from align.config import dump_recipe, list_recipes, load_recipe
-from align.errors import AlignError
+from align.errors import AlignError, RunStopped
 from align.io_checks import check_output_dir
 
 JOBS = ("sft", "dpo", "rm", "rl", "pipeline")
@@ -32,6 +32,7 @@ JOB_MODULES = {
 
 EXIT_BAD_INPUT = 2
 EXIT_NOT_BUILT = 3
+EXIT_STOPPED = 3  # a guard stopped a running job (align/guards.py)
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -132,6 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AlignError as e:
         err.print("[bold red]error:[/]", escape(str(e)))
         return EXIT_BAD_INPUT
+    except RunStopped as e:
+        err.print("[bold red]run stopped:[/]", escape(str(e)))
+        return EXIT_STOPPED
 
 
 def entry() -> None:

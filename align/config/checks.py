@@ -175,6 +175,10 @@ def _check_job(r: JobBase) -> Iterator[Problem]:
             yield Problem(("learner.lora.dropout",), f"learner.lora.dropout must be in [0, 1), got {r.learner.lora.dropout}")
         if r.learner.lora.alpha < 1:
             yield Problem(("learner.lora.alpha",), f"learner.lora.alpha must be at least 1, got {r.learner.lora.alpha}")
+    if r.learner.on_nonfinite == "skip_step" and (r.learner.zero_stage != 0 or r.learner.precision == "bf16"):
+        yield Problem(("learner.on_nonfinite", "learner.zero_stage", "learner.precision"),
+                      "learner.on_nonfinite=skip_step needs learner.zero_stage=0 without bf16: elsewhere DeepSpeed holds the "
+                      "gradients and a non-finite step cannot be skipped; use learner.on_nonfinite=stop")  # fmt: skip
     section = "grpo" if r.job == "rl" else r.job
     settings = getattr(r, section, None)
     if r.learner.lora is None and getattr(settings, "reference", None) == "lora_disabled" and getattr(settings, "kl_coef", 1) > 0:

@@ -100,6 +100,8 @@ class LearnerConfig(Strict):
     gradient_checkpointing: bool = False
     lora: LoraConfig | None = None
     max_seq_len: int = Field(512, ge=8)
+    on_nonfinite: Literal["stop", "skip_step"] = "stop"  # align/guards.py: skip the update; stop after
+    max_nonfinite_steps: int = Field(3, ge=1)  # this many non-finite steps in a row (exit 3)
 
 
 class CheckpointConfig(Strict):
@@ -280,6 +282,9 @@ class GRPOSettings(Strict):
     # PPO ratio is taken against the learner's current weights and TIS corrects the rest.
     off_policy_overlap: bool = False
     max_staleness: int = Field(1, ge=1)
+    max_env_error_rate: float = Field(0.5, ge=0, le=1)  # align/guards.py: warn above this share of failed
+    max_env_failing_steps: int = Field(3, ge=1)  # samples; stop after this many such steps in a row (exit 3)
+    keep_reward_only_groups: bool = False  # train on groups whose environment rewards are all equal
 
 
 class RLReasoningConfig(Strict):

@@ -29,6 +29,12 @@ class Scored:
     def all_equal(self) -> bool:
         return max(self.rewards) - min(self.rewards) < 1e-9
 
+    @property
+    def env_all_equal(self) -> bool:
+        """The environment's own rewards carry no signal (reward functions may still differ)."""
+        env = [float(t.reward) for t in self.trajectories]
+        return max(env) - min(env) < 1e-9
+
 
 def finalize(group: Scored, cfg: GRPOSettings) -> Scored:
     """Advantages (leave-one-out or mean/std) and overlong filtering for one group.
@@ -42,13 +48,20 @@ def finalize(group: Scored, cfg: GRPOSettings) -> Scored:
     return group
 
 
-def select_groups(groups: Sequence[Scored], needed: int, dynamic_sampling: bool) -> tuple[list[Scored], list[Scored]]:
-    """(informative groups, dropped all-equal groups). Without dynamic sampling all groups are kept."""
-    if not dynamic_sampling:
+def select_groups(groups: Sequence[Scored], needed: int, dynamic_sampling: bool, env_signal: bool = False) -> tuple[list[Scored], list[Scored]]:
+    """(informative groups, dropped groups). Dynamic sampling drops all-equal groups.
+
+    ``env_signal`` also drops groups whose environment rewards are all equal, kept only by the
+    reward functions' components (length, budget): with a broken environment (every sample an
+    error, reward 0) those would train the policy on shaping terms alone.
+    """
+
+    def informative(g: Scored) -> bool:
+        return not (dynamic_sampling and g.all_equal) and not (env_signal and g.env_all_equal)
+
+    if not dynamic_sampling and not env_signal:
         return list(groups[:needed]), []
-    keep = [g for g in groups if not g.all_equal]
-    drop = [g for g in groups if g.all_equal]
-    return keep[:needed], drop
+    return [g for g in groups if informative(g)][:needed], [g for g in groups if not informative(g)]
 
 
 def fill(groups: list[Scored], dropped: list[Scored], needed: int) -> list[Scored]:

@@ -39,6 +39,7 @@ from align.cluster import LearnerGroup, RolloutGroup, WeightSync, init_ray
 from align.config import LoadedRecipe
 from align.config.schema import RLRecipe
 from align.evaluate import play, standard_modes, summarize
+from align.guards import EnvFailureGuard, NonFiniteGuard
 from align.models import inference_dtype, load_tokenizer
 from align.runlog import Checkpoints, MetricsLog, cut_jsonl, plot_curves
 from envs.registry import make_env
@@ -156,7 +157,7 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
             scored = [score_group(grp, rewards, r.rollout.sampling.max_new_tokens, g) for grp in groups]
             out.time_score_s += time.perf_counter() - t0
             out.all_groups += scored
-            new_kept, new_dropped = select_groups(scored, needed - len(kept), g.dynamic_sampling)
+            new_kept, new_dropped = select_groups(scored, needed - len(kept), g.dynamic_sampling, env_signal=bool(rewards) and not g.keep_reward_only_groups)
             kept += new_kept
             out.dropped += new_dropped
             if len(kept) >= needed:
@@ -174,6 +175,8 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
     depth = g.max_staleness if g.off_policy_overlap else 0
     queue = EngineQueue(threaded=depth > 0, version=start)
     pending: dict[int, Future[StepRollout]] = {}
+    nonfinite = NonFiniteGuard(r.learner.on_nonfinite, r.learner.max_nonfinite_steps, console)
+    env_guard = EnvFailureGuard(g.max_env_error_rate, g.max_env_failing_steps, console)
     try:
         for step in range(start, g.max_steps):
             t_step = time.perf_counter()
@@ -182,6 +185,7 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
                     pending[ahead] = queue.submit(produce, ahead)
             ro = pending.pop(step).result()
             t_wait = time.perf_counter() - t_step
+            env_errors = env_guard.after_rollout(step + 1, [t for grp in ro.all_groups for t in grp.trajectories])
             staleness = step - ro.weights_version
             assert 0 <= staleness <= depth, f"step {step} trained on weights {staleness} updates old (max {depth})"
 
@@ -199,6 +203,7 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
             train_metrics: dict[str, float] = {}
             for _ in range(g.epochs_per_step):
                 train_metrics = learners.train_step(per_rank, objective)
+                nonfinite.after_step(step + 1, train_metrics)
             t_learn = time.perf_counter() - t0
 
             # New weights to the engines, behind any rollout already running on the old ones.
@@ -219,7 +224,7 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
                 f"step {done}/{g.max_steps}  reward {metrics['reward']:.3f}  acc {metrics['accuracy']:.3f}  kept {len(ro.kept)}/{g.prompts_per_step}  "
                 f"rollout {ro.time_rollout_s:.1f}s ({metrics['rollout_tokens_per_s']:.0f} tok/s, waited {t_wait:.1f}s, staleness {staleness})  "
                 f"score {ro.time_score_s:.2f}s  learner {t_learn:.1f}s  sync {t_sync:.2f}s  mismatch_kl {extra['mismatch_kl']:.2e}"
-                + (f"  kl {extra['kl']:.2e}" if "kl" in extra else "")
+                + (f"  kl {extra['kl']:.2e}" if "kl" in extra else "") + f"  {env_errors}"
             )
             if done % g.eval_every_steps == 0 or done == g.max_steps:
                 # On the engine queue, so it sees exactly the weights of this update.
