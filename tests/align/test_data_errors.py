@@ -87,3 +87,17 @@ def test_all_rows_skipped_at_tokenization_names_the_file(tmp_path, tiny_tokenize
 def test_missing_data_file_is_a_user_error(tmp_path) -> None:
     with pytest.raises(DataError, match="data file not found"):
         load_splits(DataConfig(path=str(tmp_path / "nope.jsonl")), "sft", seed=random.Random(0).randint(0, 9))
+
+
+def test_rl_task_files_name_bad_bytes_and_empty_files(tmp_path) -> None:
+    from align.algorithms.rl.tasks import load_tasks
+    from align.config.schema import EnvSpec
+
+    path = tmp_path / "tasks.jsonl"
+    task = {"id": "t0", "prompt": [{"role": "user", "content": "1+1?"}], "answer": "2"}
+    path.write_bytes(json.dumps(task).encode() + b"\n" + b'{"id": "t1", "prompt": "caf\xe9"}\n')
+    with pytest.raises(DataError, match=r"row 1 of .*tasks.jsonl \(line 2\): not UTF-8 text"):
+        load_tasks(EnvSpec(name="math", data_path=str(path)), None, 10, 0, "train")
+    path.write_text("\n")
+    with pytest.raises(DataError, match=r"tasks.jsonl: no tasks in the file \(envs entry 'math', data_path\)"):
+        load_tasks(EnvSpec(name="math", data_path=str(path)), None, 10, 0, "train")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 from typing import Any
 
 from align.config.schema import EnvSpec, RLReasoningConfig
@@ -24,7 +23,11 @@ def load_tasks(spec: EnvSpec, env: Environment, n: int, seed: int, split: str) -
     if spec.data_path is not None:
         from align.data.errors import DataError
 
-        rows = [json.loads(l) for l in Path(spec.data_path).read_text().splitlines() if l.strip()]
+        from align.data.loading import load_rows
+
+        rows = load_rows(spec.data_path)  # names the row and line of bad JSON or bytes that are not UTF-8
+        if not rows:
+            raise DataError(f"{spec.data_path}: no tasks in the file (envs entry '{spec.name}', data_path)")
         tasks = []
         for i, row in enumerate(rows):
             try:
