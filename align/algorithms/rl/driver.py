@@ -40,6 +40,7 @@ from align.config import LoadedRecipe
 from align.config.schema import RLRecipe
 from align.evaluate import play, standard_modes, summarize
 from align.guards import EnvFailureGuard, NonFiniteGuard
+from align.io_checks import disk_errors
 from align.models import inference_dtype, load_tokenizer
 from align.runlog import Checkpoints, MetricsLog, cut_jsonl, plot_curves
 from envs.registry import make_env
@@ -240,7 +241,8 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
     tmp = run_dir / ".final.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    learners.save_hf(str(tmp), tokenizer_path=str(model_path))
+    with disk_errors(run_dir, "the final model"):
+        learners.save_hf(str(tmp), tokenizer_path=str(model_path))
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
