@@ -207,3 +207,10 @@ def test_cross_field_error_names_keys_and_the_override(capsys) -> None:
     assert "grpo.prompts_per_step: set by command-line override 'grpo.prompts_per_step=3'" in err
     assert "learner.micro_batch_size_per_device: set by" in err and "nano3-multienv-tiny.yaml" in err
     assert "grpo.generations_per_prompt" in err and "cluster.num_learners" in err
+
+
+def test_yaml_anchors_and_merge_keys_are_not_duplicates(tmp_path: Path) -> None:
+    path = tmp_path / "anchors.yaml"
+    path.write_text("job: sft\nlearner: &base {lr: 1.0e-3, warmup_steps: 2}\nsft:\n  <<: {max_steps: 5}\n  max_steps: 7\n")
+    r = load_recipe(str(path)).recipe
+    assert (r.learner.lr, r.sft.max_steps) == (1.0e-3, 7)
