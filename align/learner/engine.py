@@ -174,6 +174,8 @@ class Learner:
                 totals[k] = totals.get(k, 0.0) + float(v)
         if grad_norm is None:
             grad_norm = self.engine.get_global_grad_norm()
+            # ZeRO 1-3 skip a step whose grad norm is inf/NaN themselves (not under bf16); they say so here.
+            skipped = bool(getattr(self.engine.optimizer, "overflow", False))
         totals["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
         totals["lr"] = float(self.engine.get_lr()[0])
         totals["nonfinite_skipped"] = float(skipped)
