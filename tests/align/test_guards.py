@@ -62,7 +62,7 @@ def test_groups_kept_only_by_reward_functions_are_dropped_unless_allowed() -> No
     real = Scored([_traj("x", "b", reward=1.0), _traj("x", "b")], [1.1, -0.2])
     assert select_groups([shaped, real], 2, dynamic_sampling=True) == ([shaped, real], [])
     assert select_groups([shaped, real], 2, dynamic_sampling=True, env_signal=True) == ([real], [shaped])
-    assert select_groups([shaped, real], 2, dynamic_sampling=False, env_signal=True) == ([real], [shaped])
+    assert select_groups([shaped, real], 2, dynamic_sampling=False, env_signal=True) == ([shaped, real], [])  # nothing filtered
 
 
 def test_cli_exits_3_when_a_guard_stops_the_run(monkeypatch, capsys) -> None:

@@ -49,18 +49,19 @@ def finalize(group: Scored, cfg: GRPOSettings) -> Scored:
 
 
 def select_groups(groups: Sequence[Scored], needed: int, dynamic_sampling: bool, env_signal: bool = False) -> tuple[list[Scored], list[Scored]]:
-    """(informative groups, dropped groups). Dynamic sampling drops all-equal groups.
+    """(informative groups, dropped groups). Without dynamic sampling all groups are kept.
 
-    ``env_signal`` also drops groups whose environment rewards are all equal, kept only by the
-    reward functions' components (length, budget): with a broken environment (every sample an
-    error, reward 0) those would train the policy on shaping terms alone.
+    Dynamic sampling drops all-equal groups and, with ``env_signal``, groups whose environment
+    rewards are all equal, kept only by the reward functions' components (length, budget): with
+    a broken environment (every sample an error, reward 0) those would train the policy on
+    shaping terms alone.
     """
+    if not dynamic_sampling:
+        return list(groups[:needed]), []
 
     def informative(g: Scored) -> bool:
-        return not (dynamic_sampling and g.all_equal) and not (env_signal and g.env_all_equal)
+        return not g.all_equal and not (env_signal and g.env_all_equal)
 
-    if not dynamic_sampling and not env_signal:
-        return list(groups[:needed]), []
     return [g for g in groups if informative(g)][:needed], [g for g in groups if not informative(g)]
 
 
