@@ -284,7 +284,7 @@ class GRPOSettings(Strict):
     max_staleness: int = Field(1, ge=1)
     max_env_error_rate: float = Field(0.5, ge=0, le=1)  # align/guards.py: warn above this share of failed
     max_env_failing_steps: int = Field(3, ge=1)  # samples; stop after this many such steps in a row (exit 3)
-    keep_reward_only_groups: bool = False  # train on groups whose environment rewards are all equal
+    keep_reward_only_groups: bool = False  # train on groups the environment failed on (see batch.py)
 
 
 class RLReasoningConfig(Strict):

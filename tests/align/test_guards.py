@@ -56,13 +56,15 @@ def test_failing_environment_warns_with_first_error_and_stops_after_k_steps() ->
         guard.after_rollout(4, ok + broken)
 
 
-def test_groups_kept_only_by_reward_functions_are_dropped_unless_allowed() -> None:
-    # Environment rewards all 0 (a broken environment), totals differ only by a length bonus.
-    shaped = Scored([_traj("x", "a"), _traj("x", "a")], [0.1, -0.2])
+def test_groups_kept_only_by_reward_functions_after_env_errors_are_dropped_unless_allowed() -> None:
+    # A broken environment: every sample an error with reward 0; totals differ only by a length bonus.
+    broken = Scored([_traj("x", "a", "RuntimeError: down"), _traj("x", "a", "RuntimeError: down")], [0.1, -0.2])
+    # A healthy environment, both samples correct: the length bonus is the signal on purpose.
+    solved = Scored([_traj("x", "c", reward=1.0), _traj("x", "c", reward=1.0)], [1.1, 0.8])
     real = Scored([_traj("x", "b", reward=1.0), _traj("x", "b")], [1.1, -0.2])
-    assert select_groups([shaped, real], 2, dynamic_sampling=True) == ([shaped, real], [])
-    assert select_groups([shaped, real], 2, dynamic_sampling=True, env_signal=True) == ([real], [shaped])
-    assert select_groups([shaped, real], 2, dynamic_sampling=False, env_signal=True) == ([shaped, real], [])  # nothing filtered
+    assert select_groups([broken, solved, real], 3, dynamic_sampling=True) == ([broken, solved, real], [])
+    assert select_groups([broken, solved, real], 3, dynamic_sampling=True, env_signal=True) == ([solved, real], [broken])
+    assert select_groups([broken, real], 2, dynamic_sampling=False, env_signal=True) == ([broken, real], [])  # nothing filtered
 
 
 def test_cli_exits_3_when_a_guard_stops_the_run(monkeypatch, capsys) -> None:

@@ -30,10 +30,15 @@ class Scored:
         return max(self.rewards) - min(self.rewards) < 1e-9
 
     @property
-    def env_all_equal(self) -> bool:
-        """The environment's own rewards carry no signal (reward functions may still differ)."""
+    def env_failed(self) -> bool:
+        """The environment errored on some samples and its rewards carry no signal across the group.
+
+        Only the reward functions (length, budget) can then tell the samples apart. Healthy groups
+        with equal environment rewards (all correct) keep those components on purpose: that is
+        where budget and length shaping train.
+        """
         env = [float(t.reward) for t in self.trajectories]
-        return max(env) - min(env) < 1e-9
+        return max(env) - min(env) < 1e-9 and any(t.info.get("error") for t in self.trajectories)
 
 
 def finalize(group: Scored, cfg: GRPOSettings) -> Scored:
@@ -51,16 +56,16 @@ def finalize(group: Scored, cfg: GRPOSettings) -> Scored:
 def select_groups(groups: Sequence[Scored], needed: int, dynamic_sampling: bool, env_signal: bool = False) -> tuple[list[Scored], list[Scored]]:
     """(informative groups, dropped groups). Without dynamic sampling all groups are kept.
 
-    Dynamic sampling drops all-equal groups and, with ``env_signal``, groups whose environment
-    rewards are all equal, kept only by the reward functions' components (length, budget): with
-    a broken environment (every sample an error, reward 0) those would train the policy on
-    shaping terms alone.
+    Dynamic sampling drops all-equal groups and, with ``env_signal``, groups where the
+    environment failed (:attr:`Scored.env_failed`), kept only by the reward functions'
+    components: with a broken environment (every sample an error, reward 0) those would train
+    the policy on shaping terms alone.
     """
     if not dynamic_sampling:
         return list(groups[:needed]), []
 
     def informative(g: Scored) -> bool:
-        return not g.all_equal and not (env_signal and g.env_all_equal)
+        return not g.all_equal and not (env_signal and g.env_failed)
 
     return [g for g in groups if informative(g)][:needed], [g for g in groups if not informative(g)]
 
