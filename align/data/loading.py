@@ -131,6 +131,12 @@ def _read(path_or_name: str, split: str | Sequence[str]) -> tuple[list[Any], lis
     return _read_with_datasets(path_or_name, split), None
 
 
+def read_rows(path_or_name: str, split: str | Sequence[str] = "train") -> tuple[list[Any], list[int | None] | None]:
+    """Raw rows as read (``InvalidJson`` for a line that does not parse) and, for JSONL, each row's
+    line number: for callers that run their own per-row conversion through :func:`check_rows`."""
+    return _read(path_or_name, split)
+
+
 def load_rows(path_or_name: str, split: str | Sequence[str] = "train") -> list[dict[str, Any]]:
     """Every row of a file, folder or hub dataset, as dicts; raise :class:`DataError` on a non-object row.
 

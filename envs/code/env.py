@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from envs.base import Message, SelfCheck, StepResult, Task
 from envs.code import generate
-from envs.code.harness import build_runs, corrupt_program, count_passed, extract_code
+from envs.code.harness import build_runs, corrupt_program, count_passed, extract_code, failure_reason
 from envs.code.sandbox import SandboxConfig, SandboxPool, SandboxResult, shared_pool
 
 
@@ -57,7 +57,8 @@ class CodeEnv:
         if not tests:
             raise ValueError(f"task {task.id}: meta['tests'] is missing; a code task needs tests to be scored")
         if code is None:
-            return StepResult(reward=0.0, done=True, correct=False, info={"status": "no_code", "passed": 0, "total": _total(tests)})
+            info = {"status": "no_code", "passed": 0, "total": _total(tests), "reason": "no code in the answer"}
+            return StepResult(reward=0.0, done=True, correct=False, info=info)
         return await self.score_code(code, tests)
 
     async def score_code(self, code: str, tests: dict[str, Any]) -> StepResult:
@@ -75,14 +76,18 @@ class CodeEnv:
             "total": total,
             "wall_s": round(max((r.wall_s for r in results), default=0.0), 4),
         }
+        info["reason"] = f"passed {passed}/{total} tests"
         if failing is not None:
             info["stderr"] = failing.stderr[-1000:]
+            info["reason"] += "; " + failure_reason(tests, failing.status, failing.stderr)
         return StepResult(reward=reward, done=True, correct=correct, info=info)
 
     def generate(self, n: int, seed: int) -> list[Task]:
         return generate.tiny_tasks(n, seed)
 
     def demonstrate(self, task: Task) -> list[Message]:
+        if task.answer is None:
+            raise ValueError(f"task {task.id}: no reference program to demonstrate")
         think = task.meta.get("think", "write the function")
         return [{"role": "assistant", "content": generate.render(think, str(task.answer))}]
 

@@ -129,6 +129,28 @@ def count_passed(run: Run, status: str, stdout: str) -> int:
     return min(len(passed), run.n_tests)
 
 
+_FAILED_RE = re.compile(r"^test (\d+) failed: (.*)$", re.MULTILINE)
+
+
+def failure_reason(tests: dict[str, Any], status: str, stderr: str) -> str:
+    """The first failing test in words: the assert line and its error, else the error's last line.
+
+    >>> failure_reason({"kind": "asserts", "asserts": ["assert f(1) == 2"]}, "ok", "test 0 failed: AssertionError: ")
+    'assert f(1) == 2 failed (AssertionError)'
+    """
+    m = _FAILED_RE.search(stderr)
+    if m and tests.get("kind") == "asserts" and int(m.group(1)) < len(tests.get("asserts", [])):
+        return f"{tests['asserts'][int(m.group(1))]} failed ({m.group(2).strip().rstrip(':')})"
+    last = next((line.strip() for line in reversed(stderr.splitlines()) if line.strip()), "")
+    if last:
+        return f"{status}: {last}"
+    if status != "ok":
+        return status
+    if tests.get("kind") == "io":
+        return "wrong output on a stdin/stdout case"
+    return "the tests did not report (the program exited before they ran)"
+
+
 def corrupt_program(code: str, entry_point: str) -> str:
     """``code`` with ``entry_point`` wrapped to return a wrong value of the same kind.
 

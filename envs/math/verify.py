@@ -1,20 +1,23 @@
-"""Final-answer extraction and answer equivalence for math.
+"""Grading a math completion against a gold answer: final-answer extraction and equivalence.
 
-``extract_answer`` finds the final answer in a response: the last ``\\boxed{...}`` (nested
-braces allowed), else "the answer is X", else the last number. ``is_equivalent`` decides whether
-an extracted answer means the same as the gold one, in two tiers:
+:func:`grade` takes a whole completion: the answer is looked for only outside the thinking,
+the last box wins, and otherwise math-verify's extraction reads the free text (the rules are in
+:mod:`envs.math.extract`). :func:`compare` / :func:`is_equivalent` take an answer that is
+already extracted. Both decide in one of two tiers:
 
 * a fast path, in-process and exact, for plain numbers: integers, decimals, thousands
-  separators, fractions (``3/4``, ``\\frac{3}{4}``), percentages, ``x = 5`` and a trailing unit
-  word. Numbers are compared as :class:`fractions.Fraction` after rounding to 6 decimals (math-
+  separators (the comma rule in :mod:`envs.math.extract`: ``1,000`` yes, ``0,111`` never),
+  fractions (``3/4``, ``\\frac{3}{4}``), percentages, ``x = 5`` and a trailing unit word.
+  Numbers are compared as :class:`fractions.Fraction` after rounding to 6 decimals (math-
   verify's default ``float_rounding``), so ``0.333333`` matches ``1/3`` but ``0.33`` does not; a
-  gold percentage ``p%`` matches ``p`` and ``p/100`` as in math-verify.
-* everything else (expressions, intervals, sets, equations, LaTeX units) goes to math-verify
-  and sympy in a small pool of worker processes. math-verify's own timeouts use
-  ``signal.alarm`` and only work on the main thread, so they are switched off and the pool
-  enforces the per-answer timeout instead: a worker that runs over is killed and replaced. That
-  works from any thread (the rollout layer awaits ``step`` from an event loop, possibly inside
-  a Ray actor) and really stops a runaway simplification, which a thread could not.
+  gold percentage ``p%`` matches ``p`` and ``p/100`` as in math-verify. A completion takes this
+  path when its last box, or its whole final text, is a plain number and so is the gold.
+* everything else (free text, expressions, intervals, sets, equations, LaTeX units, multiple
+  choice) goes to math-verify and sympy in a small pool of worker processes. math-verify's own
+  timeouts use ``signal.alarm`` and only work on the main thread, so they are switched off and
+  the pool enforces the per-answer timeout instead: a worker that runs over is killed and
+  replaced. That works from any thread (the rollout layer awaits ``step`` from an event loop,
+  possibly inside a Ray actor) and really stops a runaway simplification, which a thread could not.
 
 Limits: a timed-out comparison counts as not equivalent. A worker (a child Python process)
 costs a process start and a math-verify import (about a second) the first time, and again
@@ -38,63 +41,13 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Literal
 
+from envs.math.extract import as_latex, boxes, final_text, last_box, mv_grade, said_number
+
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 5.0
 _WORKER_START_TIMEOUT_S = 120.0
 _WORKER_MEMORY_MB = 2048
-
-# ---------------------------------------------------------------------------- extraction
-
-_BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_BOX_BARE_RE = re.compile(r"\\boxed\s+([^\s$]+)")
-_ANSWER_IS_RE = re.compile(r"answer\s*(?:is|:|=)\s*:?\s*(.+?)\s*(?:\.\s|\.?$|\n)", re.IGNORECASE | re.MULTILINE)
-_NUMBER_IN_TEXT_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?%?|-?\.\d+%?")
-
-
-def _boxes(text: str) -> list[tuple[int, int, str]]:
-    """(start, end, stripped contents) of every closed ``\\boxed{...}``; unclosed ones are skipped."""
-    out = []
-    for m in _BOX_RE.finditer(text):
-        depth, i = 1, m.end()
-        while i < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            i += 1
-        if depth == 0:
-            out.append((m.start(), i, text[m.end() : i - 1].strip()))
-    return out
-
-
-def extract_answer(text: str) -> str | None:
-    r"""The final answer in ``text``, or None when there is none.
-
-    >>> extract_answer(r"so x = 3, hence \boxed{\frac{1}{2}}")
-    '\\frac{1}{2}'
-    >>> extract_answer(r"\boxed{\{1, \{2\}\}} then \boxed{68}")
-    '68'
-    >>> extract_answer("The answer is 12.5.")
-    '12.5'
-    >>> extract_answer("I got 3 apples and then 1,250 more")
-    '1,250'
-    >>> extract_answer("no idea") is None
-    True
-    """
-    boxed = _boxes(text)
-    if boxed:
-        return boxed[-1][2]
-    bare = _BOX_BARE_RE.findall(text)
-    if bare:
-        return bare[-1]
-    said = _ANSWER_IS_RE.findall(text)
-    if said:
-        ans = said[-1].strip().strip("$").strip()
-        if ans:
-            return ans
-    numbers = _NUMBER_IN_TEXT_RE.findall(text)
-    if numbers:
-        return numbers[-1].rstrip(",")
-    return None
-
 
 # ---------------------------------------------------------------------------- fast path
 
@@ -103,7 +56,7 @@ _TEXT_UNIT_RE = re.compile(r"\\(?:text|mbox|mathrm)\{\s*[A-Za-z ]*\}\s*$")
 _ASSIGN_RE = re.compile(r"^[A-Za-z]\s*=\s*(.+)$")
 _PERCENT_RE = re.compile(r"\s*(?:\\%|%|\s+percent)$")
 _UNIT_WORD_RE = re.compile(r"(?<=\d)\s+[A-Za-z]+\.?$|(?<=\d)(?:cm|mm|km|kg|mg|ml|m|g|s|h|min|sec|hrs?|ft|in|lbs?)$")
-_DEC = r"[-+]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d{1,3})?"
+_DEC = r"[-+]?(?:(?:[1-9]\d{0,2}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d{1,3})?"
 # Longer strings go to the worker pool, where a timeout bounds the cost of huge numbers.
 _MAX_PLAIN_CHARS = 200
 _DEC_RE = re.compile(rf"^(?:{_DEC})$")
@@ -128,7 +81,7 @@ def plain_number(text: str) -> PlainNumber | None:
     if len(text) > _MAX_PLAIN_CHARS:
         return None
     s = _LATEX_NOISE_RE.sub("", text).replace("{,}", ",").strip()
-    boxed = _boxes(s)
+    boxed = boxes(s)
     if boxed and boxed[0][0] == 0 and boxed[0][1] == len(s):
         s = boxed[0][2]
     m = _ASSIGN_RE.match(s)
@@ -168,23 +121,6 @@ def _numbers_equal(pred: PlainNumber, gold: PlainNumber) -> bool:
 # ---------------------------------------------------------------------------- math-verify workers
 
 
-def _as_latex(answer: str) -> str:
-    s = answer.strip()
-    if "\\boxed" in s or s.startswith("$"):
-        return s
-    return "\\boxed{" + s + "}"
-
-
-def _math_verify(pred: str, gold: str) -> bool:
-    from math_verify import parse, verify
-
-    gold_parsed = parse(_as_latex(gold), parsing_timeout=None)
-    pred_parsed = parse(_as_latex(pred), parsing_timeout=None)
-    if not gold_parsed or not pred_parsed:
-        return False
-    return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))
-
-
 def serve_stdio() -> None:
     """Worker loop: one JSON request per stdin line, one JSON verdict per stdout line.
 
@@ -202,9 +138,10 @@ def serve_stdio() -> None:
     for line in sys.stdin:
         req = json.loads(line)
         try:
-            reply = {"equal": _math_verify(req["pred"], req["gold"]), "error": None}
+            equal, extracted, note = mv_grade(req["text"], req["gold"])
+            reply = {"equal": equal, "extracted": extracted, "note": note, "error": None}
         except Exception as e:  # noqa: BLE001 - sympy raises a zoo of exception types
-            reply = {"equal": False, "error": f"{type(e).__name__}: {e}"}
+            reply = {"equal": False, "extracted": None, "note": None, "error": f"{type(e).__name__}: {e}"}
         print(json.dumps(reply), flush=True)
 
 
@@ -236,16 +173,15 @@ class _Worker:
         line = self.proc.stdout.readline() if ready else ""
         return json.loads(line) if line else None
 
-    def ask(self, pred: str, gold: str, timeout_s: float) -> tuple[bool, str | None] | None:
-        """The verdict and any error, or None when the worker ran over ``timeout_s`` or died."""
+    def ask(self, text: str, gold: str | None, timeout_s: float) -> dict | None:
+        """The worker's reply, or None when it ran over ``timeout_s`` or died."""
         assert self.proc.stdin is not None
         try:
-            self.proc.stdin.write(json.dumps({"pred": pred, "gold": gold}) + "\n")
+            self.proc.stdin.write(json.dumps({"text": text, "gold": gold}) + "\n")
             self.proc.stdin.flush()
-            reply = self._read(timeout_s)
+            return self._read(timeout_s)
         except (OSError, ValueError):
             return None
-        return None if reply is None else (bool(reply["equal"]), reply["error"])
 
     def kill(self) -> None:
         self.proc.kill()
@@ -293,25 +229,27 @@ class VerifierPool:
             except queue.Empty:
                 continue
 
-    def compare(self, pred: str, gold: str, timeout_s: float) -> Verdict:
+    def grade(self, text: str, gold: str | None, timeout_s: float) -> Verdict:
+        """math-verify's verdict on a final text (see :func:`envs.math.extract.mv_grade`)."""
         worker = self._take()
         if worker is None:
             try:
-                return Verdict(_math_verify(pred, gold), "math_verify")
+                equal, extracted, note = mv_grade(text, gold)
+                return Verdict(equal, extracted, "math_verify", note=note)
             except Exception as e:  # noqa: BLE001
-                return Verdict(False, "error", f"{type(e).__name__}: {e}")
-        answer = worker.ask(pred, gold, timeout_s)
+                return Verdict(False, None, "error", f"{type(e).__name__}: {e}")
+        answer = worker.ask(text, gold, timeout_s)
         if answer is None:
             exit_code = worker.proc.poll()
             worker.kill()
             with self._lock:
                 self._started -= 1
             if exit_code is not None:
-                return Verdict(False, "error", f"math-verify worker died (exit code {exit_code})")
-            return Verdict(False, "timeout", f"math-verify ran over {timeout_s:g}s")
+                return Verdict(False, None, "error", f"math-verify worker died (exit code {exit_code})")
+            return Verdict(False, None, "timeout", f"math-verify ran over {timeout_s:g}s")
         self._idle.put(worker)
-        equal, error = answer
-        return Verdict(equal, "error" if error else "math_verify", error)
+        error = answer["error"]
+        return Verdict(bool(answer["equal"]), answer["extracted"], "error" if error else "math_verify", error, answer["note"])
 
     def close(self) -> None:
         while True:
@@ -329,20 +267,35 @@ atexit.register(_POOL.close)
 
 @dataclass(frozen=True)
 class Verdict:
-    """Whether two answers are equivalent, and which tier decided (for logs and benchmarks)."""
+    """Whether an answer equals the gold one, the answer that was used, and the tier that decided."""
 
     equal: bool
+    extracted: str | None
     method: Literal["fast", "math_verify", "timeout", "error", "no_answer"]
     error: str | None = None
+    note: str | None = None  # why an extracted answer was refused
+
+    @property
+    def reason(self) -> str:
+        """One line for a person debugging a reward."""
+        if self.method == "no_answer":
+            return "no final answer outside the thinking"
+        if self.method in ("timeout", "error"):
+            return f"{self.method}: {self.error}"
+        if self.extracted is None:
+            return "math-verify found no answer in the final text"
+        if self.note:
+            return f"answer {self.extracted!r} refused: {self.note}"
+        return f"answer {self.extracted!r} {'equals' if self.equal else 'differs from'} the gold answer ({self.method})"
 
 
 def fast_compare(prediction: str | None, gold: str) -> Verdict | None:
     """The verdict when it needs no math-verify (no answer, or two plain numbers), else None."""
     if prediction is None or not prediction.strip():
-        return Verdict(False, "no_answer")
+        return Verdict(False, None, "no_answer")
     p, g = plain_number(prediction), plain_number(str(gold))
     if p is not None and g is not None:
-        return Verdict(_numbers_equal(p, g), "fast")
+        return Verdict(_numbers_equal(p, g), prediction.strip(), "fast")
     return None
 
 
@@ -352,9 +305,53 @@ def compare(prediction: str | None, gold: str, timeout_s: float = DEFAULT_TIMEOU
     Blocks for up to ``timeout_s`` (plus a worker start on first use) on the math-verify tier;
     async callers should run it in a thread after trying :func:`fast_compare`.
     """
-    return fast_compare(prediction, gold) or _POOL.compare(str(prediction), str(gold), timeout_s)
+    return fast_compare(prediction, gold) or _POOL.grade(as_latex(str(prediction)), str(gold), timeout_s)
 
 
+def fast_grade(completion: str, gold: str) -> Verdict | None:
+    """:func:`grade` when the fast path can decide it (no answer, plain numbers), else None."""
+    text = final_text(completion)
+    if not text:
+        return Verdict(False, None, "no_answer")
+    box = last_box(text)
+    if box is not None:
+        return fast_compare(box, gold)
+    said = said_number(text)  # before plain_number(text): cheaper, and they never both match
+    return fast_compare(text if said is None else said, gold)
+
+
+def grade(completion: str, gold: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Verdict:
+    r"""Whether a whole completion's final answer equals ``gold``, and the answer it used.
+
+    Blocks like :func:`compare`; async callers try :func:`fast_grade` first.
+
+    >>> grade(r"<think>so \boxed{4}</think>Hence \boxed{5}.", "5").equal, grade("<think>it is 5", "5").method
+    (True, 'no_answer')
+    """
+    return fast_grade(completion, gold) or _POOL.grade(final_text(completion), str(gold), timeout_s)
+
+
+def extract_answer(completion: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> str | None:
+    r"""The final answer of a completion (as :func:`grade` reads it), or None when there is none.
+
+    >>> extract_answer(r"<think>\boxed{1}</think>first \boxed{2} then \boxed{\frac{1}{2}}")
+    '\\frac{1}{2}'
+    >>> extract_answer("AZYUK2A"), extract_answer("The answer is 2x + 1")
+    (None, None)
+    """
+    text = final_text(completion)
+    if not text:
+        return None
+    box = last_box(text)
+    if box is not None:
+        return box
+    if plain_number(text) is not None:
+        return text
+    said = said_number(text)
+    if said is not None:
+        return said
+    verdict = _POOL.grade(text, None, timeout_s)
+    return None if verdict.note else verdict.extracted
 def is_equivalent(prediction: str, gold: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
     r"""Whether the answer ``prediction`` means the same as ``gold`` (not symmetric: gold is the reference).
 

@@ -11,25 +11,28 @@ numbers, text case-insensitively); ``well_formed`` is the share of the episode's
 parsed and named an available tool with the right arguments (0 when a tool-requiring task got
 no call at all). ``reward = correct_weight * correct + format_weight * well_formed``.
 
+Public function-calling data (``envs/tool_use/dataset.py``: OpenAI tool schemas and a
+ground-truth call or answer) is scored in one turn by :mod:`envs.tool_use.function_calling`.
+
 The chat template wraps tool messages in ``<tool_response>``; this env returns plain content.
 """
 
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Awaitable
-from fractions import Fraction
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
 
 from align.reasoning import split_thinking
 from envs.base import Message, SelfCheck, StepResult, Task
-from envs.tool_use import generate
+from envs.tool_use import function_calling, generate
 from envs.tool_use.tools import (
     TOOL_ARGS,
     ToolCall,
+    answers_match,
+    extract_boxed,
     format_call,
     has_tool_call,
     parse_tool_calls,
@@ -79,11 +82,15 @@ class ToolUseEnv:
 
     def reset(self, task: Task) -> list[Message]:
         messages = [dict(m) for m in task.prompt]
+        if "functions" in task.meta:  # public function-calling data: the prompt already lists the tools
+            return messages
         first_user = next(i for i, m in enumerate(messages) if m["role"] == "user")
         messages[first_user]["content"] = tools_line(_tools(task)) + "\n" + messages[first_user]["content"]
         return messages
 
     async def step(self, task: Task, history: list[Message], action: str) -> StepResult:
+        if "functions" in task.meta:
+            return function_calling.score_turn(task, action)
         tools = _tools(task)
         turn = 1 + sum(1 for m in history if m["role"] == "assistant")
         earlier = [c for m in history if m["role"] == "assistant" for c in self._calls(m["content"], tools)]
@@ -132,6 +139,8 @@ class ToolUseEnv:
         return generate.tiny_tasks(n, seed, self.params.kinds)
 
     def demonstrate(self, task: Task) -> list[Message]:
+        if "functions" in task.meta:
+            return function_calling.reference_turn(task)
         name, args = task.meta["call"]["name"], task.meta["call"]["arguments"]
         result = str(task.answer) if name == "python" else run_tool(task, ToolCall(name, args))
         return _episode(task.meta.get("think", "use the tool"), format_call(name, args), result, str(task.answer))
@@ -207,49 +216,3 @@ def _episode(think: str, call_text: str, result: str, answer: str) -> list[Messa
 
 def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-_BOXED = "\\boxed{"
-
-
-def extract_boxed(text: str) -> str | None:
-    """The content of the last ``\\boxed{...}`` (nested braces allowed), or None.
-
-    >>> extract_boxed("so \\\\boxed{1517}"), extract_boxed("\\\\boxed{\\\\frac{1}{2}}"), extract_boxed("1517")
-    ('1517', '\\\\frac{1}{2}', None)
-    """
-    start = text.rfind(_BOXED)
-    if start < 0:
-        return None
-    depth, i = 1, start + len(_BOXED)
-    for j in range(i, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i:j].strip()
-    return None
-
-
-_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$|^[+-]?\d+/\d+$")
-
-
-def answers_match(prediction: str, gold: str) -> bool:
-    """Numbers compare as numbers (``1517.0`` = ``1517``, ``1,517`` = ``1517``, ``3/2`` = ``1.5``);
-    anything else compares case-insensitively with spaces collapsed. Deliberately small: the
-    tiny world's answers are integers, short decimals and names.
-
-    >>> answers_match("1,517", "1517"), answers_match(" paris", "Paris"), answers_match("3", "4")
-    (True, True, False)
-    """
-
-    def norm(s: str) -> str:
-        return " ".join(s.strip().strip("$").split()).casefold()
-
-    p, g = norm(prediction), norm(gold)
-    pn, gn = p.replace(",", ""), g.replace(",", "")
-    if _NUMBER.match(pn) and _NUMBER.match(gn):
-        a, b = Fraction(pn), Fraction(gn)
-        return a == b or abs(a - b) <= Fraction(1, 10**9) * max(Fraction(1), abs(b))
-    return p == g

@@ -22,6 +22,7 @@ import operator
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 from align.reasoning import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
@@ -176,3 +177,52 @@ def run_lookup(table: dict[str, str], key: str) -> str:
         if k.casefold() == wanted:
             return str(v)
     return f"not found: {key}"
+
+
+# ------------------------------------------------------------------------------------------
+# final answers
+
+_BOXED = "\\boxed{"
+
+
+def extract_boxed(text: str) -> str | None:
+    """The content of the last ``\\boxed{...}`` (nested braces allowed), or None.
+
+    >>> extract_boxed("so \\\\boxed{1517}"), extract_boxed("\\\\boxed{\\\\frac{1}{2}}"), extract_boxed("1517")
+    ('1517', '\\\\frac{1}{2}', None)
+    """
+    start = text.rfind(_BOXED)
+    if start < 0:
+        return None
+    depth, i = 1, start + len(_BOXED)
+    for j in range(i, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i:j].strip()
+    return None
+
+
+_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$|^[+-]?\d+/\d+$")
+
+
+def answers_match(prediction: str, gold: str) -> bool:
+    """Numbers compare as numbers (``1517.0`` = ``1517``, ``1,517`` = ``1517``, ``3/2`` = ``1.5``);
+    anything else compares case-insensitively with spaces collapsed. Deliberately small: the
+    tiny world's answers are integers, short decimals and names.
+
+    >>> answers_match("1,517", "1517"), answers_match(" paris", "Paris"), answers_match("3", "4")
+    (True, True, False)
+    """
+
+    def norm(s: str) -> str:
+        return " ".join(s.strip().strip("$").split()).casefold()
+
+    p, g = norm(prediction), norm(gold)
+    pn, gn = p.replace(",", ""), g.replace(",", "")
+    if _NUMBER.match(pn) and _NUMBER.match(gn):
+        a, b = Fraction(pn), Fraction(gn)
+        return a == b or abs(a - b) <= Fraction(1, 10**9) * max(Fraction(1), abs(b))
+    return p == g

@@ -99,5 +99,5 @@ def test_rl_task_files_name_bad_bytes_and_empty_files(tmp_path) -> None:
     with pytest.raises(DataError, match=r"row 1 of .*tasks.jsonl \(line 2\): not UTF-8 text"):
         load_tasks(EnvSpec(name="math", data_path=str(path)), None, 10, 0, "train")
     path.write_text("\n")
-    with pytest.raises(DataError, match=r"tasks.jsonl: no tasks in the file \(envs entry 'math', data_path\)"):
+    with pytest.raises(DataError, match=r"tasks.jsonl: no usable tasks \(envs entry 'math', data_path"):
         load_tasks(EnvSpec(name="math", data_path=str(path)), None, 10, 0, "train")

@@ -58,6 +58,30 @@ def test_one_full_rl_step_in_process(tmp_path: Path) -> None:
     assert (tmp_path / "final" / "config.json").is_file()
 
 
+def test_rl_on_public_format_data_paths_in_process(tmp_path: Path) -> None:
+    """Two environments read shipped example files in public formats (GSM8K-style math with a
+    column mapping, IFEval-style instructions) through ``envs[].data_path``; one full step."""
+    math_file = tmp_path / "gsm8k_renamed.jsonl"
+    rows = [json.loads(l) for l in (ROOT / "envs/math/data/gsm8k_style.jsonl").read_text().splitlines()]
+    math_file.write_text("".join(json.dumps({"q": r["question"], "answer": r["answer"]}) + "\n" for r in rows))
+    ifeval = ROOT / "envs/instruction_following/data/ifeval_style.jsonl"
+    envs = (f"envs=[{{name: math, data_path: '{math_file}', columns: {{prompt: q}}, num_eval: 1}}, "
+            f"{{name: instruction_following, data_path: '{ifeval}', num_eval: 1}}]")  # fmt: skip
+    args = [*QUICK, envs, "grpo.dynamic_sampling=false", "grpo.overlong_filtering=false", "grpo.max_steps=1", "grpo.eval_every_steps=1",
+            f"output_dir={tmp_path / 'run'}"]  # every group trains, so the step has a gradient
+    proc = subprocess.run([sys.executable, "-c", IN_PROCESS, *args], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    step = _records(tmp_path / "run", "train")[1]
+    assert {"math/reward", "instruction_following/reward"} <= set(step) and step["grad_norm"] > 0
+    samples = [json.loads(l) for l in (tmp_path / "run" / "trajectories.jsonl").read_text().splitlines()]
+    ids = {s["env"]: set() for s in samples}
+    for s in samples:
+        ids[s["env"]].add(s["task"])
+    # Only the files' rows were used: GSM8K rows get ids by position, IFEval rows keep their keys.
+    assert ids["math"] <= {f"math-{i}" for i in range(5)} and ids["instruction_following"] <= {str(k) for k in range(1001, 1006)}
+    assert ids["math"] and ids["instruction_following"]
+
+
 def test_kl_and_off_policy_overlap_in_process(tmp_path: Path) -> None:
     """KL to a separate frozen reference and one-step overlap in one run, checkpointed every step.
     Groups are not filtered, so every step's KL is measured on all 16 trajectories. (Resuming an

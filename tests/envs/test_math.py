@@ -192,16 +192,22 @@ EXTRACTION = [
     ("The answer is 12.", "12"),
     ("The answer is 12.5.", "12.5"),
     ("the answer is: $\\frac{3}{4}$", "\\frac{3}{4}"),
-    ("Answer: x = 5", "x = 5"),
+    ("Answer: x = 5", "5"),
     ("I think 3, no wait, 4", "4"),
-    ("we have 1,250 apples", "1,250"),
+    ("we have 1,250 apples", "1250"),  # math-verify's normal form
     ("the result is -7 degrees", "-7"),
     ("3/4 of it", "3/4"),
-    ("maybe 50%", "50%"),
+    ("maybe 50%", "50"),  # the value is 50/100; the string drops the sign
     ("\\boxed{unclosed", None),
-    ("truncated \\boxed{12", "12"),
+    ("truncated \\boxed{12", None),  # an unclosed box is no answer
     ("nothing here", None),
     ("", None),
+    ("<think>\\boxed{4}</think>so \\boxed{5}", "5"),
+    ("<think>it is 4</think>", None),
+    ("AZYUK2A", None),
+    ("The answer is 2x + 1", None),
+    ("$\\frac{1+\\sqrt5}{2}$", "\\frac{1+\\sqrt{5}}{2}"),
+    ("The answer is 0,111", "0.111"),  # a comma that is no thousands separator is a decimal comma
 ]
 
 

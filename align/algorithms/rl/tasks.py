@@ -13,31 +13,23 @@ import random
 from typing import Any
 
 from align.config.schema import EnvSpec, RLReasoningConfig
+from align.data.errors import DataError
 from align.data.generated import split_counts
 from align.reasoning import ReasoningMode
 from envs.base import Environment, Task
+from envs.public_data import load_env_tasks, split_tasks
 
 
 def load_tasks(spec: EnvSpec, env: Environment, n: int, seed: int, split: str) -> list[Task]:
-    """``n`` tasks: from ``spec.data_path`` (JSONL of Task dicts) or the environment's generator."""
+    """``n`` tasks: from ``spec.data_path`` (any format of :mod:`envs.public_data`) or the environment's generator."""
     if spec.data_path is not None:
-        from align.data.errors import DataError
-
-        from align.data.loading import load_rows
-
-        rows = load_rows(spec.data_path)  # names the row and line of bad JSON or bytes that are not UTF-8
-        if not rows:
-            raise DataError(f"{spec.data_path}: no tasks in the file (envs entry '{spec.name}', data_path)")
-        tasks = []
-        for i, row in enumerate(rows):
-            try:
-                tasks.append(Task.from_dict({**row, "env": spec.name}))
-            except (KeyError, TypeError) as e:
-                raise DataError(f"not a task ({e}); rows need id, prompt and answer", index=i, source=spec.data_path) from None
-        rng = random.Random(f"split:{seed}:{spec.name}")
-        rng.shuffle(tasks)
-        n_eval = min(spec.num_eval, len(tasks) // 5)
-        return tasks[:n_eval] if split == "eval" else tasks[n_eval:]
+        tasks, skipped = load_env_tasks(spec.name, spec.data_path, spec.columns, spec.on_bad_row)
+        if not tasks:
+            raise DataError(f"{spec.data_path}: no usable tasks (envs entry '{spec.name}', data_path; {skipped} bad rows skipped)")
+        if skipped and split == "train":
+            print(f"{spec.name}: skipped {skipped} bad row(s) of {spec.data_path} (on_bad_row=skip)")
+        train, evals = split_tasks(tasks, spec.num_eval, seed, spec.name)
+        return evals if split == "eval" else train
     # Train and eval streams come from different seeds; eval prompts seen in train are dropped.
     if split == "train":
         return env.generate(n, seed)
