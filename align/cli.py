@@ -10,16 +10,19 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 
 from align.algorithms.jobs import STAGE_JOBS, JobFn
 from align.config import LoadedRecipe, dump_recipe, list_recipes, load_recipe
-from align.errors import AlignError
+from align.errors import AlignError, RunStopped
+from align.io_checks import check_output_dir
 from align.learner.ds_build import check_lock, use_align_cache
 
 EXIT_BAD_INPUT = 2
+EXIT_STOPPED = 3  # a guard stopped a running job (align/guards.py)
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -111,6 +114,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _run_job(args: argparse.Namespace) -> int:
     loaded = load_recipe(args.recipe, args.overrides, job=args.command)
+    check_output_dir(Path(loaded.recipe.output_dir))  # before Ray, learners or engines start
     cluster = getattr(loaded.recipe, "cluster", None)
     if cluster is None or not cluster.gpus_per_learner:
         check_lock()  # a stale DeepSpeed build lock would hang CPU learners forever: refuse it now
@@ -139,6 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AlignError as e:
         err.print("[bold red]error:[/]", escape(str(e)))
         return EXIT_BAD_INPUT
+    except RunStopped as e:
+        err.print("[bold red]run stopped:[/]", escape(str(e)))
+        return EXIT_STOPPED
 
 
 def entry() -> None:

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from align.io_checks import disk_errors
+
 LATEST = "latest"
 
 
@@ -55,9 +57,16 @@ class Checkpoints:
         tmp = self.root / f".tmp_{name}"
         if tmp.exists():
             shutil.rmtree(tmp)
-        tmp.mkdir()
-        write(tmp)
-        write_json_atomic(tmp / "state.json", {"step": step, **state})
+        prev = self.latest()
+        holds = f"The checkpoint before it ({prev}) is intact; --resume starts there." if prev else ""
+        try:
+            with disk_errors(self.root, f"checkpoint {name}", after=holds):
+                tmp.mkdir()
+                write(tmp)
+                write_json_atomic(tmp / "state.json", {"step": step, **state})
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # after disk_errors measured the free space
+            raise
         final = self.root / name
         if final.exists():
             shutil.rmtree(final)
@@ -77,17 +86,36 @@ class Checkpoints:
             shutil.rmtree(stale, ignore_errors=True)
 
 
+def cut_jsonl(path: Path, step: int) -> None:
+    """Drop the records of a per-step JSONL log past ``step`` (the checkpoint a run resumes from).
+
+    Those steps run again after the resume and write their records again. A last line cut by a
+    kill mid-write is dropped too. Written to a temporary file and renamed, like checkpoints.
+    """
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("step", 0) <= step:
+            kept.append(line)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text("".join(l + "\n" for l in kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
 class MetricsLog:
     """Appends one JSON object per record to ``metrics.jsonl`` and mirrors scalars to TensorBoard."""
 
     def __init__(self, run_dir: Path, resume_from_step: int | None = None) -> None:
         self.path = run_dir / "metrics.jsonl"
         run_dir.mkdir(parents=True, exist_ok=True)
-        if resume_from_step is not None and self.path.exists():
-            # Drop records past the checkpoint we resume from: they will be produced again.
-            kept = [l for l in self.path.read_text().splitlines() if l and json.loads(l).get("step", 0) <= resume_from_step]
-            self.path.write_text("".join(l + "\n" for l in kept))
-        elif resume_from_step is None and self.path.exists():
+        if resume_from_step is not None:
+            cut_jsonl(self.path, resume_from_step)
+        elif self.path.exists():
             self.path.unlink()
         self._file = open(self.path, "a")
         from torch.utils.tensorboard import SummaryWriter

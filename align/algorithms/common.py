@@ -25,6 +25,8 @@ from align.config.schema import ClusterConfig, LearnerConfig
 from align.data import BatchPlan, PreparedData, RowKind, iter_texts, load_splits, pad_batch, prepare_data, shard_batch
 from align.data.tokenize import example_lengths
 from align.errors import AlignError
+from align.guards import NonFiniteGuard
+from align.io_checks import disk_errors
 from align.learner.engine import MicroBatch, Objective
 from align.learner.objectives import AdaptersOff
 from align.models import load_tokenizer, prepare_initial_checkpoint
@@ -230,6 +232,7 @@ def train_loop(
     log = MetricsLog(job.run_dir, resume_from_step=start if state is not None else None)
     log.log(start, "data", {k: float(v) for k, v in job.stats.items()})
     pad_id = job.tokenizer.pad_token_id
+    nonfinite = NonFiniteGuard(r.learner.on_nonfinite, r.learner.max_nonfinite_steps, console)
     step_times: list[float] = []
     tokens_seen = 0
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -250,6 +253,7 @@ def train_loop(
             if add_to_batch:
                 add_to_batch(group, per_rank)
             metrics = summarize(group.train_step(per_rank, objective))
+            nonfinite.after_step(step + 1, metrics)
             dt = time.perf_counter() - t0
             tokens = sum(float(v.sum()) for rank in per_rank for mb in rank for k, v in mb.items() if k.endswith("attention_mask"))
             tokens_seen += int(tokens)
@@ -306,9 +310,10 @@ def publish_hf(run_dir: Path, group: LearnerGroup, tokenizer_path: Path, before_
     tmp = run_dir / ".final.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    group.save_hf(str(tmp), tokenizer_path=str(tokenizer_path))
-    if before_publish:
-        before_publish(tmp)
+    with disk_errors(run_dir, "the final model"):
+        group.save_hf(str(tmp), tokenizer_path=str(tokenizer_path))
+        if before_publish:
+            before_publish(tmp)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

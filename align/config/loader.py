@@ -7,7 +7,9 @@ touches the filesystem beyond reading recipes, so a bad recipe never creates an 
 
 from __future__ import annotations
 
+import copy
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from align.config.checks import check_recipe
 from align.config.schema import RECIPE_MODELS, Recipe
 from align.errors import AlignError
 
@@ -61,9 +64,33 @@ def find_recipe(name_or_path: str) -> Path:
     )
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except a key given twice in one mapping is an error (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor` merges; keys written next to it override the merged ones
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' is given twice (first on line {seen[key]}); keep one", key_node.start_mark
+                )
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise RecipeError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at line {line}); save the recipe as UTF-8") from None
+    except OSError as e:
+        raise RecipeError(f"{path}: cannot read the recipe: {e.strerror}") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader) or {}  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         raise RecipeError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(data, dict):
@@ -117,33 +144,66 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
-    node = data
-    for part in path[:-1]:
-        nxt = node.get(part)
-        if not isinstance(nxt, dict):
+def _set_path(data: dict[str, Any], path: list[str], value: Any, text: str) -> None:
+    """Set ``a.b.c``; a numeric part indexes into a list (``envs.0.weight`` edits the first env)."""
+    node: Any = data
+    for depth, part in enumerate(path):
+        last = depth == len(path) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                where = ".".join(path[:depth])
+                raise RecipeError(f"{OVERRIDE_SOURCE} '{text}': {where} is a list of {len(node)} items; "
+                                  f"'{part}' is not an index of it (0 to {len(node) - 1})")  # fmt: skip
+            index: Any = int(part)
+        else:
+            index = part
+        if last:
+            node[index] = value
+            return
+        nxt = node[index] if isinstance(node, list) else node.get(part)
+        if not isinstance(nxt, (dict, list)):
             nxt = {}
-            node[part] = nxt
+            node[index] = nxt
         node = nxt
-    node[path[-1]] = value
 
 
 def _has_path(data: Any, loc: tuple[Any, ...]) -> bool:
     for part in loc:
         if isinstance(data, dict) and part in data:
             data = data[part]
-        elif isinstance(data, list) and isinstance(part, int) and part < len(data):
-            data = data[part]
+        elif isinstance(data, list) and str(part).isdigit() and int(part) < len(data):
+            data = data[int(part)]
         else:
             return False
     return True
+
+
+@dataclass(frozen=True)
+class _Sources:
+    """Where each key of a merged recipe came from: the last override that set it, else the last file."""
+
+    chain: list[tuple[Path, dict[str, Any]]]
+    overrides: dict[tuple[str, ...], str]
+
+    def of(self, loc: tuple[Any, ...]) -> str:
+        loc = tuple(str(p) for p in loc)
+        for key, text in reversed(self.overrides.items()):
+            # The override set this key, or something inside it (envs.0.weight=... for a check on envs).
+            if loc[: len(key)] == key or (loc and key[: len(loc)] == loc):
+                return f"{OVERRIDE_SOURCE} '{text}'"
+        return next((str(p) for p, d in reversed(self.chain) if _has_path(d, loc)), "the default")
+
+    def explain(self, message: str, keys: list[tuple[str, ...]]) -> str:
+        """``message``, then for every key involved: its value's origin (never the whole recipe)."""
+        lines = [message] + [f"    {'.'.join(k) or '(recipe)'}: set by {self.of(k)}" for k in keys]
+        return "\n".join(lines)
 
 
 def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
     """The pydantic model that holds the field at ``loc`` (walks lists, dicts and optionals)."""
     current: Any = model
     for part in loc:
-        if isinstance(part, int):
+        if isinstance(part, int) or str(part).isdigit():
             continue
         if not (isinstance(current, type) and issubclass(current, BaseModel)):
             return None
@@ -166,27 +226,44 @@ def _inner_model(annotation: Any) -> Any:
     return None
 
 
-def _format_errors(
-    err: ValidationError,
-    model: type[BaseModel],
-    chain: list[tuple[Path, dict[str, Any]]],
-    overrides: dict[tuple[str, ...], str],
-) -> str:
+_KEY_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*")
+
+
+def _keys_in(message: str, model: type[BaseModel], loc: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """Recipe keys a cross-field message names, read relative to the model at ``loc`` or to the top."""
+    found: list[tuple[str, ...]] = []
+    for word in _KEY_WORD.findall(message):
+        parts = tuple(word.split("."))
+        for cand in (loc + parts, parts):
+            holder = _model_at(model, cand[:-1]) if len(cand) > 1 else model
+            if holder is not None and cand[-1] in holder.model_fields and cand not in found:
+                found.append(cand)
+                break
+    return found or [loc]
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 and not isinstance(value, dict) else f"a {type(value).__name__}"
+
+
+def _format_errors(err: ValidationError, model: type[BaseModel], sources: _Sources) -> str:
     lines = []
     for e in err.errors():
-        loc = tuple(e["loc"])
-        dotted = ".".join(str(p) for p in loc) or "(top level)"
-        source = next((f"{OVERRIDE_SOURCE} '{text}'" for key, text in overrides.items() if loc[: len(key)] == key), None)
-        if source is None:
-            source = next((str(p) for p, d in reversed(chain) if _has_path(d, loc)), str(chain[-1][0]))
+        loc = tuple(str(p) for p in e["loc"])
+        dotted = ".".join(loc)
         if e["type"] == "extra_forbidden":
             parent = _model_at(model, loc[:-1])
             valid = list(parent.model_fields) if parent else []
             close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
-            hint = f" Did you mean '{'.'.join(str(p) for p in loc[:-1] + (close[0],))}'?" if close else ""
-            lines.append(f"{source}: unknown key '{dotted}'.{hint} Valid keys here: {', '.join(valid)}")
+            hint = f" Did you mean '{'.'.join(loc[:-1] + (close[0],))}'?" if close else ""
+            lines.append(f"{sources.of(loc)}: unknown key '{dotted}'.{hint} Valid keys here: {', '.join(valid)}")
+        elif e["type"] == "value_error":
+            # A check across fields (a model validator): name every key it mentions and who set it.
+            msg = str(e["msg"]).removeprefix("Value error, ")
+            lines.append(sources.explain(f"{dotted + ': ' if dotted else ''}{msg}", _keys_in(msg, model, loc)))
         else:
-            lines.append(f"{source}: {dotted}: {e['msg']} (got {e.get('input')!r})")
+            lines.append(f"{sources.of(loc)}: {dotted}: {e['msg']} (got {_short(e.get('input'))})")
     return "invalid recipe:\n  " + "\n  ".join(lines)
 
 
@@ -197,11 +274,14 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None, job: str 
     data: dict[str, Any] = {}
     for _, d in chain:
         data = _deep_merge(data, d)
+    data = copy.deepcopy(data)  # overrides edit lists in place; the files' own data stays as read
     override_keys: dict[tuple[str, ...], str] = {}
     for text in overrides or []:
         key, value = parse_override(text)
-        _set_path(data, key, value)
+        _set_path(data, key, value, text)
+        override_keys.pop(tuple(key), None)
         override_keys[tuple(key)] = text
+    sources = _Sources(chain, override_keys)
 
     recipe_job = data.get("job")
     if recipe_job not in RECIPE_MODELS:
@@ -217,7 +297,11 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None, job: str 
     try:
         recipe = model.model_validate(data)
     except ValidationError as e:
-        raise RecipeError(_format_errors(e, model, chain, override_keys)) from None
+        raise RecipeError(_format_errors(e, model, sources)) from None
+    problems = check_recipe(recipe, data)
+    if problems:
+        lines = [sources.explain(p.message, [tuple(k.split(".")) for k in p.keys]) for p in problems]
+        raise RecipeError("invalid recipe:\n  " + "\n  ".join(lines))
     _check_plugins(recipe, path)
     return LoadedRecipe(name=name, recipe=recipe, files=tuple(p for p, _ in chain))  # type: ignore[arg-type]
 

@@ -110,6 +110,8 @@ class LearnerConfig(Strict):
     # frozen in RL (as Nemotron 3 Nano), trained in SFT/DPO/RM.
     experts_implementation: Literal["auto", "grouped_mm", "batched_mm", "eager"] = "auto"
     freeze_router: bool | None = None
+    on_nonfinite: Literal["stop", "skip_step"] = "stop"  # align/guards.py: skip the update; stop after
+    max_nonfinite_steps: int = Field(3, ge=1)  # this many non-finite steps in a row (exit 3)
 
 
 class CheckpointConfig(Strict):
@@ -301,6 +303,9 @@ class GRPOSettings(Strict):
     # PPO ratio is taken against the learner's current weights and TIS corrects the rest.
     off_policy_overlap: bool = False
     max_staleness: int = Field(1, ge=1)
+    max_env_error_rate: float = Field(0.5, ge=0, le=1)  # align/guards.py: warn above this share of failed
+    max_env_failing_steps: int = Field(3, ge=1)  # samples; stop after this many such steps in a row (exit 3)
+    keep_reward_only_groups: bool = False  # train on groups the environment failed on (see batch.py)
 
 
 class RLReasoningConfig(Strict):
@@ -396,12 +401,12 @@ class PipelineRecipe(Strict):
         import re
 
         seen: set[str] = set()
-        for stage in self.stages:
+        for i, stage in enumerate(self.stages):
             for ref in re.findall(r"\$\{stage:([^}]+)\}", " ".join(stage.overrides)):
                 if ref not in seen:
-                    raise ValueError(f"stage '{stage.name}' refers to '${{stage:{ref}}}', which is not an earlier stage")
+                    raise ValueError(f"stages.{i}.overrides: stage '{stage.name}' refers to '${{stage:{ref}}}', which is not an earlier stage")
             if stage.name in seen:
-                raise ValueError(f"stage name '{stage.name}' is used twice")
+                raise ValueError(f"stages.{i}.name: stage name '{stage.name}' is used twice")
             seen.add(stage.name)
         return self
 

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from align.config.schema import DataConfig
 from align.data.generated import generated_rows
-from align.data.loading import EVAL_SPLITS, load_checked_rows, train_eval_split
+from align.data.errors import DataError, RowRef
+from align.data.loading import EVAL_SPLITS, load_checked_rows_with_refs, train_eval_split
 from align.data.reasoning_mix import apply_reasoning_mix
 from align.data.tokenize import Tokenized, tokenize_rows
 from align.data.validate import validate_attribute_row, validate_preference_row, validate_sft_row
@@ -37,6 +38,9 @@ class RowSplits:
     train: list[dict[str, Any]]
     eval: list[dict[str, Any]]
     stats: dict[str, int] = field(default_factory=dict)
+    # Where each row is in its file (None for generated rows), so later errors use the file's numbers.
+    train_refs: list[RowRef] | None = None
+    eval_refs: list[RowRef] | None = None
 
 
 @dataclass
@@ -52,7 +56,7 @@ def load_splits(cfg: DataConfig, kind: RowKind, seed: int, attribute_names: Sequ
     """Checked train and eval rows of ``kind`` from ``cfg`` (see the module docstring)."""
     if cfg.path is None:
         if kind == "attributes":
-            raise ValueError("generated data has no attribute ratings; set data.path to a rated data set")
+            raise DataError("generated data has no attribute ratings; set data.path to a rated data set")
         assert cfg.generated is not None  # DataConfig requires path or generated
         train, evals = generated_rows(cfg.generated, kind)
         return RowSplits(train, evals, {"train_rows": len(train), "eval_rows": len(evals), "bad_rows_skipped": 0})
@@ -61,16 +65,19 @@ def load_splits(cfg: DataConfig, kind: RowKind, seed: int, attribute_names: Sequ
         "preference": validate_preference_row,
         "attributes": functools.partial(validate_attribute_row, attribute_names=attribute_names),
     }[kind]
-    rows, skipped = load_checked_rows(cfg.path, check, split=cfg.split, on_bad_row=cfg.on_bad_row)
+    rows, refs, skipped = load_checked_rows_with_refs(cfg.path, check, split=cfg.split, on_bad_row=cfg.on_bad_row)
     if cfg.eval_path is not None:
-        evals, eval_skipped = load_checked_rows(cfg.eval_path, check, split=EVAL_SPLITS, on_bad_row=cfg.on_bad_row)
+        evals, eval_refs, eval_skipped = load_checked_rows_with_refs(cfg.eval_path, check, split=EVAL_SPLITS, on_bad_row=cfg.on_bad_row)
         skipped += eval_skipped
-        train = rows
+        train, train_refs = rows, refs
     else:
-        train, evals = train_eval_split(rows, cfg.eval_fraction, seed)
+        train_pairs, eval_pairs = train_eval_split(list(zip(rows, refs)), cfg.eval_fraction, seed)
+        train, train_refs = [r for r, _ in train_pairs], [ref for _, ref in train_pairs]
+        evals, eval_refs = [r for r, _ in eval_pairs], [ref for _, ref in eval_pairs]
     if not train:
-        raise ValueError(f"no usable training rows in {cfg.path} ({skipped} bad rows skipped)")
-    return RowSplits(train, evals, {"train_rows": len(train), "eval_rows": len(evals), "bad_rows_skipped": skipped})
+        what = f"all {skipped} rows were bad and skipped (data.on_bad_row=skip)" if skipped else "it has no rows"
+        raise DataError(f"{cfg.path}: no usable training rows: {what}. Point data.path at a file with {kind} rows")
+    return RowSplits(train, evals, {"train_rows": len(train), "eval_rows": len(evals), "bad_rows_skipped": skipped}, train_refs, eval_refs)
 
 
 def prepare_data(
@@ -92,8 +99,11 @@ def prepare_data(
         stats.update(mix)
     source = cfg.path or "generated rows"
     common = dict(attribute_names=attribute_names, on_bad_row=cfg.on_bad_row)
-    train = tokenize_rows(train_rows, kind, tokenizer, max_seq_len, source=f"{source} (train)", **common)
-    evals = tokenize_rows(splits.eval, kind, tokenizer, max_seq_len, source=f"{cfg.eval_path or source} (eval)", **common)
+    train = tokenize_rows(train_rows, kind, tokenizer, max_seq_len, source=f"{source} (train)", refs=splits.train_refs, **common)
+    evals = tokenize_rows(splits.eval, kind, tokenizer, max_seq_len, source=f"{cfg.eval_path or source} (eval)", refs=splits.eval_refs, **common)
+    if not train.examples:
+        raise DataError(f"{source}: no usable training rows: all {train.num_skipped} were skipped at tokenization "
+                        f"(learner.max_seq_len={max_seq_len}); fix the rows or raise learner.max_seq_len")  # fmt: skip
     stats["bad_rows_skipped"] = stats.get("bad_rows_skipped", 0) + train.num_skipped + evals.num_skipped
     stats["truncated_to_max_seq_len"] = train.num_truncated + evals.num_truncated
     stats["train_examples"], stats["eval_examples"] = len(train.examples), len(evals.examples)

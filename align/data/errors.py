@@ -8,10 +8,11 @@ driver can log "skipped 3 of 2000 rows" instead of dying on row 1,731 of a long 
 
 from __future__ import annotations
 
-from align.errors import AlignError
-
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
+
+from align.errors import AlignError
 
 OnBadRow = Literal["error", "skip"]
 
@@ -43,6 +44,18 @@ class DataError(AlignError, ValueError):
         return DataError(self.reason, index=index, source=source, line=line)
 
 
+@dataclass(frozen=True)
+class RowRef:
+    """Where a row sits in its file: its index among the file's rows and, for JSONL, its line.
+
+    Rows keep their ref through skipping, the eval holdout and the reasoning mix, so an error
+    found at tokenization names the row as the file numbers it.
+    """
+
+    index: int
+    line: int | None = None
+
+
 def check_rows(
     rows: Sequence[Any],
     check: Callable[[Any], None],
@@ -55,7 +68,21 @@ def check_rows(
 
     ``lines`` (one per row) adds file line numbers to the message for JSONL sources.
     """
+    good, _, skipped = check_rows_with_refs(rows, check, source=source, on_bad_row=on_bad_row, lines=lines)
+    return good, skipped
+
+
+def check_rows_with_refs(
+    rows: Sequence[Any],
+    check: Callable[[Any], None],
+    *,
+    source: str,
+    on_bad_row: OnBadRow = "error",
+    lines: Sequence[int | None] | None = None,
+) -> tuple[list[Any], list[RowRef], int]:
+    """:func:`check_rows`, plus the :class:`RowRef` of every good row."""
     good: list[Any] = []
+    refs: list[RowRef] = []
     skipped = 0
     for i, row in enumerate(rows):
         try:
@@ -66,4 +93,5 @@ def check_rows(
             skipped += 1
             continue
         good.append(row)
-    return good, skipped
+        refs.append(RowRef(i, lines[i] if lines is not None else None))
+    return good, refs, skipped

@@ -24,14 +24,20 @@ import json
 import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from align.data.errors import DataError, OnBadRow, check_rows
+from align.data.errors import DataError, OnBadRow, RowRef, check_rows_with_refs
+
+T = TypeVar("T")
 
 _JSON_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
 _BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv"}
 # Splits tried, in order, for an eval set given as a dataset with several splits.
 EVAL_SPLITS: tuple[str, ...] = ("validation", "test", "eval", "train")
+
+
+class DataFileNotFound(DataError, FileNotFoundError):
+    """A data path that does not exist (a user error: exit 2, not a traceback)."""
 
 
 class InvalidJson:
@@ -50,25 +56,34 @@ def _suffix(path: str) -> str:
 
 
 def _read_json_file(path: Path) -> tuple[list[Any], list[int | None]]:
+    """Rows of a JSON list or JSONL file. Lines are split on ``\\n`` only (JSON strings may hold
+    U+2028), and each is decoded alone, so bytes that are not UTF-8 fail that row, by its line."""
     opener = gzip.open if path.name.lower().endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        text = f.read()
-    stripped = text.lstrip()
-    if stripped.startswith("["):
+    with opener(path, "rb") as f:
+        data = f.read()
+    if data.lstrip().startswith(b"["):
         try:
-            rows = json.loads(text)
+            rows = json.loads(data.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            line = data[: e.start].count(b"\n") + 1
+            raise DataError(f"{path} is not UTF-8 text: byte {data[e.start]:#04x} at line {line}; save the file as UTF-8") from None
         except json.JSONDecodeError as e:
             raise DataError(f"{path} is not valid JSON: {e}") from None
         return list(rows), [None] * len(rows)
     rows, lines = [], []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
+    for lineno, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        lines.append(lineno)
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            rows.append(InvalidJson(f"not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1}); save the file as UTF-8"))
             continue
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as e:
             rows.append(InvalidJson(f"invalid JSON ({e.msg} at column {e.colno})"))
-        lines.append(lineno)
     return rows, lines
 
 
@@ -104,11 +119,14 @@ def _read(path_or_name: str, split: str | Sequence[str]) -> tuple[list[Any], lis
     suffix = _suffix(path_or_name)
     path = Path(path_or_name)
     if suffix and not path.exists():
-        raise FileNotFoundError(f"data file not found: {path_or_name}")
+        raise DataFileNotFound(f"data file not found: {path_or_name}")
     if path.is_file() and not suffix:
         raise DataError(f"{path_or_name}: unsupported file type; use .jsonl, .json, .parquet, .arrow or .csv, or a dataset folder")
     if suffix in _JSON_SUFFIXES:
-        rows, lines = _read_json_file(path)
+        try:
+            rows, lines = _read_json_file(path)
+        except OSError as e:
+            raise DataError(f"{path_or_name}: cannot read the data file: {e.strerror or e}") from None
         return rows, lines if any(x is not None for x in lines) else None
     return _read_with_datasets(path_or_name, split), None
 
@@ -143,8 +161,21 @@ def load_checked_rows(
 ) -> tuple[list[dict[str, Any]], int]:
     """Rows that pass ``check`` (one of :mod:`align.data.validate`'s) and the number skipped.
 
-    Unparseable JSON lines count as bad rows too: an error names their line, skip mode skips them.
+    Unparseable JSON lines and lines that are not UTF-8 count as bad rows too: an error names
+    their line, skip mode skips them.
     """
+    rows, _, skipped = load_checked_rows_with_refs(path_or_name, check, split=split, on_bad_row=on_bad_row)
+    return rows, skipped
+
+
+def load_checked_rows_with_refs(
+    path_or_name: str,
+    check: Callable[[Any], None],
+    *,
+    split: str | Sequence[str] = "train",
+    on_bad_row: OnBadRow = "error",
+) -> tuple[list[dict[str, Any]], list[RowRef], int]:
+    """:func:`load_checked_rows`, plus where each kept row is in the file (for later errors)."""
     rows, lines = _read(path_or_name, split)
 
     def check_one(row: Any) -> None:
@@ -152,10 +183,10 @@ def load_checked_rows(
             raise DataError(row.reason)
         check(row)
 
-    return check_rows(rows, check_one, source=path_or_name, on_bad_row=on_bad_row, lines=lines)
+    return check_rows_with_refs(rows, check_one, source=path_or_name, on_bad_row=on_bad_row, lines=lines)
 
 
-def train_eval_split(rows: Sequence[dict[str, Any]], eval_fraction: float, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def train_eval_split(rows: Sequence[T], eval_fraction: float, seed: int) -> tuple[list[T], list[T]]:
     """Hold out ``round(len(rows) * eval_fraction)`` rows (at least one if the fraction is > 0), chosen by ``seed``.
 
     Both parts keep the rows' original order; the same rows and seed give the same split.

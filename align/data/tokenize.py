@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from align.data.errors import DataError, OnBadRow
+from align.data.errors import DataError, OnBadRow, RowRef
 from align.data.validate import Messages, pair_parts, validate_attribute_row, validate_sft_row
 from align.reasoning import round_budget
 
@@ -175,8 +175,13 @@ def tokenize_rows(
     attribute_names: Sequence[str] = (),
     on_bad_row: OnBadRow = "error",
     source: str = "rows",
+    refs: Sequence[RowRef] | None = None,
 ) -> Tokenized:
-    """Tokenize every row: a bad one stops with its index (``error``) or is skipped and counted (``skip``)."""
+    """Tokenize every row: a bad one stops with its index (``error``) or is skipped and counted (``skip``).
+
+    ``refs`` (one per row) are the rows' places in their file; errors then use the file's row
+    index and line rather than the position in ``rows``.
+    """
     if kind == "attributes" and not attribute_names:
         raise ValueError("attribute rows need attribute_names (the order of the regression targets)")
     result = Tokenized()
@@ -190,7 +195,8 @@ def tokenize_rows(
                 example, truncated = _attributes(row, tokenizer, max_seq_len, attribute_names)
         except DataError as e:
             if on_bad_row == "error":
-                raise e.at(i, source) from None
+                ref = refs[i] if refs is not None else RowRef(i)
+                raise e.at(ref.index, source, ref.line) from None
             result.num_skipped += 1
             continue
         result.examples.append(example)

@@ -174,23 +174,59 @@ class Learner:
         self.engine.train()
         totals: dict[str, float] = {}
         grad_norm = None
+        loss_finite = True
+        skipped = False
         for i, mb in enumerate(micro_batches):
             mb = self._to_device(mb)
             loss_sum, metrics = objective(self.engine, mb)
+            loss_finite = loss_finite and bool(torch.isfinite(loss_sum.detach()).all())
             self.engine.backward(self._scaled(loss_sum, mb))
             if i == len(micro_batches) - 1 and self.cfg.zero_stage == 0:
                 # ZeRO-0 clips without keeping the norm; grads are all-reduced by now (boundary backward).
                 grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
                 grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+                skipped = self._skip_if_nonfinite(loss_finite, grad_norm)
             self.engine.step()
             totals["loss"] = totals.get("loss", 0.0) + loss_sum.item() / float(mb["loss_denominator"])
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + float(v)
         if grad_norm is None:
             grad_norm = self.engine.get_global_grad_norm()
+            # ZeRO 1-3 skip a step whose grad norm is inf/NaN themselves (not under bf16); they say so here.
+            skipped = bool(getattr(self.engine.optimizer, "overflow", False))
         totals["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
         totals["lr"] = float(self.engine.get_lr()[0])
+        totals["nonfinite_skipped"] = float(skipped)
+        totals["nonfinite_params"] = float(self._count_nonfinite_params())
         return totals
+
+    def _skip_if_nonfinite(self, loss_finite: bool, grad_norm: float) -> bool:
+        """Make this step a no-op when any rank's loss or the global grad norm is not finite.
+
+        The gradients are zeroed and the step runs at lr 0, so the weights stay as they were
+        (DeepSpeed's step still runs: its counters and the schedule stay in line; the next
+        scheduler step restores the lr; Adam's moments decay by one step). Only where the
+        optimizer is torch's own AdamW (ZeRO-0 without DeepSpeed's bf16 wrapper). Elsewhere
+        DeepSpeed holds the gradients, the step goes through, and :meth:`_count_nonfinite_params`
+        reports the damage so the driver stops the job before anything is published.
+        """
+        bad = torch.tensor([0.0 if loss_finite and math.isfinite(grad_norm) else 1.0])
+        if torch.distributed.is_initialized() and self.world_size > 1:
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+        if not bad.item() or _use_bf16(self.cfg):
+            return False
+        for p in self.engine.module.parameters():
+            if p.grad is not None:
+                p.grad.zero_()
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = 0.0
+        return True
+
+    @torch.no_grad()
+    def _count_nonfinite_params(self) -> int:
+        """Parameter tensors of this rank (its ZeRO-3 partition) that hold NaN or inf."""
+        params = self.engine.module.parameters()
+        return sum(1 for p in params if not bool(torch.isfinite(getattr(p, "ds_tensor", p)).all()))
 
     @torch.no_grad()
     def eval_step(self, micro_batches: list[MicroBatch], objective: Objective) -> dict[str, float]:

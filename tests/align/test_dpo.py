@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -107,10 +109,14 @@ def test_lora_disabled_without_lora_is_refused(start: str) -> None:
 def test_driver_refuses_bad_settings_before_starting_anything() -> None:
     from align.algorithms.common import JobError
     from align.algorithms.dpo import Reference, run
-    from align.config import load_recipe
+    from align.config import RecipeError, load_recipe
 
-    loaded = load_recipe("tiny-dpo", ["dpo.reference=lora_disabled"])
-    with pytest.raises(JobError, match="learner.lora"):
+    with pytest.raises(RecipeError, match=r"dpo.reference: set by command-line override 'dpo.reference=lora_disabled'"):
+        load_recipe("tiny-dpo", ["dpo.reference=lora_disabled"])  # the loader refuses it now
+    plain = load_recipe("tiny-dpo")
+    r = plain.recipe
+    loaded = dataclasses.replace(plain, recipe=r.model_copy(update={"dpo": r.dpo.model_copy(update={"reference": "lora_disabled"})}))
+    with pytest.raises(JobError, match="learner.lora"):  # and the driver still does, for recipes built in code
         Reference(loaded, model_path=None)  # type: ignore[arg-type]
     with pytest.raises(JobError, match="label_smoothing"):
         run(load_recipe("tiny-dpo", ["dpo.loss=ipo", "dpo.label_smoothing=0.1"]))

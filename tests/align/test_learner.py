@@ -71,3 +71,36 @@ def test_two_learners_zero2_equal_one_learner_with_accumulation(checkpoint: str)
     assert got == pytest.approx(expected, rel=1e-4, abs=1e-5)
     assert set(weights) == set(ref)
     assert max((weights[k] - ref[k]).abs().max().item() for k in ref) < 1e-4
+
+
+def nan_objective(model, mb):
+    """The SFT loss times NaN: what a bad batch or an overflow gives the learner."""
+    loss, metrics = sft_objective(model, mb)
+    return loss * float("nan"), metrics
+
+
+def test_a_nonfinite_step_leaves_the_weights_as_they_were(checkpoint: str) -> None:
+    import json
+    import sys
+
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # nan_objective travels to the Ray actor by value
+    vocab = json.loads((Path(checkpoint) / "config.json").read_text())["vocab_size"]
+    mbs = _micro_batches(2, vocab)
+    init_ray()
+    group = LearnerGroup(ClusterConfig(num_learners=1, cpus_per_learner=1))
+    try:
+        group.setup(checkpoint, LearnerConfig(micro_batch_size_per_device=2, gradient_accumulation_steps=2, lr=1e-2, lr_schedule="constant"), 4, seed=0)
+        group.train_step([mbs], sft_objective)
+        before = group.state_dict()
+        bad = group.train_step([mbs], nan_objective)
+        after_bad = group.state_dict()
+        good = group.train_step([mbs], sft_objective)
+        after_good = group.state_dict()
+    finally:
+        group.shutdown()
+    assert bad["nonfinite_skipped"] == 1.0 and bad["nonfinite_params"] == 0.0
+    assert all(torch.equal(before[k], after_bad[k]) for k in before)  # the NaN step changed nothing
+    assert good["nonfinite_skipped"] == 0.0 and good["lr"] == pytest.approx(1e-2)  # the lr is back for the next step
+    assert max((after_good[k] - before[k]).abs().max().item() for k in before) > 1e-4

@@ -143,4 +143,7 @@ def test_rl_through_ray_resumes_after_kill_9(tmp_path: Path, overlap: bool) -> N
     assert sorted(train) == [1, 2, 3, 4]
     # Overlap: the first rollout after the resume is made from the checkpoint's weights.
     assert [train[s]["staleness"] for s in (1, 2, 3, 4)] == ([0.0, 1.0, 0.0, 1.0] if overlap else [0.0] * 4)
+    # The resume cut trajectories.jsonl back to step 2: step 3, logged before the kill, is there once.
+    steps = [json.loads(l)["step"] for l in (run_dir / "trajectories.jsonl").read_text().splitlines()]
+    assert {s: steps.count(s) for s in (1, 2, 3, 4)} == {s: 4 for s in (1, 2, 3, 4)}  # one sample per group of 4 prompts
     assert (run_dir / "final" / "config.json").is_file()

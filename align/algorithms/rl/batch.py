@@ -32,6 +32,17 @@ class Scored:
     def all_equal(self) -> bool:
         return max(self.rewards) - min(self.rewards) < 1e-9
 
+    @property
+    def env_failed(self) -> bool:
+        """The environment errored on some samples and its rewards carry no signal across the group.
+
+        Only the reward functions (length, budget) can then tell the samples apart. Healthy groups
+        with equal environment rewards (all correct) keep those components on purpose: that is
+        where budget and length shaping train.
+        """
+        env = [float(t.reward) for t in self.trajectories]
+        return max(env) - min(env) < 1e-9 and any(t.info.get("error") for t in self.trajectories)
+
 
 def finalize(group: Scored, cfg: GRPOSettings) -> Scored:
     """Advantages (leave-one-out or mean/std) and overlong filtering for one group.
@@ -45,13 +56,21 @@ def finalize(group: Scored, cfg: GRPOSettings) -> Scored:
     return group
 
 
-def select_groups(groups: Sequence[Scored], needed: int, dynamic_sampling: bool) -> tuple[list[Scored], list[Scored]]:
-    """(informative groups, dropped all-equal groups). Without dynamic sampling all groups are kept."""
+def select_groups(groups: Sequence[Scored], needed: int, dynamic_sampling: bool, env_signal: bool = False) -> tuple[list[Scored], list[Scored]]:
+    """(informative groups, dropped groups). Without dynamic sampling all groups are kept.
+
+    Dynamic sampling drops all-equal groups and, with ``env_signal``, groups where the
+    environment failed (:attr:`Scored.env_failed`), kept only by the reward functions'
+    components: with a broken environment (every sample an error, reward 0) those would train
+    the policy on shaping terms alone.
+    """
     if not dynamic_sampling:
         return list(groups[:needed]), []
-    keep = [g for g in groups if not g.all_equal]
-    drop = [g for g in groups if g.all_equal]
-    return keep[:needed], drop
+
+    def informative(g: Scored) -> bool:
+        return not g.all_equal and not (env_signal and g.env_failed)
+
+    return [g for g in groups if informative(g)][:needed], [g for g in groups if not informative(g)]
 
 
 def fill(groups: list[Scored], dropped: list[Scored], needed: int) -> list[Scored]:

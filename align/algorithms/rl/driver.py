@@ -38,8 +38,9 @@ from align.cluster import LearnerGroup, RolloutGroup
 from align.config import LoadedRecipe
 from align.config.schema import GRPOSettings, RLRecipe
 from align.evaluate import EvalSummary, play, standard_modes, summarize
+from align.guards import EnvFailureGuard, NonFiniteGuard
 from align.models import inference_dtype, load_tokenizer
-from align.runlog import Checkpoints, MetricsLog, plot_curves
+from align.runlog import Checkpoints, MetricsLog, cut_jsonl, plot_curves
 from align.weight_sync import WeightSync
 from envs.registry import make_env
 from rewards.base import RewardFn
@@ -119,6 +120,8 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
     if state is not None:
         sync.push()
     log = MetricsLog(run_dir, resume_from_step=start if state is not None else None)
+    if state is not None:
+        cut_jsonl(run_dir / "trajectories.jsonl", start)  # the steps after the checkpoint run again
     samples_file = open(run_dir / "trajectories.jsonl", "a" if state is not None else "w")
     eval_history: dict[int, EvalSummary] = {}
     # Rollouts run `depth` steps ahead of the learners (0: on-policy); see align/algorithms/rl/schedule.py.
@@ -154,7 +157,7 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
             scored = [score_group(grp, rewards, r.rollout.sampling.max_new_tokens, g) for grp in groups]
             out.time_score_s += time.perf_counter() - t0
             out.all_groups += scored
-            new_kept, new_dropped = select_groups(scored, needed - len(kept), g.dynamic_sampling)
+            new_kept, new_dropped = select_groups(scored, needed - len(kept), g.dynamic_sampling, env_signal=bool(rewards) and not g.keep_reward_only_groups)
             kept += new_kept
             out.dropped += new_dropped
             if len(kept) >= needed:
@@ -168,6 +171,8 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
         log_eval(0, evaluate(0))
 
     pending: dict[int, Future[StepRollout]] = {}
+    nonfinite = NonFiniteGuard(r.learner.on_nonfinite, r.learner.max_nonfinite_steps, console)
+    env_guard = EnvFailureGuard(g.max_env_error_rate, g.max_env_failing_steps, console)
     try:
         for step in range(start, g.max_steps):
             t_step = time.perf_counter()
@@ -176,6 +181,7 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
                     pending[ahead] = queue.submit(produce, ahead)
             ro = pending.pop(step).result()
             t_wait = time.perf_counter() - t_step
+            env_errors = env_guard.after_rollout(step + 1, [t for grp in ro.all_groups for t in grp.trajectories])
             staleness = step - ro.weights_version
             assert 0 <= staleness <= depth, f"step {step} trained on weights {staleness} updates old (max {depth})"
 
@@ -196,6 +202,7 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
             train_metrics: dict[str, float] = {}
             for _ in range(g.epochs_per_step):
                 train_metrics = learners.train_step(per_rank, objective)
+                nonfinite.after_step(step + 1, train_metrics)
             t_learn = time.perf_counter() - t0
 
             # New weights to the engines, behind any rollout already running on the old ones.
@@ -216,7 +223,7 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
                 f"step {done}/{g.max_steps}  reward {metrics['reward']:.3f}  acc {metrics['accuracy']:.3f}  kept {len(ro.kept)}/{g.prompts_per_step}  "
                 f"rollout {ro.time_rollout_s:.1f}s ({metrics['rollout_tokens_per_s']:.0f} tok/s, waited {t_wait:.1f}s, staleness {staleness})  "
                 f"score {ro.time_score_s:.2f}s  learner {t_learn:.1f}s  sync {t_sync:.2f}s  mismatch_kl {extra['mismatch_kl']:.2e}"
-                + (f"  kl {extra['kl']:.2e}" if "kl" in extra else "")
+                + (f"  kl {extra['kl']:.2e}" if "kl" in extra else "") + f"  {env_errors}"
             )
             if done % g.eval_every_steps == 0 or done == g.max_steps:
                 # On the engine queue, so it sees exactly the weights of this update.
