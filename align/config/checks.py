@@ -29,6 +29,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from align.config.recipes import RecipeError, find_recipe
 from align.config.schema import JobBase, PipelineRecipe, RLRecipe
 
 # Upper bounds far above the largest runs align is meant for, so only typos and overflows hit them.
@@ -185,8 +186,9 @@ def _check_job(r: JobBase) -> Iterator[Problem]:
         yield Problem((f"{section}.reference", "learner.lora"),
                       "the reference is lora_disabled, but learner.lora is not set: there are no adapters to disable; "
                       "set learner.lora (e.g. learner.lora={r: 16}) or use separate_group")  # fmt: skip
-    gen = r.data.generated
-    if r.data.path is None and gen is not None:
+    data = getattr(r, "data", None)  # SFT, DPO, RM (DataJobBase); RL reads tasks from its environments
+    gen = data.generated if data is not None else None
+    if data is not None and data.path is None and gen is not None:
         for env, share in gen.envs.items():
             if share < 0:
                 yield Problem((f"data.generated.envs.{env}",), f"data.generated.envs.{env} is a share and must be >= 0, got {share}")
@@ -229,8 +231,6 @@ def _check_rl(r: RLRecipe) -> Iterator[Problem]:
 
 
 def _check_pipeline(r: PipelineRecipe) -> Iterator[Problem]:
-    from align.config.loader import RecipeError, find_recipe
-
     for i, stage in enumerate(r.stages):
         try:  # resolved as the pipeline driver resolves it: a shipped name or a path
             find_recipe(stage.recipe)

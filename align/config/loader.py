@@ -13,7 +13,6 @@ import re
 import types
 import typing
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +20,11 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from align.config.checks import check_recipe
+from align.config.recipes import RecipeError, find_recipe
 from align.config.schema import RECIPE_MODELS, Recipe
 from align.errors import AlignError
 
 OVERRIDE_SOURCE = "command-line override"
-
-
-class RecipeError(AlignError, ValueError):
-    """A recipe that cannot be used, with a message meant for the user."""
 
 
 @dataclass(frozen=True)
@@ -37,31 +33,6 @@ class LoadedRecipe:
     recipe: Recipe
     # Files in extends order, base first: where each key may have come from.
     files: tuple[Path, ...]
-
-
-def recipes_dir() -> Path:
-    return Path(str(resources.files("recipes")))
-
-
-def list_recipes() -> dict[str, Path]:
-    return {p.stem: p for p in sorted(recipes_dir().glob("*.yaml"))}
-
-
-def find_recipe(name_or_path: str) -> Path:
-    p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists():
-        if not p.is_file():
-            raise RecipeError(f"recipe file not found: {p}")
-        return p
-    shipped = list_recipes()
-    if name_or_path in shipped:
-        return shipped[name_or_path]
-    close = difflib.get_close_matches(name_or_path, shipped, n=3)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    raise RecipeError(
-        f"unknown recipe '{name_or_path}'.{hint} Shipped recipes: {', '.join(shipped)}. "
-        "A path to a .yaml file works too."
-    )
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

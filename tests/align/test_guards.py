@@ -71,6 +71,6 @@ def test_cli_exits_3_when_a_guard_stops_the_run(monkeypatch, capsys) -> None:
     def job(loaded, resume):
         raise RunStopped("step 2: environment 'flaky' failed 4/4 samples")
 
-    monkeypatch.setattr(align.cli, "_handler", lambda module, func: job)
+    monkeypatch.setitem(align.cli.JOBS, "sft", job)
     assert align.cli.main(["sft", "--recipe", "tiny-sft", "output_dir=/tmp/align-guard-test-unused"]) == 3
     assert "run stopped: step 2: environment 'flaky' failed 4/4 samples" in capsys.readouterr().err

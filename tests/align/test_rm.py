@@ -246,7 +246,7 @@ def test_reward_model_group_actors_match_in_process(trained_folder: Path) -> Non
 
 def test_an_rl_recipe_names_the_reward_model_like_any_reward(trained_folder: Path) -> None:
     from align.config import load_recipe
-    from align.config.loader import RecipeError
+    from align.config import RecipeError
 
     spec = f"rewards=[{{name: reward_model, weight: 0.5, params: {{path: {trained_folder}, num_actors: 0}}}}]"
     loaded = load_recipe("nano3-multienv-tiny", [spec])
