@@ -24,7 +24,8 @@ class TinyModelConfig(Strict):
     """Size of the tiny world's policy, built from a config (never downloaded)."""
 
     hidden_size: int = 128
-    # NemotronH layer pattern: M = Mamba2, * = attention, - = MLP. Llama uses num_hidden_layers.
+    # NemotronH layer pattern: M = Mamba2, * = attention, - = MLP, E = MoE (routed relu2 experts
+    # plus a shared expert, as Nemotron 3 Nano). Llama uses num_hidden_layers.
     # Two attention layers: with one, the tiny policy learns the format but cannot copy operands
     # from the prompt (held-out math accuracy 0.00 vs 0.42 after 600 SFT steps, same data).
     layers_block_type: str = "M*-M*-"
@@ -39,6 +40,17 @@ class TinyModelConfig(Strict):
     mamba_n_groups: int = 1
     mamba_chunk_size: int = 64
     max_position_embeddings: int = 1024
+    # MoE layers (E): routing as transformers' NemotronHTopkRouter (sigmoid scores, top-k within
+    # the best topk_group of n_group groups, renormalized, times routed_scaling_factor).
+    n_routed_experts: int = Field(4, ge=1)
+    num_experts_per_tok: int = Field(2, ge=1)
+    n_shared_experts: int = Field(1, ge=0)
+    moe_intermediate_size: int = Field(128, ge=1)
+    moe_shared_expert_intermediate_size: int = Field(128, ge=1)
+    n_group: int = Field(1, ge=1)
+    topk_group: int = Field(1, ge=1)
+    norm_topk_prob: bool = True
+    routed_scaling_factor: float = Field(1.0, gt=0)
 
 
 class ModelConfig(Strict):
