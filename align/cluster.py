@@ -209,6 +209,7 @@ class RolloutGroup:
             enforce_eager=rollout.enforce_eager,
             dtype=dtype,
             kv_cache_memory_bytes=rollout.kv_cache_memory_mb * 2**20 if rollout.kv_cache_memory_mb else None,
+            return_routed_experts=rollout.return_routed_experts,
         )
         if in_process:
             self.engines: list[Any] = [_Local(VLLMEngine(seed=seed, **kwargs))]

@@ -30,6 +30,7 @@ from transformers import PreTrainedTokenizerBase
 from align.config.schema import SamplingConfig
 from align.reasoning import THINK_CLOSE, THINK_OPEN, ReasoningMode, round_budget
 from envs.base import Environment, Message, StepResult, Task, safe_step
+from rollout.routing import pad_routes
 from rollout.types import FinishReason, GenerateFn, GenOutput, GenRequest, Trajectory
 
 
@@ -256,9 +257,10 @@ async def run_episode(
     mask: list[int] = []
     logprobs: list[float] = []
     num_calls = 0
+    routes = None  # the last call's routed experts: it re-read the whole history
 
     async def sample(max_tokens: int, stop_token_ids: list[int]) -> GenOutput:
-        nonlocal num_calls
+        nonlocal num_calls, routes
         request = GenRequest(
             prompt_token_ids=prompt_ids + completion,
             max_tokens=max_tokens,
@@ -271,6 +273,7 @@ async def run_episode(
         )
         num_calls += 1
         out = await generate(request)
+        routes = out.routed_experts
         completion.extend(out.token_ids)
         mask.extend([1] * len(out.token_ids))
         logprobs.extend(out.logprobs)
@@ -369,6 +372,7 @@ async def run_episode(
         num_turns=num_turns,
         truncated=truncated,
         seed=seed,
+        routed_experts=pad_routes(routes, len(prompt_ids) + len(completion)),
     )
 
 

@@ -11,9 +11,9 @@ expert kernels accepts a non-gated activation. On CPU only, :func:`register`:
    :class:`CPUNonGatedExperts`: a plain PyTorch loop over the experts that a token batch hits,
    ``w2[e] @ act(w1[e] @ x)`` weighted by the router. Gated experts keep vLLM's own CPU kernels.
 
-Routing (grouped top-k, sigmoid scores, correction bias) stays vLLM's, and the experts run inside
-vLLM's modular MoE kernel, so ``enable_return_routed_experts`` records their choices as on GPU.
-On CUDA, XPU and ROCm :func:`register` does nothing and vLLM's kernels run unchanged.
+Routing (grouped top-k, sigmoid scores, correction bias) stays vLLM's. The method also reports
+each layer's routed experts to :mod:`rollout.routing` when an engine records them (vLLM's own
+``enable_return_routed_experts`` needs Triton, absent on CPU). On CUDA, XPU and ROCm :func:`register` does nothing and vLLM's kernels run unchanged.
 
 It is found through the ``vllm.general_plugins`` entry point (pyproject.toml), so any vLLM
 process with align installed gets it; :class:`rollout.engine.VLLMEngine` also calls
@@ -30,6 +30,8 @@ import logging
 from typing import Any
 
 import torch
+
+from rollout.routing import recorder
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,12 @@ def _method_class() -> type:
             self.unquantized_backend = UnquantizedMoeBackend.CPU
             self.experts_cls = experts_cls
             self.supports_pre_processed_weights = True
+
+        def apply(self, layer: Any, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            routes = recorder()
+            if routes is not None:  # rollout.return_routed_experts
+                routes.record(layer, topk_ids)
+            return super().apply(layer, x, topk_weights, topk_ids, *args, **kwargs)
 
     return CPUUnquantizedFusedMoEMethod
 

@@ -251,6 +251,8 @@ class RolloutConfig(Strict):
     # own, object_store on CPU and with grpo.off_policy_overlap (which needs a snapshot).
     weight_sync: Literal["auto", "object_store", "broadcast", "cuda_ipc"] = "auto"
     weight_sync_bucket_mb: int = Field(512, ge=1)
+    # Record each token's routed experts per MoE layer in the trajectories (routing replay).
+    return_routed_experts: bool = False
 
 
 class EnvSpec(Strict):
