@@ -200,7 +200,10 @@ class RolloutGroup:
 
     def __init__(self, cluster: ClusterConfig, rollout: Any, model_path: str, seed: int, in_process: bool = False, dtype: str = "float32") -> None:
         from rollout.engine import VLLMEngine
+        from rollout.routing import has_moe_layers
 
+        if rollout.return_routed_experts and not has_moe_layers(model_path):
+            raise ClusterError(f"rollout.return_routed_experts is on, but the policy ({model_path}) has no MoE layers; turn it off")
         self.in_process = in_process
         kwargs = dict(
             model_path=str(model_path),

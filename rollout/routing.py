@@ -19,6 +19,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import json
+from pathlib import Path
+
 import numpy as np
 
 _RECORDER: "RoutingRecorder | None" = None
@@ -98,3 +101,16 @@ def pad_routes(routes: np.ndarray | None, length: int) -> np.ndarray | None:
         return routes[:length]
     pad = np.full((length - len(routes), *routes.shape[1:]), -1, dtype=routes.dtype)
     return np.concatenate([routes, pad])
+
+
+def has_moe_layers(model_path: str | Path) -> bool:
+    """Whether the HF checkpoint folder's ``config.json`` declares MoE layers (NemotronH: an ``E`` /
+    ``"moe"`` layer; other architectures: an expert count)."""
+    path = Path(model_path) / "config.json"
+    if not path.is_file():
+        return False
+    config = json.loads(path.read_text())
+    layers = config.get("layers_block_type") or list(config.get("hybrid_override_pattern") or "")
+    if layers:
+        return any(kind in ("moe", "E") for kind in layers)
+    return bool(config.get("n_routed_experts") or config.get("num_experts") or config.get("num_local_experts"))

@@ -8,12 +8,18 @@ the experts vLLM records per token (``return_routed_experts``) must be transform
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 import torch
 
+from align.config.schema import SamplingConfig
 from align.models import load_model
+from align.reasoning import ReasoningMode
+from envs.math import MathEnv
 from rollout.engine import VLLMEngine
+from rollout.episode import run_episode
 from rollout.types import GenRequest
 
 
@@ -98,3 +104,21 @@ def test_routed_experts_equal_transformers_router_topk(engine, hf_model, prompts
         assert np.array_equal(got, expected), f"{(got != expected).any(axis=(1, 2)).sum()} of {len(got)} tokens differ"
         # top-2 of 4 in two layers: the routes vary over tokens (a constant route would prove little)
         assert len({tuple(r.ravel()) for r in got}) > 3
+
+
+def test_episode_trajectory_carries_the_last_calls_routes(engine, hf_model, tokenizer):
+    """A thinking budget makes two engine calls (thinking, then the answer after a forced
+    ``</think>``); the trajectory keeps the second call's routes, which cover the whole history
+    but its own last token, and they are transformers' router top-k there."""
+    async def generate(request: GenRequest):
+        return (await asyncio.to_thread(engine.generate, [request]))[0]
+
+    env = MathEnv()
+    task = env.generate(1, seed=0)[0]
+    sampling = SamplingConfig(temperature=1.0, max_new_tokens=48, max_answer_tokens=8)
+    t = asyncio.run(run_episode(env, task, ReasoningMode(True, 16), tokenizer, generate, sampling, max_turns=1, seed=3))
+    assert t.forced_close, "random weights should run out of a 16-token budget"
+    ids = t.prompt_ids + t.completion_ids
+    assert t.routed_experts is not None and t.routed_experts.shape[0] == len(ids)
+    assert (t.routed_experts[-1] == -1).all() and (t.routed_experts[:-1] >= 0).all()
+    assert np.array_equal(np.sort(t.routed_experts[:-1], axis=-1), hf_router_topk(hf_model, ids)[:-1])
