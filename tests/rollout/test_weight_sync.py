@@ -147,8 +147,13 @@ def test_broadcast_push_from_zero3_learners_to_two_engines(policy, request, toke
     try:
         learners.setup(str(tiny_checkpoint), LearnerConfig(zero_stage=3, micro_batch_size_per_device=2, lr=3e-2,
                                                            lr_schedule="constant", precision="fp32"), 10, seed=0)  # fmt: skip
-        rollout = RolloutGroup(cluster, RolloutConfig(kv_cache_memory_mb=64, max_model_len=256), str(tiny_checkpoint), seed=0)
+        moe = policy == "tiny_moe_checkpoint"
+        rollout = RolloutGroup(cluster, RolloutConfig(kv_cache_memory_mb=64, max_model_len=256, return_routed_experts=moe), str(tiny_checkpoint), seed=0)
         prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in ("What is 12 + 30?", "echo 3 then answer 7")]
+        if moe:  # routed experts come back from both engine actors, one row per token
+            outs = asyncio.run(rollout.generate([GenRequest(p, 8, temperature=0.0) for p in prompts * 2]))
+            for p, o in zip(prompts * 2, outs):
+                assert o.routed_experts.shape == (len(p) + len(o.token_ids), 2, 2) and (o.routed_experts[:-1] >= 0).all()
 
         def greedy() -> list[list[int]]:
             outs = asyncio.run(rollout.generate([GenRequest(p, 16, temperature=0.0) for p in prompts * 2]))
