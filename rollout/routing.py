@@ -54,9 +54,13 @@ class RoutingRecorder:
         for i in np.unique(req_idx):
             sel = req_idx == i
             routes = self.routes.get(req_ids[i])
-            if routes is None:
-                routes = np.full((self.max_model_len, len(self.layer_index), self.top_k), -1, dtype=np.int16)
-                self.routes[req_ids[i]] = routes
+            need = int(positions[sel].max()) + 1
+            if routes is None or len(routes) < need:  # grows with the sequence, never past the context
+                size = min(self.max_model_len, max(need, 0 if routes is None else 2 * len(routes)))
+                grown = np.full((size, len(self.layer_index), self.top_k), -1, dtype=np.int16)
+                if routes is not None:
+                    grown[: len(routes)] = routes
+                routes = self.routes[req_ids[i]] = grown
             routes[positions[sel], layer] = ids[sel]
 
     def take(self, request_id: str, length: int) -> np.ndarray | None:
@@ -64,7 +68,7 @@ class RoutingRecorder:
         random suffix vLLM adds), for its first ``length`` tokens."""
         for key in list(self.routes):
             if key == request_id or key.rsplit("-", 1)[0] == request_id:
-                return self.routes.pop(key)[:length].copy()
+                return pad_routes(self.routes.pop(key), length).copy()  # type: ignore[union-attr]
         return None
 
     def clear(self) -> None:

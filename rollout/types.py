@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+
 from align.reasoning import ReasoningMode
 from envs.base import Message, Task
 from rewards.base import RewardInput
