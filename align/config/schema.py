@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from align.config.experts import check_tiny_layers
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -51,6 +53,11 @@ class TinyModelConfig(Strict):
     topk_group: int = Field(1, ge=1)
     norm_topk_prob: bool = True
     routed_scaling_factor: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _layers(self) -> "TinyModelConfig":
+        check_tiny_layers(self)
+        return self
 
 
 class ModelConfig(Strict):
