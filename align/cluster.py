@@ -272,7 +272,10 @@ class RolloutGroup(_Group):
 
     def __init__(self, cluster: ClusterConfig, rollout: RolloutConfig, model_path: str, seed: int, in_process: bool = False, dtype: str = "float32") -> None:
         from rollout.engine import VLLMEngine
+        from rollout.routing import has_moe_layers
 
+        if rollout.return_routed_experts and not has_moe_layers(model_path):
+            raise ClusterError(f"rollout.return_routed_experts is on, but the policy ({model_path}) has no MoE layers; turn it off")
         super().__init__()
         kwargs = dict(
             model_path=str(model_path),
@@ -281,6 +284,7 @@ class RolloutGroup(_Group):
             enforce_eager=rollout.enforce_eager,
             dtype=dtype,
             kv_cache_memory_bytes=rollout.kv_cache_memory_mb * 2**20 if rollout.kv_cache_memory_mb else None,
+            return_routed_experts=rollout.return_routed_experts,
         )
         if in_process:
             self._spawn_local(VLLMEngine(seed=seed, **kwargs))

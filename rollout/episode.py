@@ -29,6 +29,7 @@ from align.config.schema import SamplingConfig
 from align.reasoning import THINK_CLOSE, ReasoningMode, round_budget
 from envs.base import Environment, StepResult, Task, safe_step
 from rollout.chat import ChatTokens, count_thinking, observation_ids, render_prompt_ids
+from rollout.routing import pad_routes
 from rollout.types import FinishReason, GenOutput, GenRequest, Trajectory
 
 
@@ -152,6 +153,7 @@ async def run_episode(
         num_turns=num_turns,
         truncated=truncated,
         seed=seed,
+        routed_experts=pad_routes(stream.routes, len(stream.prompt_ids) + len(completion)),
     )
 
 
@@ -195,6 +197,7 @@ class _Stream:
         self.mask: list[int] = []  # 1: sampled by the policy (trained on); 0: forced or an observation
         self.logprobs: list[float] = []
         self.num_calls = 0
+        self.routes: Any = None  # the last call's routed experts: it re-read the whole history
 
     async def sample(self, max_tokens: int, stop_token_ids: list[int]) -> GenOutput:
         """Continue the stream with up to ``max_tokens`` policy tokens (seeded by the call's index)."""
@@ -211,6 +214,7 @@ class _Stream:
         )
         self.num_calls += 1
         out = await self._generate(request)
+        self.routes = out.routed_experts
         self.completion.extend(out.token_ids)
         self.mask.extend([1] * len(out.token_ids))
         self.logprobs.extend(out.logprobs)

@@ -49,12 +49,16 @@ class GenOutput:
     with ``temperature == 0``, greedy, it is ``log_softmax(logits)``).
     ``finish_reason`` is ``"stop"`` when a stop or end-of-sequence token ended it (that token is
     the last of ``token_ids``), ``"length"`` when ``max_tokens`` or the engine's context ran out.
+    ``routed_experts`` (engines that record them, ``rollout.return_routed_experts``): the experts
+    each MoE layer routed each token of prompt + output to, ``[tokens, moe_layers, top_k]``,
+    ``-1`` where the engine routed nothing (the last output token is never fed back).
     """
 
     token_ids: list[int]
     logprobs: list[float]
     finish_reason: FinishReason
     request_id: str = ""
+    routed_experts: np.ndarray | None = None
 
 
 # Batch generation as the episode runner sees it: in-process, ``asyncio.to_thread`` around
@@ -80,6 +84,12 @@ class Trajectory:
     forced. ``finish_reason`` is the last assistant turn's; ``truncated`` says the episode
     stopped because tokens ran out (the completion cap or the engine's context), not because
     the model or the environment ended it.
+
+    ``routed_experts`` (with ``rollout.return_routed_experts``): ``[len(prompt_ids) +
+    len(completion_ids), moe_layers, top_k]`` int16, the experts the engine routed each token to
+    in the episode's last generation call (which re-reads the whole history), MoE layers in
+    pattern order, ``-1`` for tokens it did not route (tokens appended after that call). The
+    learner's routing replay reads it.
     """
 
     task: Task

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from align.config.experts import check_tiny_layers
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -24,7 +26,8 @@ class TinyModelConfig(Strict):
     """Size of the tiny world's policy, built from a config (never downloaded)."""
 
     hidden_size: int = 128
-    # NemotronH layer pattern: M = Mamba2, * = attention, - = MLP. Llama uses num_hidden_layers.
+    # NemotronH layer pattern: M = Mamba2, * = attention, - = MLP, E = MoE (routed relu2 experts
+    # plus a shared expert, as Nemotron 3 Nano). Llama uses num_hidden_layers.
     # Two attention layers: with one, the tiny policy learns the format but cannot copy operands
     # from the prompt (held-out math accuracy 0.00 vs 0.42 after 600 SFT steps, same data).
     layers_block_type: str = "M*-M*-"
@@ -39,6 +42,22 @@ class TinyModelConfig(Strict):
     mamba_n_groups: int = 1
     mamba_chunk_size: int = 64
     max_position_embeddings: int = 1024
+    # MoE layers (E): routing as transformers' NemotronHTopkRouter (sigmoid scores, top-k within
+    # the best topk_group of n_group groups, renormalized, times routed_scaling_factor).
+    n_routed_experts: int = Field(4, ge=1)
+    num_experts_per_tok: int = Field(2, ge=1)
+    n_shared_experts: int = Field(1, ge=0)
+    moe_intermediate_size: int = Field(128, ge=1)
+    moe_shared_expert_intermediate_size: int = Field(128, ge=1)
+    n_group: int = Field(1, ge=1)
+    topk_group: int = Field(1, ge=1)
+    norm_topk_prob: bool = True
+    routed_scaling_factor: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _layers(self) -> "TinyModelConfig":
+        check_tiny_layers(self)
+        return self
 
 
 class ModelConfig(Strict):
@@ -254,6 +273,8 @@ class RolloutConfig(Strict):
     # own, object_store on CPU and with grpo.off_policy_overlap (which needs a snapshot).
     weight_sync: Literal["auto", "object_store", "broadcast", "cuda_ipc"] = "auto"
     weight_sync_bucket_mb: int = Field(512, ge=1)
+    # Record each token's routed experts per MoE layer in the trajectories (routing replay).
+    return_routed_experts: bool = False
 
 
 class EnvSpec(Strict):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from align.config.schema import ModelConfig, TokenizerConfig
+from align.config.schema import ModelConfig, TinyModelConfig, TokenizerConfig
 from align.models import load_tokenizer, prepare_initial_checkpoint
 
 MAX_MODEL_LEN = 512
@@ -33,6 +33,21 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return prepare_initial_checkpoint(ModelConfig(), TokenizerConfig(vocab_size=512), out, texts=synthetic_texts())
 
 
+# Nemotron 3 Nano's layer kinds: Mamba2, MoE (routed relu2 experts + a shared expert), attention.
+MOE = TinyModelConfig(layers_block_type="ME*ME*", n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1)
+
+
+@pytest.fixture(scope="session")
+def moe_config() -> TinyModelConfig:
+    return MOE
+
+
+@pytest.fixture(scope="session")
+def tiny_moe_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("rollout") / "tiny-moe"
+    return prepare_initial_checkpoint(ModelConfig(tiny=MOE), TokenizerConfig(vocab_size=512), out, texts=synthetic_texts())
+
+
 @pytest.fixture(scope="session")
 def tokenizer(tiny_checkpoint: Path):
     return load_tokenizer(tiny_checkpoint)
@@ -49,7 +64,7 @@ def make_engine():
     """
     from rollout.engine import VLLMEngine
 
-    return lambda path: VLLMEngine(
+    return lambda path, **kwargs: VLLMEngine(
         str(path),
         seed=0,
         gpu_memory_utilization=0.1,
@@ -57,4 +72,5 @@ def make_engine():
         enforce_eager=True,
         dtype="float32",
         kv_cache_memory_bytes=64 << 20,
+        **kwargs,
     )

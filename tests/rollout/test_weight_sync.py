@@ -120,10 +120,16 @@ def _sft_batches(vocab: int) -> list[dict[str, torch.Tensor]]:
              "loss_denominator": torch.tensor(float((labels[:, 1:] != -100).sum()))}]  # fmt: skip
 
 
-def test_broadcast_push_from_zero3_learners_to_two_engines(tiny_checkpoint, tokenizer) -> None:
+@pytest.mark.parametrize("policy", ["tiny_checkpoint", "tiny_moe_checkpoint"])
+def test_broadcast_push_from_zero3_learners_to_two_engines(policy, request, tokenizer) -> None:
     """2 learners (ZeRO-3, so the push gathers on both) -> 2 vLLM engines, over gloo in 1 KiB..
-    1 MiB buckets; then the engines' greedy tokens equal transformers' on the learners' weights."""
+    1 MiB buckets; then the engines' greedy tokens equal transformers' on the learners' weights.
+
+    Also on the MoE hybrid, whose learners name the routed experts as transformers 5 fuses them
+    (``mixer.experts.up_proj``, one [experts, out, in] tensor) while its checkpoint and vLLM's
+    loader know per-expert names too: the push carries the fused tensors whole."""
     pytest.importorskip("ray")
+    tiny_checkpoint = request.getfixturevalue(policy)
     from align.cluster import ClusterError, LearnerGroup, RolloutGroup, init_ray
     from align.weight_sync import WeightSync
     from align.config.schema import ClusterConfig, LearnerConfig, RolloutConfig
@@ -142,8 +148,13 @@ def test_broadcast_push_from_zero3_learners_to_two_engines(tiny_checkpoint, toke
     try:
         learners.setup(str(tiny_checkpoint), LearnerConfig(zero_stage=3, micro_batch_size_per_device=2, lr=3e-2,
                                                            lr_schedule="constant", precision="fp32"), 10, seed=0)  # fmt: skip
-        rollout = RolloutGroup(cluster, RolloutConfig(kv_cache_memory_mb=64, max_model_len=256), str(tiny_checkpoint), seed=0)
+        moe = policy == "tiny_moe_checkpoint"
+        rollout = RolloutGroup(cluster, RolloutConfig(kv_cache_memory_mb=64, max_model_len=256, return_routed_experts=moe), str(tiny_checkpoint), seed=0)
         prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in ("What is 12 + 30?", "echo 3 then answer 7")]
+        if moe:  # routed experts come back from both engine actors, one row per token
+            outs = asyncio.run(rollout.generate([GenRequest(p, 8, temperature=0.0) for p in prompts * 2]))
+            for p, o in zip(prompts * 2, outs):
+                assert o.routed_experts.shape == (len(p) + len(o.token_ids), 2, 2) and (o.routed_experts[:-1] >= 0).all()
 
         def greedy() -> list[list[int]]:
             outs = asyncio.run(rollout.generate([GenRequest(p, 16, temperature=0.0) for p in prompts * 2]))
@@ -160,25 +171,28 @@ def test_broadcast_push_from_zero3_learners_to_two_engines(tiny_checkpoint, toke
         sync.push()
         after = greedy()
 
-        weights = learners.state_dict()
         hf = load_model(tiny_checkpoint, "float32").eval()
-        hf.load_state_dict(weights, strict=False)
-        with torch.no_grad():
-            ref = [hf.generate(torch.tensor([p]), max_new_tokens=16, do_sample=False)[0, len(p) :].tolist() for p in prompts * 2]
-        assert after == ref
+
+        def reference() -> list[list[int]]:
+            hf.load_state_dict(learners.state_dict(), strict=False)
+            with torch.no_grad():
+                return [hf.generate(torch.tensor([p]), max_new_tokens=16, do_sample=False)[0, len(p) :].tolist() for p in prompts * 2]
+
+        assert after == reference()
         assert after != before, "training did not change any greedy output: the test cannot see the push"
 
         # A second push (the next update) reuses the group; auto picks the object store on CPU.
         learners.train_step([batches, batches], sft_objective)
         sync.push()
+        assert greedy() == reference()
         auto = WeightSync(learners, rollout, "auto")
         assert auto.transport == "object_store"
         with pytest.raises(ClusterError, match="cuda_ipc needs every engine on a learner's GPU"):
             WeightSync(learners, rollout, "cuda_ipc")
-        hf.load_state_dict(learners.state_dict(), strict=False)
-        with torch.no_grad():
-            ref2 = [hf.generate(torch.tensor([p]), max_new_tokens=16, do_sample=False)[0, len(p) :].tolist() for p in prompts * 2]
-        assert greedy() == ref2
+        learners.train_step([batches, batches], sft_objective)
+        pushed = greedy()
+        auto.push()
+        assert greedy() == reference() != pushed
     finally:
         learners.shutdown()
         if rollout is not None:
