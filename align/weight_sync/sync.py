@@ -104,14 +104,3 @@ def _wait_all(refs: list[Any]) -> None:
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)
         ray.get(ready)
-
-
-def _wait_all(refs: list[Any]) -> None:
-    """``ray.get`` that raises the first failure as soon as it happens: the two sides of a
-    collective would otherwise wait for a peer that is gone until the group's timeout."""
-    import ray
-
-    pending = list(refs)
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1)
-        ray.get(ready)
