@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from align.data.errors import DataError, OnBadRow, RowRef, check_rows_with_refs
+from align.data.hub import check_hub_dataset, hub_offline, offline_hint
 
 T = TypeVar("T")
 
@@ -108,9 +109,15 @@ def _read_with_datasets(path_or_name: str, split: str | Sequence[str]) -> list[A
             loaded = loaded[_pick_split(list(loaded), split, path_or_name)]
         ds = loaded
     else:
-        if not isinstance(split, str):
-            split = _pick_split(datasets.get_dataset_split_names(path_or_name), split, path_or_name)
-        ds = datasets.load_dataset(path_or_name, split=split)
+        check_hub_dataset(path_or_name)  # seconds, where load_dataset retries an unreachable Hub for ~30 s
+        try:
+            if not isinstance(split, str):
+                split = _pick_split(datasets.get_dataset_split_names(path_or_name), split, path_or_name)
+            ds = datasets.load_dataset(path_or_name, split=split)
+        except ConnectionError as e:
+            if not hub_offline():
+                raise
+            raise DataError(f"{offline_hint(path_or_name)} ({e})") from None
     return ds.to_list()
 
 

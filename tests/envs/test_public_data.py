@@ -216,3 +216,51 @@ def test_code_reasons_name_the_failure() -> None:
     he = load_env_tasks("code", str(DATA["humaneval"][1]))[0][0]
     crash = asyncio.run(env.step(he, [], "```python\ndef add(x, y):\n    return x - y\n```"))
     assert crash.info["reason"] == "passed 0/1 tests; error: AssertionError"
+
+
+def _closed_port() -> int:
+    """A local TCP port nothing listens on: bound, then released."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_hub_fails_within_seconds_naming_the_field_and_the_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No network in tests: the Hub endpoint is a closed local port (datasets alone retries ~30 s)."""
+    import time
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    spec = EnvSpec(name="math", data_path="nosuchorg/gsm8k-typo")
+    start = time.monotonic()
+    with pytest.raises(DataError) as e:
+        load_tasks(spec, make_env("math"), 10, 0, "train")
+    assert time.monotonic() - start < 10
+    message = str(e.value)
+    assert message.startswith("envs entry 'math', data_path: nosuchorg/gsm8k-typo: not a local file or folder")
+    assert "could not be reached" in message and "check the path" in message and "HF_HUB_OFFLINE=1" in message
+
+
+def test_a_hub_id_not_in_the_cache_fails_at_once_in_offline_mode(tmp_path: Path) -> None:
+    """``HF_HUB_OFFLINE=1`` is read when huggingface_hub is imported: a fresh process, the CLI, exit 2."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": str(ROOT)}
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "align.cli", "envs", "test", "math", "--data", "nosuchorg/gsm8k-typo"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert time.monotonic() - start < 30  # a process start and the datasets import; no retries
+    err = " ".join(proc.stderr.split())
+    assert "nosuchorg/gsm8k-typo: not a local file or folder, and not in the datasets cache" in err
+    assert "while HF_HUB_OFFLINE is set" in err

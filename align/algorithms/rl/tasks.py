@@ -23,7 +23,13 @@ from envs.public_data import load_env_tasks, split_tasks
 def load_tasks(spec: EnvSpec, env: Environment, n: int, seed: int, split: str) -> list[Task]:
     """``n`` tasks: from ``spec.data_path`` (any format of :mod:`envs.public_data`) or the environment's generator."""
     if spec.data_path is not None:
-        tasks, skipped = load_env_tasks(spec.name, spec.data_path, spec.columns, spec.on_bad_row)
+        try:
+            tasks, skipped = load_env_tasks(spec.name, spec.data_path, spec.columns, spec.on_bad_row)
+        except DataError as e:
+            if e.index is not None:  # a bad row: already named by file, row and line
+                raise
+            field = "" if e.reason.startswith("columns:") else "data_path: "
+            raise DataError(f"envs entry '{spec.name}', {field}{e.reason}") from None
         if not tasks:
             raise DataError(f"{spec.data_path}: no usable tasks (envs entry '{spec.name}', data_path; {skipped} bad rows skipped)")
         if skipped and split == "train":
