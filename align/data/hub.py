@@ -48,11 +48,13 @@ def check_hub_dataset(name: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
     if hub_offline():
         return
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, HFValidationError, RepositoryNotFoundError
 
     endpoint = _endpoint()
     try:
         HfApi(endpoint=endpoint).dataset_info(name, timeout=timeout_s)
+    except HFValidationError as e:
+        raise DataError(f"{name}: not a local file or folder, nor a Hub dataset id ({e}); check the path") from None
     except GatedRepoError:
         raise DataError(f"{name}: a gated dataset on the Hub ({endpoint}); accept its terms on its Hub page and log in (hf auth login)") from None
     except RepositoryNotFoundError:

@@ -109,7 +109,8 @@ def _read_with_datasets(path_or_name: str, split: str | Sequence[str]) -> list[A
             loaded = loaded[_pick_split(list(loaded), split, path_or_name)]
         ds = loaded
     else:
-        check_hub_dataset(path_or_name)  # seconds, where load_dataset retries an unreachable Hub for ~30 s
+        if not local.exists():  # a Hub id: seconds, where load_dataset retries an unreachable Hub for ~30 s
+            check_hub_dataset(path_or_name)
         try:
             if not isinstance(split, str):
                 split = _pick_split(datasets.get_dataset_split_names(path_or_name), split, path_or_name)
