@@ -47,13 +47,22 @@ _PAREN_LETTER_RE = re.compile(r"(?<![A-Za-z])\(?([A-E])\)")
 _UNESCAPED_DOLLAR_RE = re.compile(r"(?<!\\)\$")
 _LATEX_COMMAND_RE = re.compile(r"\\[A-Za-z]+(?:\{[^{}]*\})?")
 _WORD_RE = re.compile(r"(?<![A-Za-z])(?!(?:sin|cos|tan|log|ln|exp|sqrt|pi|inf|or|and)(?![A-Za-z]))[A-Za-z]{3,}|[A-Za-z]{2,}\s+[A-Za-z]{2,}")
-_LATEX_THOUSANDS_RE = re.compile(r"(?<=\d)(?:\{,\}|\\,)(?=\d{3})")
+_LATEX_THOUSANDS_RE = re.compile(r"(?<=\d)(?:\{,\}|\\,|,\\!)(?=\d{3})")
 _NUMBER_THEN_UNIT_RE = re.compile(r"^-?[\d.,]+\s+[A-Za-z]")
 _CHOICE_WORD_RE = re.compile(r"\b(?:choice|option)\b", re.IGNORECASE)
 # A number in running text, and what around it makes it a piece of a larger expression.
-_NUMBER_TOKEN_RE = re.compile(r"(?<![\w.])-?(?:\d+(?:[.,]\d+)*|\.\d+)")
+_NUMBER_TOKEN_RE = re.compile(r"(?<![\w.])-?(?:[1-9]\d{0,2}(?: \d{3})+(?!\d)(?:\.\d+)?|\d+(?:[.,]\d+)*|\.\d+)")
 _PLAIN_DECIMAL_RE = re.compile(r"^-?\d+(?:\.\d+)?$")
-_THOUSANDS_RE = re.compile(r"^-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?$")
+_THOUSANDS_RE = re.compile(r"^-?[1-9]\d{0,2}(?:(?:,\d{3})+|(?: \d{3})+)(?:\.\d+)?$")
+# A bare final text that is one number with separators ("1 000", "1000,99") is running text.
+_SEPARATED_NUMBER_RE = re.compile(r"^-?\d+(?:[ ,]\d+)+(?:\.\d+)?$")
+# Between two boxes that together are one answer ("\boxed{1} and \boxed{2}"): separators only.
+_BOX_GAP_RE = re.compile(r"(?:\s|[,;$&]|\\[][()]|\\q?quad(?![A-Za-z])|\\[,;:! ]|\\text\{\s*(?:and|or)?\s*,?\s*\}|\b(?:and|or)\b)*")
+# An answer stated in words ("The final answer is", "Answer:"), with the answer right after it.
+_STATEMENT_RE = re.compile(
+    r"\b(?:final\s+answer|answer\s*(?:is\b|:))[\s:*]*(?:is\b[\s:]*)?(?=\$?\\?\(?-?(?:[\d\\(\[{]|[A-Za-z](?![A-Za-z])))", re.IGNORECASE
+)
+_SENTENCE_END_RE = re.compile(r"[.!?](?=\s)|\n")
 _UNITS = r"(?:cm|mm|km|kg|mg|ml|m|g|s|h|min|sec|hrs?|ft|in|lbs?|st|nd|rd|th)(?![A-Za-z])"
 _FRAGMENT_AFTER_RE = re.compile(
     rf"^(?!{_UNITS})[A-Za-z^!(_{{]|^\s*\\(?!text|mbox|mathrm|quad|[%$,;! ])[A-Za-z]|^\s*[-+*/^×·]\s*(?:[\d\\(]|[A-Za-z](?![A-Za-z]))"
@@ -105,6 +114,53 @@ def last_box(text: str) -> str | None:
     return bare[-1].rstrip(".,;:") if bare else None
 
 
+def answer_source(text: str) -> tuple[str | None, str]:
+    r"""Where a final text's answer is: ``(box contents, text)`` or ``(None, the text to read)``.
+
+    The last box is the answer, with two exceptions. Boxes joined only by separators
+    (``\boxed{1} and \boxed{2}``, ``\boxed{a} \quad \text{and} \quad \boxed{b}``) are one answer:
+    the text to read is that run of boxes. An answer stated in words after the last box
+    ("... \boxed{255} ... Final Answer: The final answer is $10,455$.") replaces it: the text
+    to read is what follows the box. Without a box, the text is cut after the last sentence
+    that states an answer (:func:`stated`).
+
+    >>> answer_source(r"try \boxed{5}, but it is \boxed{7}.")[0], answer_source(r"\boxed{1} and \boxed{2}.")
+    ('7', (None, '\\boxed{1} and \\boxed{2}'))
+    """
+    found = boxes(text)
+    if not found:
+        box = last_box(text)
+        return (box, text) if box is not None else (None, stated(text))
+    start, end, contents = found[-1]
+    tail = text[end:]
+    if _STATEMENT_RE.search(tail):
+        return None, stated(tail)
+    first = len(found) - 1
+    while first > 0 and _BOX_GAP_RE.fullmatch(text[found[first - 1][1] : found[first][0]]):
+        first -= 1
+    if first < len(found) - 1:
+        return None, text[found[first][0] : end]
+    return contents, text
+
+
+def stated(text: str) -> str:
+    """``text`` up to the end of its last sentence that states an answer ("The answer is 15.").
+
+    math-verify reads "answer ... = N" up to 100 characters on, across sentences, so a check
+    after the answer ("The answer is 15. (Check: 15 + 5 = 20.)") would give 20.
+
+    >>> stated("The answer is 15. (Check: 15 + 5 = 20.)"), stated("So 2 + 3 = 5. Answer: 5")
+    ('The answer is 15.', 'So 2 + 3 = 5. Answer: 5')
+    """
+    statements = list(_STATEMENT_RE.finditer(text))
+    if not statements:
+        return text
+    end = _SENTENCE_END_RE.search(text, statements[-1].end())
+    if end is None or not any(ch.isdigit() for ch in text[end.end() :]):
+        return text
+    return text[: end.end()].strip()
+
+
 def choice_letter(answer: str) -> str | None:
     r"""The letter when ``answer`` is a multiple-choice letter: ``B``, ``(B)``, ``\text{(B)}``.
 
@@ -123,7 +179,7 @@ def _chosen_letter(text: str) -> str | None:
     """The letter a multiple-choice completion picks: a box, the whole text, after "answer", in math."""
     from math_verify import StringExtractionConfig, parse
 
-    box = last_box(text)
+    box, text = answer_source(text)
     if box is not None:
         return choice_letter(box)
     whole = choice_letter(text.strip("* "))
@@ -141,7 +197,7 @@ def _chosen_letter(text: str) -> str | None:
 def _number_value(token: str) -> Fraction | None:
     """A number token's value under the comma rule (thousands groups, else a decimal comma)."""
     if _THOUSANDS_RE.match(token):
-        return Fraction(token.replace(",", ""))
+        return Fraction(token.replace(",", "").replace(" ", ""))
     if token.count(",") + token.count(".") > 1:
         return None
     return Fraction(token.replace(",", "."))
@@ -206,6 +262,8 @@ def is_bare_math(text: str) -> bool:
     """
     if len(text) > 100 or "\n" in text or "$" in text or "\\(" in text or "\\[" in text or text.count("{") != text.count("}"):
         return False
+    if "\\boxed" in text or _SEPARATED_NUMBER_RE.match(text):  # boxes joined; "1 000", "1000,99": running text
+        return False
     if _NUMBER_THEN_UNIT_RE.match(text):  # "45 km/h", "12 m^2": a number and its unit
         return False
     return _WORD_RE.search(_LATEX_COMMAND_RE.sub(" ", text)) is None
@@ -231,7 +289,7 @@ def mv_grade(text: str, gold: str | None) -> tuple[bool, str | None, str | None]
     if letter is not None:
         chosen = _chosen_letter(text)
         return chosen == letter, chosen, None
-    box = last_box(text)
+    box, text = answer_source(text)
     if box is None and is_bare_math(text):
         box = text.rstrip(".").strip()
     text = _LATEX_THOUSANDS_RE.sub(",", text)  # 1{,}000, 1\\,000: LaTeX spellings of 1,000

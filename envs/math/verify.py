@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Literal
 
-from envs.math.extract import as_latex, boxes, final_text, last_box, mv_grade, said_number
+from envs.math.extract import answer_source, as_latex, boxes, final_text, mv_grade, said_number
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +313,7 @@ def fast_grade(completion: str, gold: str) -> Verdict | None:
     text = final_text(completion)
     if not text:
         return Verdict(False, None, "no_answer")
-    box = last_box(text)
+    box, text = answer_source(text)
     if box is not None:
         return fast_compare(box, gold)
     said = said_number(text)  # before plain_number(text): cheaper, and they never both match
@@ -342,7 +342,7 @@ def extract_answer(completion: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> str
     text = final_text(completion)
     if not text:
         return None
-    box = last_box(text)
+    box, text = answer_source(text)
     if box is not None:
         return box
     if plain_number(text) is not None:
