@@ -2,8 +2,10 @@
 
 The cases in data/math_grading_cases.jsonl are modelled on public sets (GSM8K "####" and "The
 answer is" solutions, MATH boxed LaTeX, AIME integers, multiple choice, intervals, sets,
-percentages, units) plus adversarial ones: answers inside the thinking, several boxes, numbers
-that are pieces of a larger expression. Each row: gold, completion, expected verdict, kind.
+percentages, units) plus adversarial ones: answers inside the thinking, several boxes (one answer
+when joined by "and" or commas, else the last), an answer stated after the last box or followed
+by a check with other numbers, numbers that are pieces of a larger expression. Each row: gold,
+completion, expected verdict, kind.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def test_case_file_is_large_varied_and_adversarial() -> None:
     kinds = {c["kind"] for c in CASES}
     assert len(CASES) >= 60
     assert sum(c["expected"] for c in CASES) >= 25 and sum(not c["expected"] for c in CASES) >= 25
-    assert {"gsm8k", "math", "aime", "mc", "pct", "units", "sep", "think", "fragment", "bare"} <= kinds
+    assert {"gsm8k", "math", "aime", "mc", "pct", "units", "sep", "think", "fragment", "bare", "boxes", "stated"} <= kinds
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{i}-{c['kind']}" for i, c in enumerate(CASES)])
