@@ -6,9 +6,15 @@ sets ``bench/data/math_grading_heldout*.jsonl``, which no test reads; the tests'
 to the extraction and never used to tune it.
 
 Each row of a case file: ``gold``, ``completion`` (free text, thinking included), ``expected``
-(bool) and ``kind``. The environment's verdict is ``MathEnv.step``'s; math-verify's is its
+(bool) and ``kind``. ``heldout3`` was written before the changes of issue 22's second pass
+(one of its cases, a check after "The answer is 15.", led to a fix); ``heldout4`` after them, and
+committed before anything ran on it. Any other file of such rows can be given, e.g. cases
+converted from math-verify's own test suite. The environment's verdict is ``MathEnv.step``'s; math-verify's is its
 default ``verify(parse(gold), parse(completion))`` with the gold boxed first (math-verify
-reads a bare ``(0,9)`` as no answer). Prints a summary table and every disagreement, and
+reads a bare ``(0,9)`` as no answer). "env = math-verify where math-verify is right" counts,
+among the cases where math-verify's verdict is the expected one, those where the environment
+agrees: the disagreements left out are math-verify's own mistakes (an answer only inside the
+thinking, a multiple-choice letter without a box). Prints a summary table and every disagreement, and
 writes ``bench/results/math_grading.json``.
 """
 
@@ -61,6 +67,8 @@ def evaluate(path: Path) -> dict:
         "env_agrees_with_math_verify": sum(r["env"] == r["math_verify"] for r in rows),
         "env_matches_expected": sum(r["env"] == r["expected"] for r in rows),
         "math_verify_matches_expected": sum(r["math_verify"] == r["expected"] for r in rows),
+        # Agreement where the reference is right: the disagreements that are the environment's errors.
+        "env_agrees_where_math_verify_right": sum(r["env"] == r["math_verify"] for r in rows if r["math_verify"] == r["expected"]),
         "env_false_positives": sum(r["env"] and not r["expected"] for r in rows),
         "math_verify_false_positives": sum(r["math_verify"] and not r["expected"] for r in rows),
         "env_seconds": env_s,
@@ -75,7 +83,7 @@ def main() -> int:
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     reports = [evaluate(f) for f in args.files]
     table = Table(title="math grading: environment vs math-verify vs expected")
-    for col in ("cases", "n", "env = math-verify", "env = expected", "math-verify = expected", "false positives env / mv"):
+    for col in ("cases", "n", "env = math-verify", "env = math-verify where math-verify is right", "env = expected", "math-verify = expected", "false positives env / mv"):
         table.add_column(col, justify="left" if col == "cases" else "right")
     for r in reports:
         n = r["n"]
@@ -83,6 +91,7 @@ def main() -> int:
             Path(r["file"]).name,
             str(n),
             f"{r['env_agrees_with_math_verify']} ({r['env_agrees_with_math_verify'] / n:.1%})",
+            f"{r['env_agrees_where_math_verify_right']} / {r['math_verify_matches_expected']}",
             f"{r['env_matches_expected']} ({r['env_matches_expected'] / n:.1%})",
             f"{r['math_verify_matches_expected']} ({r['math_verify_matches_expected'] / n:.1%})",
             f"{r['env_false_positives']} / {r['math_verify_false_positives']}",

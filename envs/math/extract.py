@@ -299,7 +299,7 @@ def mv_grade(text: str, gold: str | None) -> tuple[bool, str | None, str | None]
     if not pred:
         return False, None, None
     extracted = next((p for p in pred if isinstance(p, str)), str(pred[0]))
-    note = refusal(text, extracted) if box is None else None
+    note = refusal(text, extracted) if box is None and "\\boxed" not in text else None  # joined boxes: no fragment
     if note is not None:
         return False, extracted, note
     if gold is None:
