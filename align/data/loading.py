@@ -10,7 +10,9 @@ Sources, by what ``path_or_name`` is:
 - ``*.parquet`` / ``*.arrow`` / ``*.csv``: ``datasets.load_dataset`` with the matching builder.
 - a folder written by ``Dataset.save_to_disk``: ``datasets.load_from_disk``.
 - any other folder, or a hub name (``org/name``): ``datasets.load_dataset(path_or_name, split=...)``.
-  Hub names need network access (or the ``datasets`` cache); nothing is downloaded in tests.
+  Hub names need network access (or the ``datasets`` cache with ``HF_HUB_OFFLINE=1``); the Hub
+  is asked about the id once, with a 5 s timeout, before ``load_dataset`` (:mod:`align.data.hub`),
+  so a mistyped id or no network fails in seconds. Nothing is downloaded in tests.
 
 Parquet/Arrow rows come back with ``None`` for absent keys; the row checks treat ``None`` as
 absent. Everything is loaded into memory as Python dicts: fine for SFT/DPO/RM data sets up
