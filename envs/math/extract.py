@@ -63,6 +63,7 @@ _STATEMENT_RE = re.compile(
     r"\b(?:final\s+answer|answer\s*(?:is\b|:))[\s:*]*(?:is\b[\s:]*)?(?=\$?\\?\(?-?(?:[\d\\(\[{]|[A-Za-z](?![A-Za-z])))", re.IGNORECASE
 )
 _SENTENCE_END_RE = re.compile(r"[.!?](?=\s)|\n")
+_BOLD_RE = re.compile(r"^\*\*([^*]+)\*\*\.?$")
 _UNITS = r"(?:cm|mm|km|kg|mg|ml|m|g|s|h|min|sec|hrs?|ft|in|lbs?|st|nd|rd|th)(?![A-Za-z])"
 _FRAGMENT_AFTER_RE = re.compile(
     rf"^(?!{_UNITS})[A-Za-z^!(_{{]|^\s*\\(?!text|mbox|mathrm|quad|[%$,;! ])[A-Za-z]|^\s*[-+*/^×·]\s*(?:[\d\\(]|[A-Za-z](?![A-Za-z]))"
@@ -269,6 +270,12 @@ def is_bare_math(text: str) -> bool:
     return _WORD_RE.search(_LATEX_COMMAND_RE.sub(" ", text)) is None
 
 
+def unbold(text: str) -> str:
+    """``text`` without a Markdown bold around all of it (``**42**``, ``**42.**``)."""
+    m = _BOLD_RE.match(text.strip())
+    return m.group(1).strip() if m else text
+
+
 def as_latex(answer: str) -> str:
     r"""``answer`` in a form math-verify parses as a whole: boxed unless already delimited."""
     s = answer.strip()
@@ -291,7 +298,7 @@ def mv_grade(text: str, gold: str | None) -> tuple[bool, str | None, str | None]
         return chosen == letter, chosen, None
     box, text = answer_source(text)
     if box is None and is_bare_math(text):
-        box = text.rstrip(".").strip()
+        box = unbold(text).rstrip(".").strip()
     text = _LATEX_THOUSANDS_RE.sub(",", text)  # 1{,}000, 1\\,000: LaTeX spellings of 1,000
     if box is None and _UNESCAPED_DOLLAR_RE.search(text) is None:
         text = text.replace("\\$", " $")  # no math mode: "\$18.90" is a currency sign

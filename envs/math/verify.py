@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Literal
 
-from envs.math.extract import answer_source, as_latex, boxes, final_text, mv_grade, said_number
+from envs.math.extract import answer_source, as_latex, boxes, final_text, mv_grade, said_number, unbold
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +317,7 @@ def fast_grade(completion: str, gold: str) -> Verdict | None:
     if box is not None:
         return fast_compare(box, gold)
     said = said_number(text)  # before plain_number(text): cheaper, and they never both match
-    return fast_compare(text if said is None else said, gold)
+    return fast_compare(unbold(text) if said is None else said, gold)
 
 
 def grade(completion: str, gold: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Verdict:
