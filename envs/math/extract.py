@@ -59,8 +59,11 @@ _SEPARATED_NUMBER_RE = re.compile(r"^-?\d+(?:[ ,]\d+)+(?:\.\d+)?$")
 # Between two boxes that together are one answer ("\boxed{1} and \boxed{2}"): separators only.
 _BOX_GAP_RE = re.compile(r"(?:\s|[,;$&]|\\[][()]|\\q?quad(?![A-Za-z])|\\[,;:! ]|\\text\{\s*(?:and|or)?\s*,?\s*\}|\b(?:and|or)\b)*")
 # An answer stated in words ("The final answer is", "Answer:"), with the answer right after it.
+# It starts a sentence or follows "so"/"thus"/..., so "check if the answer is 12" is no statement.
 _STATEMENT_RE = re.compile(
-    r"\b(?:final\s+answer|answer\s*(?:is\b|:))[\s:*]*(?:is\b[\s:]*)?(?=\$?\\?\(?-?(?:[\d\\(\[{]|[A-Za-z](?![A-Za-z])))", re.IGNORECASE
+    r"(?:^|[.!?:]\s+|\n|\b(?:so|thus|therefore|hence)\b,?\s+)[*#\s]*(?:the\s+|my\s+)?(?:correct\s+)?"
+    r"(?:final\s+answer|answer\s*(?:is\b|:))[\s:*]*(?:is\b[\s:]*)?(?=\$?\\?\(?-?(?:[\d\\(\[{]|[A-Za-z](?![A-Za-z])))",
+    re.IGNORECASE,
 )
 _SENTENCE_END_RE = re.compile(r"[.!?](?=\s)|\n")
 _BOLD_RE = re.compile(r"^\*\*([^*]+)\*\*\.?$")
