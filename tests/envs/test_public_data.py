@@ -264,3 +264,32 @@ def test_a_hub_id_not_in_the_cache_fails_at_once_in_offline_mode(tmp_path: Path)
     err = " ".join(proc.stderr.split())
     assert "nosuchorg/gsm8k-typo: not a local file or folder, and not in the datasets cache" in err
     assert "while HF_HUB_OFFLINE is set" in err
+
+
+def test_a_mistyped_hub_id_is_named_as_not_on_the_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A local stand-in for the Hub answers 404 RepoNotFound, as huggingface.co does for an unknown id."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from huggingface_hub import constants
+
+    class NotFound(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server hook's name
+            self.send_response(404)
+            self.send_header("X-Error-Code", "RepoNotFound")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+        with pytest.raises(DataError, match="nosuchorg/gsm8k-typo: not a local file or folder, and no dataset of that id on the Hub"):
+            load_env_tasks("math", "nosuchorg/gsm8k-typo")
+    finally:
+        server.shutdown()
