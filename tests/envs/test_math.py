@@ -147,10 +147,11 @@ EQUIVALENCE = [
 ]
 
 
-def test_docstring_examples() -> None:
-    import envs.math.verify
+@pytest.mark.parametrize("module", ["envs.math.verify", "envs.math.extract"])
+def test_docstring_examples(module: str) -> None:
+    import importlib
 
-    result = doctest.testmod(envs.math.verify)
+    result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0
 
 
