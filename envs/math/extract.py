@@ -71,6 +71,8 @@ _UNITS = r"(?:cm|mm|km|kg|mg|ml|m|g|s|h|min|sec|hrs?|ft|in|lbs?|st|nd|rd|th)(?![
 _FRAGMENT_AFTER_RE = re.compile(
     rf"^(?!{_UNITS})[A-Za-z^!(_{{]|^\s*\\(?!text|mbox|mathrm|quad|[%$,;! ])[A-Za-z]|^\s*[-+*/^×·]\s*(?:[\d\\(]|[A-Za-z](?![A-Za-z]))"
 )
+# "5 or 7", "5, 6 or 7", "5/7": a hedge, which would score whenever one of them is right.
+_ALTERNATIVE_AFTER_RE = re.compile(r"\s*(?:,\s*|\s+or\s+|\s*/\s*)(?:\$\s*)?-?\d")
 _FRAGMENT_BEFORE_RE = re.compile(r"(?:[\w)}]\s*[-+*/^×·]|[\^_/])\s*$|\{$")
 
 
@@ -218,6 +220,8 @@ def refusal(text: str, number: str) -> str | None:
 
     >>> refusal("The answer is 2x + 1", "2"), refusal("It is 12 cm.", "12"), refusal("so 1,2345", "1234")
     ('the number is part of a larger expression', None, 'the number is not written as such in the text')
+    >>> refusal("The answer is 5 or 7.", "5")
+    'the number is one of several alternatives'
     """
     if not _PLAIN_DECIMAL_RE.match(number):
         return None
@@ -225,7 +229,10 @@ def refusal(text: str, number: str) -> str | None:
     text = text.replace("{,}", ",")
     for m in reversed(list(_NUMBER_TOKEN_RE.finditer(text))):
         if _number_value(m.group()) == value:
-            fragment = _FRAGMENT_AFTER_RE.search(text[m.end() : m.end() + 40]) or _FRAGMENT_BEFORE_RE.search(text[: m.start()])
+            after = text[m.end() : m.end() + 40]
+            if _ALTERNATIVE_AFTER_RE.match(after):
+                return "the number is one of several alternatives"
+            fragment = _FRAGMENT_AFTER_RE.search(after) or _FRAGMENT_BEFORE_RE.search(text[: m.start()])
             return "the number is part of a larger expression" if fragment else None
     return "the number is not written as such in the text"
 
