@@ -71,8 +71,8 @@ _UNITS = r"(?:cm|mm|km|kg|mg|ml|m|g|s|h|min|sec|hrs?|ft|in|lbs?|st|nd|rd|th)(?![
 _FRAGMENT_AFTER_RE = re.compile(
     rf"^(?!{_UNITS})[A-Za-z^!(_{{]|^\s*\\(?!text|mbox|mathrm|quad|[%$,;! ])[A-Za-z]|^\s*[-+*/^×·]\s*(?:[\d\\(]|[A-Za-z](?![A-Za-z]))"
 )
-# "5 or 7", "5, 6 or 7", "5/7": a hedge, which would score whenever one of them is right.
-_ALTERNATIVE_AFTER_RE = re.compile(r"\s*(?:,\s*|\s+or\s+|\s*/\s*)(?:\$\s*)?-?\d")
+# "5 or 7", "5, 6 or 7": a hedge, which would score whenever one of them is right.
+_ALTERNATIVE_AFTER_RE = re.compile(r"\s*(?:,\s*|\s+or\s+)(?:\$\s*)?-?\d")
 _FRAGMENT_BEFORE_RE = re.compile(r"(?:[\w)}]\s*[-+*/^×·]|[\^_/])\s*$|\{$")
 
 
