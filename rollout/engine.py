@@ -143,6 +143,7 @@ class VLLMEngine:
                     top_k=req.top_k if req.top_k > 0 else -1,
                     seed=req.seed,
                     stop_token_ids=list(req.stop_token_ids),
+                    ignore_eos=req.ignore_eos,
                     logprobs=0,  # only the sampled token's
                     detokenize=False,  # callers decode with their own tokenizer
                 )
