@@ -348,7 +348,7 @@ def main() -> int:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=200)
     name = gpu_name()
     peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
     report: dict[str, Any] = {**run_header(), "gpu": name, "settings": asdict(s), "load_1m_start": load1(), "policies": {}, "errors": []}
