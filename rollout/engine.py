@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from align.weights import from_wire, is_wire
-from rollout.routing import RoutingRecorder, install_recorder, pad_routes, recorder
+from rollout.routing import RoutingRecorder, install_recorder, moe_layer_indices, pad_routes, recorder
 from rollout.types import GenOutput, GenRequest
 
 
@@ -93,7 +93,8 @@ class VLLMEngine:
         if kv_cache_memory_bytes is not None:
             extra["kv_cache_memory_bytes"] = kv_cache_memory_bytes
         self._native_routes = return_routed_experts and not current_platform.is_cpu()
-        if self._native_routes:  # vLLM records them itself off CPU (its Model Runner V2)
+        self._moe_layers = moe_layer_indices(model_path) if self._native_routes else None
+        if self._native_routes:  # vLLM records them itself off CPU (its V1 GPU model runner)
             extra["enable_return_routed_experts"] = True
         self.llm = vllm.LLM(
             model=self.model_path,
@@ -143,6 +144,7 @@ class VLLMEngine:
                     top_k=req.top_k if req.top_k > 0 else -1,
                     seed=req.seed,
                     stop_token_ids=list(req.stop_token_ids),
+                    ignore_eos=req.ignore_eos,
                     logprobs=0,  # only the sampled token's
                     detokenize=False,  # callers decode with their own tokenizer
                 )
@@ -162,7 +164,10 @@ class VLLMEngine:
                 if self._recorder is not None:
                     out.routed_experts = self._recorder.take(result.request_id, length)
                 elif self._native_routes:
-                    out.routed_experts = pad_routes(result.outputs[0].routed_experts, length)
+                    routes = result.outputs[0].routed_experts
+                    if routes is not None and self._moe_layers is not None and routes.shape[1] != len(self._moe_layers):
+                        routes = routes[:, self._moe_layers]  # every decoder layer -> the MoE layers
+                    out.routed_experts = pad_routes(routes, length)
         return outputs  # type: ignore[return-value]  # every slot is filled above
 
     def update_weights(self, named_tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]) -> None:

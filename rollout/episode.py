@@ -96,7 +96,8 @@ async def run_episode(
         num_turns += 1
         turn_start = len(completion)
         if budget is None:
-            finish = (await stream.sample(cap - len(completion), [chat.eos_id])).finish_reason
+            stop = [] if sampling.ignore_eos else [chat.eos_id]
+            finish = (await stream.sample(cap - len(completion), stop)).finish_reason
         else:
             finish, forced = await _budgeted_turn(stream, chat, budget - thinking_tokens, cap, sampling.max_answer_tokens)
             forced_close = forced_close or forced
@@ -211,6 +212,7 @@ class _Stream:
             stop_token_ids=stop_token_ids,
             seed=derive_seed(self._seed, self.num_calls),
             request_id=f"{self._task_id}:{self._seed}:{self.num_calls}",
+            ignore_eos=s.ignore_eos,
         )
         self.num_calls += 1
         out = await self._generate(request)

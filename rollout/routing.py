@@ -101,6 +101,8 @@ def pad_routes(routes: np.ndarray | None, length: int) -> np.ndarray | None:
     """``routes`` for the first ``length`` tokens of a trajectory, ``-1`` past what it covers."""
     if routes is None:
         return None
+    if routes.dtype.kind == "u":  # vLLM on GPU returns uint8 for up to 256 experts: -1 must fit
+        routes = routes.astype(np.int16)
     if len(routes) >= length:
         return routes[:length]
     pad = np.full((length - len(routes), *routes.shape[1:]), -1, dtype=routes.dtype)
@@ -118,3 +120,12 @@ def has_moe_layers(model_path: str | Path) -> bool:
     if layers:
         return any(kind in ("moe", "E") for kind in layers)
     return bool(config.get("n_routed_experts") or config.get("num_experts") or config.get("num_local_experts"))
+
+
+def moe_layer_indices(model_path: str | Path) -> list[int] | None:
+    """Indices of the MoE layers among all decoder layers (NemotronH), or None when the config
+    does not list layer kinds. vLLM on GPU returns routes for every decoder layer; the learner
+    replays only the MoE ones."""
+    config = json.loads((Path(model_path) / "config.json").read_text())
+    layers = config.get("layers_block_type") or list(config.get("hybrid_override_pattern") or "")
+    return [i for i, kind in enumerate(layers) if kind in ("moe", "E")] if layers else None

@@ -38,6 +38,7 @@ class GenRequest:
     stop_token_ids: list[int] = field(default_factory=list)
     seed: int | None = None
     request_id: str = ""
+    ignore_eos: bool = False  # generate to max_tokens past end-of-sequence (benchmarks only)
 
 
 @dataclass

@@ -146,6 +146,9 @@ class SamplingConfig(Strict):
     max_new_tokens: int = Field(256, ge=1)
     # Tokens left for the answer after a forced </think> when the thinking budget runs out.
     max_answer_tokens: int = Field(64, ge=1)
+    # Benchmarks: turns without a thinking budget run to their token cap, past the end-of-sequence
+    # token, so every system compared does the same work (bench/bench_gpu_rl.py). Not for training.
+    ignore_eos: bool = False
 
 
 class RolloutConfig(Strict):

@@ -295,6 +295,17 @@ def test_model_that_closes_its_thinking_is_not_forced(policy, tokenizer, chat):
     assert natural > 0, [t.completion for (t,) in groups]
 
 
+def test_ignore_eos_runs_every_turn_to_its_cap(policy, tokenizer, chat):
+    """``sampling.ignore_eos`` (benchmarks): the policy that ends its turns generates to the cap."""
+    engine = policy.use("trained")
+    tasks = [(t, ReasoningMode(True)) for t in make_tasks("oneshot", 4)]
+    natural = play(engine, tokenizer, [OneShotEnv()], tasks, temperature=0.0, max_new_tokens=40)
+    assert any(t.finish_reason == "stop" and len(t.completion_ids) < 40 for (t,) in natural), "the test needs turns that end early"
+    for (t,) in play(engine, tokenizer, [OneShotEnv()], tasks, temperature=0.0, max_new_tokens=40, ignore_eos=True):
+        check_stream(t)
+        assert len(t.completion_ids) == 40 and t.finish_reason == "length" and t.truncated
+
+
 @pytest.mark.parametrize("weights", ["random", "trained"])
 def test_no_think_prompt_ends_with_empty_think_block(policy, tokenizer, chat, weights):
     engine = policy.use(weights)

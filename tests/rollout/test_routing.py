@@ -8,7 +8,7 @@ import pytest
 
 from align.cluster import ClusterError, RolloutGroup
 from align.config.schema import ClusterConfig, RolloutConfig
-from rollout.routing import has_moe_layers, pad_routes
+from rollout.routing import has_moe_layers, moe_layer_indices, pad_routes
 
 
 def test_pad_routes_marks_tokens_past_the_last_call_unrouted() -> None:
@@ -20,8 +20,22 @@ def test_pad_routes_marks_tokens_past_the_last_call_unrouted() -> None:
     assert pad_routes(None, 4) is None
 
 
+def test_unsigned_routes_from_vllm_on_gpu_are_padded_with_minus_one() -> None:
+    """vLLM 0.26 on GPU returns uint8 expert ids (seen on an H200: OverflowError before this)."""
+    routes = np.array([[[3, 63]], [[0, 1]]], dtype=np.uint8)
+    padded = pad_routes(routes, 4)
+    assert padded.dtype.kind == "i" and padded[:2].tolist() == routes.tolist() and (padded[2:] == -1).all()
+
+
 def test_moe_layers_are_read_from_the_checkpoint(tiny_checkpoint, tiny_moe_checkpoint) -> None:
     assert has_moe_layers(tiny_moe_checkpoint) and not has_moe_layers(tiny_checkpoint)
+    # vLLM on GPU returns routes for every decoder layer; the engine keeps these (the MoE ones).
+    import json
+
+    kinds = json.loads((tiny_moe_checkpoint / "config.json").read_text())["layers_block_type"]
+    idx = moe_layer_indices(tiny_moe_checkpoint)
+    assert idx and len(idx) < len(kinds) and all(kinds[i] == "moe" for i in idx)
+    assert moe_layer_indices(tiny_checkpoint) == []
 
 
 def test_routes_from_a_dense_policy_are_refused_before_engines_start(tiny_checkpoint) -> None:

@@ -1,0 +1,406 @@
+"""GRPO end to end on GPUs: align vs TRL on the same policy, prompts, lengths and optimizer.
+
+Usage (on a GPU machine with the `gpu` extra installed, e.g. from ``make wheelhouse TARGET=gpu``)::
+
+    python bench/bench_gpu_rl.py [--policies llama-1b,hybrid-1b] [--sides align,trl]
+        [--steps 4 --warmup 1] [--prompts 8 --generations 8 --new-tokens 512] [--repeats 1]
+    python bench/bench_gpu_rl.py --quick      # CPU smoke run of the bench itself (tiny policy)
+
+What both sides get:
+- the same start checkpoint, random weights built from a config (``align.models``) and saved
+  as a Hugging Face folder with its tokenizer (the tiny world's BPE tokenizer: its vocabulary is
+  far smaller than a real model's, so the LM head is cheap; the table gives the parameter count);
+- the same math prompts, rendered to text with the checkpoint's chat template (/think);
+- fixed generation lengths: every completion runs to ``--new-tokens`` past end-of-sequence
+  (align ``rollout.sampling.ignore_eos``, TRL ``generation_kwargs={"ignore_eos": True}``);
+- bf16, AdamW, the same lr, clip 0.2/0.28, no KL, token-level loss, one update per generation,
+  micro-batch ``--micro-batch``, gradient checkpointing off, temperature 1;
+- placement ``colocated``: the learner and the vLLM engine share one GPU (align: Ray GPU shares
+  0.5 + 0.4 and CUDA IPC weight sync; TRL: ``vllm_mode="colocate"``). ``separate`` (align only:
+  learner and engine on a GPU each, NCCL weight sync) needs two GPUs.
+
+Reported per side and policy (medians over the steps after ``--warmup``): step time and its
+split (align: rollout / scoring / learner / sync from metrics.jsonl; TRL: the step only),
+generated and total (prompt + generated) tokens/s per GPU, learner MFU = 6 * N * trained tokens
+/ (learner seconds * peak bf16 FLOP/s) with N the non-embedding parameter count (align's
+learner time also holds its old-log-prob forward, which this count leaves out), and the peak GPU
+memory that ``nvidia-smi`` saw during the run (both processes when colocated). Sides alternate
+(align, TRL, align, ...) and the ratio is TRL step time / align step time per policy.
+
+For context only (not measured here): NeMo-RL publishes 1,581 tokens/s/GPU for Llama-3.1-8B
+on-policy GRPO on 16 H100s with about 1K-token generations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_vs_trl import StepTimer, job_env, load1, run_header  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "bench_gpu_rl.json"
+RUNS = ROOT / "runs" / "bench_gpu_rl"
+PY = sys.executable
+PEAK_BF16 = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12}  # dense bf16, NVIDIA datasheets
+
+# Policies built from config (model.tiny fields; tokenizer.vocab_size). The 1B shapes follow
+# bench_gpu_train.py: a Llama-style decoder and a NemotronH dense hybrid of about the same size.
+POLICIES: dict[str, dict[str, Any]] = {
+    "llama-1b": {"arch": "llama", "tiny": dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=16, num_key_value_heads=16,
+                                                 intermediate_size=5632, max_position_embeddings=4096)},
+    "hybrid-1b": {"arch": "nemotron_h", "tiny": dict(hidden_size=2048, layers_block_type="M-M-M-M-*M-M-M-M-*M-M-M-", num_attention_heads=16,
+                                                       num_key_value_heads=8, intermediate_size=9024, mamba_num_heads=64, mamba_head_dim=64,
+                                                       ssm_state_size=128, mamba_n_groups=8, mamba_chunk_size=128, max_position_embeddings=4096)},
+    "moe-nano3": {"arch": "nemotron_h", "tiny": dict(hidden_size=2048, layers_block_type="MEMEM*EMEMEM*EMEMEM*EMEM", num_attention_heads=16,
+                                                       num_key_value_heads=2, intermediate_size=1856, mamba_num_heads=64, mamba_head_dim=64,
+                                                       ssm_state_size=128, mamba_n_groups=8, mamba_chunk_size=128, n_routed_experts=64,
+                                                       num_experts_per_tok=6, n_shared_experts=1, moe_intermediate_size=768,
+                                                       moe_shared_expert_intermediate_size=1856, max_position_embeddings=4096)},
+    "tiny": {"arch": "nemotron_h", "tiny": {}},  # the tiny world's policy: --quick on CPU
+}  # fmt: skip
+
+
+@dataclass
+class Settings:
+    steps: int = 4
+    warmup: int = 1
+    prompts: int = 8
+    generations: int = 8
+    new_tokens: int = 512
+    micro_batch: int = 8
+    lr: float = 1e-6
+    vocab_size: int = 4096
+    seed: int = 0
+    gpu: bool = True
+    placement: str = "colocated"
+
+
+# ----------------------------------------------------------------------------- shared inputs
+
+
+def start_checkpoint(policy: str, s: Settings) -> Path:
+    """The policy's random-weight HF folder (built once, reused by every side and repeat)."""
+    from align.config.sections import ModelConfig, TinyModelConfig, TokenizerConfig
+    from align.models import prepare_initial_checkpoint
+
+    spec = POLICIES[policy]
+    cfg = ModelConfig(arch=spec["arch"], tiny=TinyModelConfig(**spec["tiny"]), dtype="bfloat16" if s.gpu else "float32")
+    return prepare_initial_checkpoint(cfg, TokenizerConfig(vocab_size=s.vocab_size), RUNS / "init" / f"{policy}-v{s.vocab_size}", seed=s.seed)
+
+
+def prompts(ckpt: Path, s: Settings) -> list[dict[str, str]]:
+    """Math prompts in align's task-stream order, rendered as align's rollout renders them."""
+    from align.algorithms.rl.tasks import TaskMixer, load_tasks
+    from align.config.schema import EnvSpec
+    from align.models import load_tokenizer
+    from align.reasoning import ReasoningMode
+    from envs.math import MathEnv
+    from rollout.chat import chat_template_kwargs
+
+    spec = EnvSpec(name="math", num_train=2000, num_eval=0)
+    mixer = TaskMixer({"math": load_tasks(spec, MathEnv(), spec.num_train, s.seed, "train")}, {"math": 1.0}, s.seed)
+    tok = load_tokenizer(ckpt)
+    kw = chat_template_kwargs(ReasoningMode(True))
+    return [{"prompt": tok.apply_chat_template(list(t.prompt), tokenize=False, add_generation_prompt=True, **kw), "answer": str(t.answer)}
+            for _ in range(s.steps) for t in mixer.next(s.prompts)]  # fmt: skip
+
+
+def param_counts(ckpt: Path) -> tuple[int, int]:
+    """(all parameters, parameters outside the embeddings and LM head) of the checkpoint."""
+    from safetensors import safe_open
+
+    total = embed = 0
+    for f in ckpt.glob("*.safetensors"):
+        with safe_open(str(f), "pt") as st:
+            for k in st.keys():
+                n = st.get_slice(k).get_shape()
+                size = 1
+                for d in n:
+                    size *= d
+                total += size
+                embed += size if ("embed" in k or "lm_head" in k) else 0
+    return total, total - embed
+
+
+class GpuMemory:
+    """Peak ``memory.used`` over all GPUs, sampled by ``nvidia-smi`` every 0.5 s while running."""
+
+    def __init__(self) -> None:
+        self.peak_mib = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.5):
+            try:
+                out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=5).stdout
+                self.peak_mib = max(self.peak_mib, sum(float(x) for x in out.split()))
+            except (OSError, ValueError, subprocess.TimeoutExpired):
+                return
+
+    def __enter__(self) -> "GpuMemory":
+        if shutil.which("nvidia-smi"):
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+
+
+# ----------------------------------------------------------------------------- align side
+
+
+def align_recipe(ckpt: Path, policy: str, s: Settings, out: Path) -> Path:
+    gpu = s.gpu
+    learner_gpu, engine_gpu = ((0.5, 0.4) if s.placement == "colocated" else (1, 1)) if gpu else (0, 0)
+    max_len = 256 + s.new_tokens
+    text = f"""\
+extends: nano3-multienv-tiny
+description: bench_gpu_rl {policy}, math prompts, fixed {s.new_tokens}-token generations
+seed: {s.seed}
+output_dir: {out}
+init_from: {ckpt}
+model: {{arch: {POLICIES[policy]['arch']}, dtype: {'bfloat16' if gpu else 'float32'}}}
+cluster: {{num_learners: 1, gpus_per_learner: {learner_gpu}, num_rollout_engines: 1, gpus_per_rollout_engine: {engine_gpu}}}
+learner: {{micro_batch_size_per_device: {s.micro_batch}, lr: {s.lr}, lr_schedule: constant, warmup_steps: 0, precision: {'bf16' if gpu else 'fp32'}, gradient_checkpointing: false, max_seq_len: {max_len}}}
+checkpoint: {{every_steps: {s.steps + 1}, keep_last: 1}}
+rollout:
+  gpu_memory_utilization: {0.35 if gpu else 0.1}
+  kv_cache_memory_mb: {'null' if gpu else 256}
+  max_model_len: {max_len}
+  enforce_eager: {'false' if gpu else 'true'}
+  max_turns: 1
+  sampling: {{temperature: 1.0, max_new_tokens: {s.new_tokens}, ignore_eos: true}}
+envs:
+  - {{name: math, weight: 1.0, num_train: 2000, num_eval: 1}}
+rewards: []
+reasoning: {{no_think_fraction: 0.0, budget_fraction: 0.0, eval_budgets: []}}
+grpo:
+  max_steps: {s.steps}
+  prompts_per_step: {s.prompts}
+  generations_per_prompt: {s.generations}
+  baseline: mean_std
+  clip_low: 0.2
+  clip_high: 0.28
+  kl_coef: 0.0
+  loss_aggregation: token
+  dynamic_sampling: false
+  overlong_filtering: false
+  max_seq_logprob_error: null
+  eval_every_steps: {s.steps + 1}
+"""
+    path = out.with_suffix(".yaml")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def run_align(ckpt: Path, policy: str, s: Settings, out: Path, timeout_s: float) -> dict[str, Any]:
+    if out.exists():
+        shutil.rmtree(out)
+    recipe = align_recipe(ckpt, policy, s, out)
+    log = out.with_suffix(".log")
+    t0 = time.time()
+    with GpuMemory() as mem, open(log, "w") as f:
+        proc = subprocess.run([PY, "-m", "align.cli", "rl", "--recipe", str(recipe)], cwd=ROOT, env=job_env(), stdout=f, stderr=subprocess.STDOUT, timeout=timeout_s)
+    if proc.returncode != 0:
+        raise RuntimeError(f"align rl failed (exit {proc.returncode}); see {log}: {' | '.join(log.read_text().strip().splitlines()[-3:])}")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    train = sorted((r for r in rows if r["split"] == "train"), key=lambda r: r["step"])
+    res: dict[str, Any] = {"side": "align", "wall_s": time.time() - t0, "first_step_end_s": train[0]["time"] - t0, "peak_gpu_mib": mem.peak_mib, "log": str(log)}
+    for key in ("time_step_s", "time_rollout_s", "time_score_s", "time_learner_s", "time_sync_s"):
+        res[key] = [float(r[key]) for r in train]
+    res["step_times_s"] = res["time_step_s"]
+    res["completion_tokens"] = [float(r.get("math/length", float("nan"))) for r in train]
+    return res
+
+
+# ----------------------------------------------------------------------------- TRL side
+
+
+def trl_worker(ckpt: Path, s: Settings, out: Path) -> dict[str, Any]:
+    """TRL's GRPOTrainer with vLLM colocate on this process's GPU (runs in its own process)."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    timer = StepTimer()
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    dtype = torch.bfloat16 if s.gpu else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=dtype)
+    per_step = s.prompts * s.generations
+    vllm_kw: dict[str, Any] = {}
+    if s.gpu:
+        vllm_kw = dict(use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=0.35, vllm_max_model_length=256 + s.new_tokens,
+                       vllm_importance_sampling_correction=True, generation_kwargs={"ignore_eos": True})  # fmt: skip
+    cfg = GRPOConfig(
+        output_dir=str(out), per_device_train_batch_size=s.micro_batch, gradient_accumulation_steps=per_step // s.micro_batch,
+        learning_rate=s.lr, lr_scheduler_type="constant", warmup_steps=0, adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.0,
+        max_grad_norm=1.0, max_steps=s.steps, logging_steps=1, save_strategy="no", report_to="none", use_cpu=not s.gpu,
+        bf16=s.gpu, seed=s.seed, dataloader_num_workers=0, disable_tqdm=True, gradient_checkpointing=False,
+        num_generations=s.generations, max_completion_length=s.new_tokens, temperature=1.0, top_p=1.0, beta=0.0, epsilon=0.2,
+        epsilon_high=0.28, loss_type="dapo", scale_rewards="group", num_iterations=1, mask_truncated_completions=False,
+        shuffle_dataset=False, log_completions=False, **vllm_kw,
+    )  # fmt: skip
+    rows = json.loads((out / "prompts.json").read_text())
+
+    def reward(completions: list[str], **_: Any) -> list[float]:  # cheap and varied: the work is generation and training
+        return [float(len(set(c.split())) % 5) for c in completions]
+
+    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=cfg, train_dataset=Dataset.from_list(rows), processing_class=tok, callbacks=[timer.callback])
+    trainer.train()
+    lengths = [float(l["completions/mean_length"]) for l in timer.logs if "completions/mean_length" in l]
+    return {"side": "trl", "step_times_s": timer.steps, "first_step_end_s": (timer.first_end or 0.0), "completion_tokens": lengths}
+
+
+def run_trl(ckpt: Path, s: Settings, out: Path, rows: list[dict[str, str]], timeout_s: float) -> dict[str, Any]:
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    (out / "settings.json").write_text(json.dumps(asdict(s)))
+    (out / "prompts.json").write_text(json.dumps(rows))
+    log = out.with_suffix(".log")
+    t0 = time.time()
+    cmd = [PY, str(Path(__file__).resolve()), "--worker", str(ckpt), "--out", str(out)]
+    with GpuMemory() as mem, open(log, "w") as f:
+        proc = subprocess.run(cmd, cwd=ROOT, env=job_env(), stdout=f, stderr=subprocess.STDOUT, timeout=timeout_s)
+    result = out / "result.json"
+    if proc.returncode != 0 or not result.is_file():
+        raise RuntimeError(f"TRL failed (exit {proc.returncode}); see {log}: {' | '.join(log.read_text().strip().splitlines()[-3:])}")
+    res = json.loads(result.read_text())
+    res.update(wall_s=time.time() - t0, first_step_end_s=res["first_step_end_s"] - t0, peak_gpu_mib=mem.peak_mib, log=str(log))
+    return res
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def gpu_name() -> str:
+    try:
+        return subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=10).stdout.splitlines()[0].strip()
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return "cpu"
+
+
+def summarize(res: dict[str, Any], s: Settings, prompt_tokens: float, n_body: int, peak: float | None) -> dict[str, Any]:
+    """Medians after warm-up, and the per-GPU throughputs and MFU they imply."""
+    w = s.warmup
+
+    def med(key: str) -> float | None:
+        xs = res.get(key, [])[w:] or res.get(key, [])
+        return statistics.median(xs) if xs else None
+
+    gpus = 1 if (s.placement == "colocated" or not s.gpu) else 2
+    step = med("step_times_s")
+    seqs = s.prompts * s.generations
+    gen, total = seqs * s.new_tokens, seqs * (s.new_tokens + prompt_tokens)
+    out = {"step_s": step, "gen_tokens_per_s_per_gpu": gen / step / gpus if step else None, "tokens_per_s_per_gpu": total / step / gpus if step else None,
+           "completion_tokens": med("completion_tokens"), "peak_gpu_gib": res.get("peak_gpu_mib", 0) / 1024, "first_step_end_s": res.get("first_step_end_s")}  # fmt: skip
+    for key in ("time_rollout_s", "time_score_s", "time_learner_s", "time_sync_s"):
+        if key in res:
+            out[key.removeprefix("time_")] = med(key)
+    learner = out.get("learner_s")
+    if learner and peak:
+        out["learner_mfu"] = 6 * n_body * total / learner / peak
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--policies", default="llama-1b,hybrid-1b")
+    ap.add_argument("--sides", default="align,trl")
+    ap.add_argument("--placement", choices=["colocated", "separate"], default="colocated")
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--generations", type=int, default=8)
+    ap.add_argument("--new-tokens", type=int, default=512)
+    ap.add_argument("--micro-batch", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--timeout", type=float, default=900, help="seconds per run before it is killed and recorded as an error")
+    ap.add_argument("--quick", action="store_true", help="CPU smoke run: the tiny policy, 2 steps, TRL with transformers generate")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)  # TRL side: the start checkpoint; --out is its run folder
+    args = ap.parse_args()
+    if args.worker:
+        s = Settings(**json.loads((args.out / "settings.json").read_text()))
+        (args.out / "result.json").write_text(json.dumps(trl_worker(args.worker, s, args.out)))
+        return 0
+    if args.quick:
+        args.policies, args.steps, args.warmup, args.prompts, args.generations, args.new_tokens, args.micro_batch = "tiny", 2, 1, 2, 4, 32, 8
+    s = Settings(steps=args.steps, warmup=args.warmup, prompts=args.prompts, generations=args.generations, new_tokens=args.new_tokens,
+                 micro_batch=args.micro_batch, gpu=not args.quick, placement=args.placement, vocab_size=1024 if args.quick else 4096)  # fmt: skip
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=200)
+    name = gpu_name()
+    peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
+    report: dict[str, Any] = {**run_header(), "gpu": name, "settings": asdict(s), "load_1m_start": load1(), "policies": {}, "errors": []}
+    table = Table(title=f"GRPO on {name}, {s.placement}: {s.prompts} prompts x {s.generations}, {s.new_tokens} new tokens, medians of steps {s.warmup + 1}-{s.steps}")
+    for col in ("policy", "params", "side", "step s", "rollout", "learner", "sync", "gen tok/s/GPU", "tok/s/GPU", "MFU", "peak GiB", "1st step end s"):
+        table.add_column(col)
+    for policy in args.policies.split(","):
+        ckpt = start_checkpoint(policy, s)
+        rows = prompts(ckpt, s)
+        from align.models import load_tokenizer
+
+        tok = load_tokenizer(ckpt)
+        prompt_tokens = statistics.mean(len(tok(r["prompt"], add_special_tokens=False)["input_ids"]) for r in rows)
+        n_all, n_body = param_counts(ckpt)
+        entry: dict[str, Any] = {"params": n_all, "params_non_embedding": n_body, "prompt_tokens_mean": prompt_tokens, "runs": {}}
+        for rep in range(args.repeats):
+            order = args.sides.split(",")
+            order = order if rep % 2 == 0 else order[::-1]
+            for side in order:
+                out = RUNS / f"{policy}-{side}-{rep}"
+                console.print(f"[bold]{policy}[/] {side} repeat {rep + 1} (load {load1():.1f}) ...")
+                try:
+                    res = run_align(ckpt, policy, s, out, args.timeout) if side == "align" else run_trl(ckpt, s, out, rows, args.timeout)
+                except (RuntimeError, subprocess.TimeoutExpired) as e:
+                    report["errors"].append({"policy": policy, "side": side, "repeat": rep, "error": str(e)[-2000:]})
+                    console.print(f"[red]{policy} {side}: {str(e)[-400:]}")
+                    continue
+                res["summary"] = summarize(res, s, prompt_tokens, n_body, peak)
+                entry["runs"].setdefault(side, []).append(res)
+        sides = {side: statistics.median(r["summary"]["step_s"] for r in runs) for side, runs in entry["runs"].items()}
+        if "align" in sides and "trl" in sides:
+            entry["trl_over_align_step"] = sides["trl"] / sides["align"]
+        report["policies"][policy] = entry
+        for side, runs in entry["runs"].items():
+            m = runs[0]["summary"]
+
+            def f(key: str, fmt: str = "{:.2f}") -> str:
+                v = m.get(key)
+                return fmt.format(v) if v is not None else "-"
+
+            table.add_row(policy, f"{n_all / 1e9:.3f}B", side, f("step_s"), f("rollout_s"), f("learner_s"), f("sync_s"), f("gen_tokens_per_s_per_gpu", "{:,.0f}"),
+                          f("tokens_per_s_per_gpu", "{:,.0f}"), f("learner_mfu", "{:.1%}"), f("peak_gpu_gib", "{:.1f}"), f("first_step_end_s", "{:.0f}"))  # fmt: skip
+        if "trl_over_align_step" in entry:
+            console.print(f"{policy}: TRL step / align step = {entry['trl_over_align_step']:.2f}")
+    report["load_1m_end"] = load1()
+    console.print(table)
+    console.print("context: NeMo-RL publishes 1,581 tokens/s/GPU for Llama-3.1-8B GRPO on 16 H100 (~1K generations); not measured here")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1, default=str))
+    console.print(f"wrote {args.out}")
+    return 1 if report["errors"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
