@@ -23,7 +23,7 @@ def evaluate_stages(r: PipelineRecipe, finals: dict[str, Path], stages: list[Loa
     out: dict[str, Any] = {"tasks_per_env": {n: sum(t.env == n for t in tasks) for n in envs}}
     for name, path in finals.items():
         summary = evaluate_checkpoint(path, envs, tasks, standard_modes(r.eval.budgets), sampling, r.eval.max_turns, r.seed,
-                                      samples_path=Path(r.output_dir) / f"eval_{name}.jsonl")  # fmt: skip
+                                      samples_path=Path(r.output_dir) / f"eval_{name}.jsonl", budget_grace_fraction=r.eval.budget_grace_fraction)  # fmt: skip
         print_table(summary, f"stage {name}: held-out evaluation")
         out[name] = summary
     return out

@@ -225,6 +225,9 @@ class RLReasoningConfig(Strict):
     budget_fraction: float = Field(0.2, ge=0, le=1)
     budgets: list[int] = [16, 32, 64]  # ladder steps drawn for budgeted prompts
     eval_budgets: list[int] = [16, 32, 64]
+    # After the budget, think on for up to ceil(fraction * budget) tokens and close at the first
+    # newline (NVIDIA's budget control; NIM uses 0.1). 0: force </think> at the budget. rollout/episode.py
+    budget_grace_fraction: float = Field(0.0, ge=0, le=1)
 
     @model_validator(mode="after")
     def _fractions_fit(self) -> "RLReasoningConfig":
@@ -296,6 +299,7 @@ class PipelineEval(Strict):
     max_new_tokens: int = Field(96, ge=1)
     max_answer_tokens: int = Field(32, ge=1)
     max_turns: int = Field(3, ge=1)
+    budget_grace_fraction: float = Field(0.0, ge=0, le=1)  # as the RL recipe's reasoning.budget_grace_fraction
 
 
 class PipelineRecipe(Strict):

@@ -130,7 +130,8 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
 
     def evaluate(step: int) -> EvalSummary:
         modes = standard_modes(r.reasoning.eval_budgets)
-        results = asyncio.run(play(envs, eval_tasks, modes, tokenizer, rollout.generate, r.rollout.sampling, r.rollout.max_turns, r.seed))
+        results = asyncio.run(play(envs, eval_tasks, modes, tokenizer, rollout.generate, r.rollout.sampling, r.rollout.max_turns, r.seed,
+                                   r.reasoning.budget_grace_fraction))  # fmt: skip
         return summarize(results)
 
     def log_eval(step: int, summary: EvalSummary) -> None:
@@ -150,7 +151,8 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
             pairs = [(t, assign_mode(t, r.reasoning, r.seed)) for t in tasks]
             t0 = time.perf_counter()
             groups = asyncio.run(collect(envs, pairs, g.generations_per_prompt, tokenizer=tokenizer, generate=rollout.generate,
-                                         sampling=r.rollout.sampling, max_turns=r.rollout.max_turns, seed=rng_seed + 7 * round_))  # fmt: skip
+                                         sampling=r.rollout.sampling, max_turns=r.rollout.max_turns, seed=rng_seed + 7 * round_,
+                                         budget_grace_fraction=r.reasoning.budget_grace_fraction))  # fmt: skip
             out.time_rollout_s += time.perf_counter() - t0
             out.rollout_tokens += sum(t.num_policy_tokens for grp in groups for t in grp)
             t0 = time.perf_counter()
