@@ -93,7 +93,7 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
     rewards = [(make_reward(spec.name, spec.params), spec.weight) for spec in r.rewards]
     train_tasks = {s.name: load_tasks(s, envs[s.name], s.num_train, r.seed, "train") for s in r.envs}
     eval_tasks = [t for s in r.envs for t in load_tasks(s, envs[s.name], s.num_eval, r.seed, "eval")]
-    mixer = TaskMixer(train_tasks, {s.name: s.weight for s in r.envs}, r.seed)
+    mixer = TaskMixer(train_tasks, {s.name: s.weight for s in r.envs}, r.seed, g.curriculum)
 
     if in_process and r.cluster.num_learners != 1:
         raise JobError("in-process RL runs one learner: set cluster.num_learners=1")
@@ -159,6 +159,7 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
             scored = [score_group(grp, rewards, r.rollout.sampling.max_new_tokens, g) for grp in groups]
             out.time_score_s += time.perf_counter() - t0
             out.all_groups += scored
+            out.curriculum = mixer.observe(groups)  # pass rates by task (grpo.curriculum); {} when off
             new_kept, new_dropped = select_groups(scored, needed - len(kept), g.dynamic_sampling, env_signal=bool(rewards) and not g.keep_reward_only_groups)
             kept += new_kept
             out.dropped += new_dropped
@@ -215,6 +216,7 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
             done = step + 1
             metrics = _step_metrics(ro.all_groups, ro.kept, train_metrics)
             metrics.update(extra)
+            metrics.update(ro.curriculum)
             metrics.update(staleness=float(staleness), time_rollout_s=ro.time_rollout_s, time_score_s=ro.time_score_s,
                            time_rollout_wait_s=t_wait, time_learner_s=t_learn, time_sync_s=t_sync,
                            time_step_s=time.perf_counter() - t_step, rollout_tokens_per_s=ro.rollout_tokens / max(ro.time_rollout_s, 1e-9),
@@ -258,6 +260,7 @@ class StepRollout:
     dropped: list[Scored] = field(default_factory=list)
     train_groups: list[Scored] = field(default_factory=list)
     tasks_state: dict[str, Any] = field(default_factory=dict)
+    curriculum: dict[str, float] = field(default_factory=dict)
     time_rollout_s: float = 0.0
     time_score_s: float = 0.0
     rollout_tokens: int = 0
