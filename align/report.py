@@ -152,6 +152,13 @@ def _budget_table(evals: dict[str, Any], stages: list[str], envs: list[str], bud
     return lines
 
 
+def _mode_order(label: str) -> tuple[int, int]:
+    """think, no_think, then budgets in increasing order (``budget_128`` after ``budget_16``)."""
+    if label.startswith("budget_"):
+        return 2, int(label.removeprefix("budget_"))
+    return (0 if label == "think" else 1), 0
+
+
 def _significance_table(changes: _Changes, stages: list[str], envs: list[str], evals: dict[str, Any]) -> list[str]:
     """First stage vs last, per environment and mode: the paired test in full."""
     if len(stages) < 2 or not changes.outcomes:
@@ -160,7 +167,7 @@ def _significance_table(changes: _Changes, stages: list[str], envs: list[str], e
     lines = ["", f"## {last} vs {first}: paired changes", "", f"Gained: tasks right in {last} and wrong in {first}; lost: the reverse.", "",
              "| env | mode | tasks | before | after | change | gained | lost | McNemar p | beyond noise |", "|---" * 10 + "|"]  # fmt: skip
     for e in envs:
-        for mode in evals[last].get(e, {}):
+        for mode in sorted(evals[last].get(e, {}), key=_mode_order):
             c = changes.change(e, mode, first, last)
             if c is not None:
                 lines.append(f"| {e} | {mode} | {c.n} | {c.before:.3f} | {c.after:.3f} | {c.delta:+.3f} | {c.gained} | {c.lost} | "

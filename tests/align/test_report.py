@@ -136,3 +136,12 @@ def test_read_outcomes_from_eval_samples(tmp_path: Path) -> None:
         "code": {"think": {"7": False}},
         "all": {"think": {"math/m1": True, "code/7": False}, "no_think": {"math/m1": False}},
     }
+
+
+def test_paired_table_lists_modes_in_ladder_order(tmp_path: Path) -> None:
+    text = _report(tmp_path)
+    modes = [line.split("|")[2].strip() for line in text.split("paired changes")[1].splitlines() if line.startswith("| math |")]
+    assert modes == ["think", "no_think", "budget_16"]
+    from align.report import _mode_order
+
+    assert sorted(["budget_128", "no_think", "budget_16", "think"], key=_mode_order) == ["think", "no_think", "budget_16", "budget_128"]
