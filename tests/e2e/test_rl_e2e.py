@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from align.algorithms.rl.tasks import TaskMixer, load_tasks
 from align.cli import main
+from align.config import load_recipe
+from envs.registry import make_env
 
 ROOT = Path(__file__).resolve().parents[2]
 # Tiny and quick: a fresh tiny policy (no SFT start), two single-turn environments, few tokens.
@@ -113,11 +116,23 @@ def test_full_scale_recipe_says_what_is_missing(capsys) -> None:
     assert "16 GPUs" in err and "this machine has 0" in err and "align rl --recipe nano3-multienv-tiny" in err
 
 
+def _mixer_at(args: list[str], state: dict) -> TaskMixer:
+    """The RL driver's task mixer for the recipe in ``args``, restored from a checkpoint's state."""
+    r = load_recipe("nano3-multienv-tiny", [a for a in args if "=" in a and not a.startswith("-")]).recipe
+    envs = {s.name: make_env(s.name, s.params) for s in r.envs}
+    tasks = {s.name: load_tasks(s, envs[s.name], s.num_train, r.seed, "train") for s in r.envs}
+    mixer = TaskMixer(tasks, {s.name: s.weight for s in r.envs}, r.seed, r.grpo.curriculum)
+    mixer.load_state_dict(state["tasks"])
+    return mixer
+
+
 @pytest.mark.parametrize("overlap", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["on_policy", "overlap"])
 def test_rl_through_ray_resumes_after_kill_9(tmp_path: Path, overlap: bool) -> None:
+    """On-policy, with the pass-rate curriculum on: its state must survive the kill like the streams'."""
     run_dir = tmp_path / "run"
     args = [sys.executable, "-m", "align.cli", "rl", "--recipe", "nano3-multienv-tiny", *QUICK, "grpo.max_steps=4",
             "grpo.eval_every_steps=100", "checkpoint.every_steps=2", f"grpo.off_policy_overlap={str(overlap).lower()}",
+            f"grpo.curriculum.enabled={str(not overlap).lower()}", "grpo.curriculum.weighting=learnability",
             f"output_dir={run_dir}"]  # fmt: skip
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -136,6 +151,11 @@ def test_rl_through_ray_resumes_after_kill_9(tmp_path: Path, overlap: bool) -> N
     assert (run_dir / "checkpoints" / "latest").read_text() == "step_000002"
     state = json.loads((run_dir / "checkpoints" / "step_000002" / "state.json").read_text())
     assert sum(state["tasks"]["position"].values()) == 2 * 4  # two steps of 4 prompts taken from the streams
+    before_kill = [json.loads(l) for l in (run_dir / "trajectories.jsonl").read_text().splitlines() if l.endswith("}")]
+    if not overlap:
+        # The pass rates of exactly the tasks of steps 1-2 ride in the checkpoint.
+        seen = {(s["env"], s["task"]) for s in before_kill if s["step"] <= 2}
+        assert {(env, task) for env, tasks in state["tasks"]["curriculum"].items() for task in tasks} == seen
     resumed = subprocess.run(args + ["--resume"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "at step 2" in resumed.stdout
@@ -146,4 +166,10 @@ def test_rl_through_ray_resumes_after_kill_9(tmp_path: Path, overlap: bool) -> N
     # The resume cut trajectories.jsonl back to step 2: step 3, logged before the kill, is there once.
     steps = [json.loads(l)["step"] for l in (run_dir / "trajectories.jsonl").read_text().splitlines()]
     assert {s: steps.count(s) for s in (1, 2, 3, 4)} == {s: 4 for s in (1, 2, 3, 4)}  # one sample per group of 4 prompts
+    if not overlap:
+        # The resumed step 3 drew what the checkpoint's curriculum state draws (pass rates and positions).
+        after = [json.loads(l) for l in (run_dir / "trajectories.jsonl").read_text().splitlines()]
+        assert sorted(s["task"] for s in after if s["step"] == 3) == sorted(t.id for t in _mixer_at(args, state).next(4))
+        assert {"math/tasks_seen", "math/pass_rate_hist/0.00-0.20", "instruction_following/tasks_active"} <= set(train[4])
+        assert train[4]["math/tasks_seen"] >= train[2]["math/tasks_seen"] > 0
     assert (run_dir / "final" / "config.json").is_file()
