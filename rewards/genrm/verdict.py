@@ -38,7 +38,6 @@ HEADER = "Compare two answers to the question."
 # Anything verdict-shaped, to detect a second (possibly echoed) verdict; the strict form is below.
 _ANY_VERDICT = re.compile(r"\[\[.*?\]\]", re.DOTALL)
 _VERDICT = re.compile(r"\[\[A=(\d) B=(\d)\]\]")
-_THINK = re.compile(re.escape(THINK_OPEN) + r".*?" + re.escape(THINK_CLOSE), re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -71,15 +70,17 @@ def quote(text: str) -> str:
 
 
 def strip_thinking(text: str) -> str:
-    """The answer part of a completion: think blocks dropped; an unclosed ``<think>`` drops the rest.
+    """The answer part of a completion: what follows the last ``</think>`` (the template may have
+    opened the block in the prompt), cut at a ``<think>`` left unclosed after it.
 
-    >>> strip_thinking("<think>carry the 1</think>\\\\boxed{28}")
-    '\\\\boxed{28}'
+    >>> strip_thinking("<think>carry the 1</think>28"), strip_thinking("plan</think>ok"), strip_thinking("<think>cut off")
+    ('28', 'ok', '')
     """
-    text = _THINK.sub("", text)
+    if THINK_CLOSE in text:
+        text = text[text.rindex(THINK_CLOSE) + len(THINK_CLOSE) :]
     if THINK_OPEN in text:
         text = text[: text.index(THINK_OPEN)]
-    return text.replace(THINK_CLOSE, "").strip()
+    return text.strip()
 
 
 def render_question(prompt: list[dict[str, Any]]) -> str:
