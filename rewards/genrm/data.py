@@ -1,7 +1,11 @@
 """Judgement SFT data from preference pairs: (prompt, A, B) -> short reasoning + verdict, both orders.
 
 Every pair gives two rows, chosen shown as A and chosen shown as B, so the judge is trained
-without a favourite position. The target scores say how much worse the rejected answer is,
+without a favourite position. The judge's reasoning first works the question out, with the
+chosen response's own thinking when it has some (a judge that cannot solve the task cannot tell
+a wrong answer from a right one; the tiny judge with only "B is wrong." as reasoning stayed at
+chance on wrong-vs-right pairs), then says which answer is worse and why. The target scores say
+how much worse the rejected answer is,
 where the row says why (``pair_kind``, written by task families that know it, e.g. ``chat``):
 
 - ``padded`` (the chosen answer plus filler): 5 vs 3, "B adds filler.";
@@ -14,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from align.reasoning import split_thinking
 from rewards.genrm.verdict import Verdict, judge_messages, judgement
 
 PADDED, WORSE = Verdict(5, 3), Verdict(5, 1)
@@ -45,8 +50,10 @@ def judgement_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     for row in rows:
         chosen, rejected = response_text(row["chosen"]), response_text(row["rejected"])
         why, verdict = pair_label(row.get("pair_kind"))
+        trace = " ".join(t for t in (split_thinking(m["content"])[0] for m in row["chosen"] if m["role"] == "assistant") if t)
+        lead = f"{trace}. " if trace else ""
         for order, a, b, v, worse in (("chosen_a", chosen, rejected, verdict, "B"), ("chosen_b", rejected, chosen, verdict.swapped(), "A")):
-            messages = [*judge_messages(row["prompt"], a, b), {"role": "assistant", "content": judgement(f"{worse} {why}.", v)}]
+            messages = [*judge_messages(row["prompt"], a, b), {"role": "assistant", "content": judgement(f"{lead}{worse} {why}.", v)}]
             extra = {k: row[k] for k in ("env", "id") if k in row}
             out.append({"messages": messages, "order": order, "label": v.preference, **extra})
     return out
