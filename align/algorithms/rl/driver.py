@@ -161,8 +161,9 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
             t0 = time.perf_counter()
             scored = [score_group(grp, rewards, r.rollout.sampling.max_new_tokens, g) for grp in groups]
             out.time_score_s += time.perf_counter() - t0
-            for fn, _ in rewards:  # what reward functions with actors of their own spent (judge calls, tokens)
-                out.reward_metrics.update(fn.step_metrics() if hasattr(fn, "step_metrics") else {})
+            for fn, _ in rewards:  # what reward functions with actors of their own spent (judge calls, tokens), summed over refills
+                for k, v in (fn.step_metrics() if hasattr(fn, "step_metrics") else {}).items():
+                    out.reward_metrics[k] = out.reward_metrics.get(k, 0.0) + v
             out.all_groups += scored
             new_kept, new_dropped = select_groups(scored, needed - len(kept), g.dynamic_sampling, env_signal=bool(rewards) and not g.keep_reward_only_groups)
             kept += new_kept
