@@ -6,7 +6,19 @@ import asyncio
 import random
 from collections import Counter
 
+import pytest
+
+from envs.chat import ChatEnv
 from envs.judge import JudgeEnv, JudgeParams
+from envs.registry import ENVS, register_env
+
+
+@pytest.fixture(autouse=True)
+def chat_registered():
+    """The judge's pairs come from the chat env by name: registered explicitly, so this runs before a reinstall adds the entry point."""
+    register_env(ChatEnv)
+    yield
+    ENVS.unregister("chat")
 
 
 def test_tasks_mix_orders_and_labels_match_the_target() -> None:
