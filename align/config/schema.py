@@ -129,7 +129,7 @@ class GenRMEvalSettings(Strict):
     """``rm.objective: genrm``: how the trained judge is evaluated (align/algorithms/genrm.py)."""
 
     num_eval_pairs: int = Field(200, ge=1)  # held-out pairs, each judged in both orders, greedy
-    max_new_tokens: int = Field(96, ge=1)  # the judge's reasoning + verdict
+    max_new_tokens: int = Field(64, ge=1)  # the judge's reasoning + verdict
     evaluate_start: bool = True  # also judge with the start checkpoint (the "before" column)
 
 

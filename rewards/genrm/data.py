@@ -4,8 +4,7 @@ Every pair gives two rows, chosen shown as A and chosen shown as B, so the judge
 without a favourite position. The judge's reasoning first works the question out, with the
 chosen response's own thinking when it has some (a judge that cannot solve the task cannot tell
 a wrong answer from a right one; the tiny judge with only "B is wrong." as reasoning stayed at
-chance on wrong-vs-right pairs), restates the start of each answer (``gist``: matching its own
-result against A and B is then a copy-and-compare), then says which answer is worse and why. The target scores say
+chance on wrong-vs-right pairs), then says which answer is worse and why. The target scores say
 how much worse the rejected answer is,
 where the row says why (``pair_kind``, written by task families that know it, e.g. ``chat``):
 
@@ -20,10 +19,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from align.reasoning import split_thinking
-from rewards.genrm.verdict import Verdict, judge_messages, judgement, strip_thinking
+from rewards.genrm.verdict import Verdict, judge_messages, judgement
 
 PADDED, WORSE = Verdict(5, 3), Verdict(5, 1)
-GIST_CHARS = 24  # enough for the tiny world's answers; the judge's target stays short
 
 
 def response_text(messages: list[dict[str, Any]]) -> str:
@@ -42,15 +40,6 @@ def pair_label(kind: str | None) -> tuple[str, Verdict]:
     return ("is wrong" if kind == "wrong" else "is worse"), WORSE
 
 
-def gist(response: str, max_chars: int = GIST_CHARS) -> str:
-    """The start of a response's answer (thinking stripped, one line), as the judge restates it.
-
-    >>> gist("<think>t</think>good car I hope this helps."), gist("a\\nb")
-    ('good car I hope this hel', 'a b')
-    """
-    return " ".join(strip_thinking(response).split())[:max_chars].strip()
-
-
 def judgement_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """SFT rows (``messages``) teaching the judge, two per preference row (``order``: ``chosen_a`` / ``chosen_b``).
 
@@ -64,8 +53,7 @@ def judgement_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         trace = " ".join(t for t in (split_thinking(m["content"])[0] for m in row["chosen"] if m["role"] == "assistant") if t)
         lead = f"{trace}. " if trace else ""
         for order, a, b, v, worse in (("chosen_a", chosen, rejected, verdict, "B"), ("chosen_b", rejected, chosen, verdict.swapped(), "A")):
-            reason = f"{lead}A: {gist(a)}. B: {gist(b)}. {worse} {why}."
-            messages = [*judge_messages(row["prompt"], a, b), {"role": "assistant", "content": judgement(reason, v)}]
+            messages = [*judge_messages(row["prompt"], a, b), {"role": "assistant", "content": judgement(f"{lead}{worse} {why}.", v)}]
             extra = {k: row[k] for k in ("env", "id") if k in row}
             out.append({"messages": messages, "order": order, "label": v.preference, **extra})
     return out

@@ -46,7 +46,7 @@ class GenRMParams(BaseModel):
 
     path: str  # the judge: an HF causal-LM folder (align rm, rm.objective=genrm: its final/)
     order: Literal["both", "random"] = "both"  # both orders per pair (2G calls) or one random order (G)
-    max_new_tokens: int = Field(96, ge=1)  # the judge's reasoning + verdict
+    max_new_tokens: int = Field(64, ge=1)  # the judge's reasoning + verdict
     temperature: float = Field(0.0, ge=0)  # 0: greedy verdicts
     length_control: LengthControl = LengthControl()
     num_engines: int = Field(1, ge=0)  # judge engine actors; 0: one engine in the calling process

@@ -9,7 +9,7 @@ from collections import Counter
 
 from align.reasoning import split_thinking
 from envs.chat import ChatEnv, ChatParams
-from rewards.genrm.data import gist, judgement_rows, response_text
+from rewards.genrm.data import judgement_rows, response_text
 from rewards.genrm.verdict import parse_verdict, quote, strip_thinking
 
 
@@ -56,11 +56,10 @@ def test_judgement_rows_both_orders() -> None:
         v2 = parse_verdict(second["messages"][-1]["content"])
         assert v1 is not None and v2 == v1.swapped() and v1.a > v1.b
         assert (v1.a - v1.b, first["messages"][-1]["content"].count("filler")) == ((2, 1) if pair["pair_kind"] == "padded" else (4, 0))
-        # The judge first works the question out (the chosen answer's thinking), restates both answers, then compares.
+        # The judge first works the question out (the chosen answer's thinking), then compares.
         trace = split_thinking(pair["chosen"][-1]["content"])[0]
-        good, bad = gist(response_text(pair["chosen"])), gist(response_text(pair["rejected"]))
-        assert first["messages"][-1]["content"].startswith(f"<think>{trace}. A: {good}. B: {bad}. B ")
-        assert second["messages"][-1]["content"].startswith(f"<think>{trace}. A: {bad}. B: {good}. A ")
+        assert first["messages"][-1]["content"].startswith(f"<think>{trace}. B ")
+        assert second["messages"][-1]["content"].startswith(f"<think>{trace}. A ")
         # The judge sees the answers, quoted, in the order of the row.
         prompt = first["messages"][0]["content"]
         chosen_answer = strip_thinking(response_text(pair["chosen"]))
