@@ -39,3 +39,17 @@ def get_reward_class(name: str) -> type:
 def make_reward(name: str, params: dict[str, Any] | BaseModel | None = None) -> RewardFn:
     """A reward-function instance with validated params (bad fields raise PluginParamsError)."""
     return REWARDS.make(name, params)
+
+
+def reward_actor_cpus(specs: Any) -> float:
+    """CPUs that reward functions of ``specs`` (a recipe's ``rewards``) take as Ray actors of their own.
+
+    A reward class that starts actors (the ``genrm`` judge's engines) says how many through
+    ``ray_cpus(params)``; the job's Ray session is sized with them.
+    """
+    total = 0.0
+    for spec in specs:
+        cls = get_reward_class(spec.name)
+        if hasattr(cls, "ray_cpus"):
+            total += cls.ray_cpus(cls.Params.model_validate(spec.params))
+    return total

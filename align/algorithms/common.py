@@ -31,6 +31,7 @@ from align.learner.engine import MicroBatch, Objective
 from align.learner.objectives import AdaptersOff
 from align.models import load_tokenizer, prepare_initial_checkpoint
 from align.runlog import Checkpoints, MetricsLog, plot_curves
+from rewards.registry import reward_actor_cpus
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -92,7 +93,7 @@ def ray_cpus(recipe: Any) -> int:
     c = recipe.cluster
     if recipe.job == "rl":
         ref = FrozenReference.cpus(recipe.grpo.reference, c) if recipe.grpo.kl_coef > 0 else 0.0
-        return int(c.num_learners * c.cpus_per_learner + ref) + c.num_rollout_engines
+        return int(c.num_learners * c.cpus_per_learner + ref + reward_actor_cpus(recipe.rewards)) + c.num_rollout_engines
     ref = FrozenReference.cpus(recipe.dpo.reference, c) if recipe.job == "dpo" else 0.0
     return int(c.num_learners * c.cpus_per_learner + ref) + 1
 

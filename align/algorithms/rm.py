@@ -7,6 +7,7 @@ reward (``rewards: [{name: reward_model, params: {path: runs/tiny-rm/final}}]``)
 
 - ``rm.objective: bradley_terry``: one output, ``-log s(r_chosen - r_rejected)``; each eval
   reports held-out pairwise accuracy (share of pairs with r_chosen > r_rejected) and margins.
+- ``rm.objective: genrm``: a generative judge instead of a scalar head (:mod:`align.algorithms.genrm`).
 - ``rm.objective: regression``: one output per attribute named in ``rm.attributes`` (HelpSteer
   style rows ``{"prompt", "response", "attributes": {name: rating}}``), mean squared error.
   Each eval reports each attribute's held-out MSE next to the MSE of always predicting the
@@ -25,6 +26,7 @@ from typing import Any
 
 import torch
 
+from align.algorithms import genrm
 from align.algorithms.common import Job, JobError, console, count_pairs, finish, per_pair_means, prepare_job, train_loop
 from align.cluster import LearnerGroup
 from align.config import LoadedRecipe
@@ -116,6 +118,8 @@ def regression_eval(job: Job, names: Sequence[str], weights: dict[str, float]) -
 def run(loaded: LoadedRecipe, resume: bool = False) -> int:
     r = loaded.recipe
     s = r.rm
+    if s.objective == "genrm":
+        return genrm.run(loaded, resume)
     if s.objective == "regression":
         if not s.attributes:
             raise JobError("rm.objective is regression but rm.attributes is empty; name the rated attributes and their weights, "

@@ -125,10 +125,20 @@ class DPORecipe(DataJobBase):
     dpo: DPOSettings = DPOSettings()
 
 
+class GenRMEvalSettings(Strict):
+    """``rm.objective: genrm``: how the trained judge is evaluated (align/algorithms/genrm.py)."""
+
+    num_eval_pairs: int = Field(200, ge=1)  # held-out pairs, each judged in both orders, greedy
+    max_new_tokens: int = Field(64, ge=1)  # the judge's reasoning + verdict
+    evaluate_start: bool = True  # also judge with the start checkpoint (the "before" column)
+
+
 class RMSettings(Strict):
     max_steps: int = Field(100, ge=1)
     eval_every_steps: int = Field(25, ge=1)
-    objective: Literal["bradley_terry", "regression"] = "bradley_terry"
+    # genrm: SFT of the policy architecture as a judge (prompt, A, B -> reasoning + verdict).
+    objective: Literal["bradley_terry", "regression", "genrm"] = "bradley_terry"
+    genrm: GenRMEvalSettings = GenRMEvalSettings()
     # Multi-attribute regression: attribute name -> weight used to combine them at inference.
     attributes: dict[str, float] = {}
     center_rewards_coefficient: float = Field(0.0, ge=0)

@@ -77,6 +77,8 @@ def generated_rows(cfg: GeneratedData, kind: RowKind) -> tuple[list[dict[str, An
             else:
                 rng = random.Random(f"corrupt:{cfg.seed}:{name}:{task.id}")
                 row = {"prompt": prompt, "chosen": env.demonstrate(task), "rejected": env.corrupt(task, rng)}
+                if "pair_kind" in task.meta:  # why rejected is worse, where the family knows (a GenRM's reasoning target)
+                    row["pair_kind"] = task.meta["pair_kind"]
             row.update(env=name, id=task.id)
             env_rows.append((prompt_key(prompt), row))
         seen = {key for key, _ in env_rows[:n_train]}

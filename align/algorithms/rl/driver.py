@@ -45,6 +45,8 @@ from align.weight_sync import WeightSync
 from envs.registry import make_env
 from rewards.base import RewardFn
 from rewards.combine import combine
+from rewards.genrm.reward import GenRMReward
+from rewards.genrm.winrate import win_rate
 from rewards.registry import make_reward
 from rollout.collect import collect
 from rollout.types import Trajectory
@@ -128,10 +130,13 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
     depth = g.max_staleness if g.off_policy_overlap else 0
     queue = EngineQueue(threaded=depth > 0, version=start)
 
+    played: dict[int, list[Trajectory]] = {}  # /think answers of each eval, for a judge's win rate
+
     def evaluate(step: int) -> EvalSummary:
         modes = standard_modes(r.reasoning.eval_budgets)
         results = asyncio.run(play(envs, eval_tasks, modes, tokenizer, rollout.generate, r.rollout.sampling, r.rollout.max_turns, r.seed,
                                    r.reasoning.budget_grace_fraction))  # fmt: skip
+        played[step] = [t for label, t in results if label == "think"]
         return summarize(results)
 
     def log_eval(step: int, summary: EvalSummary) -> None:
@@ -158,6 +163,9 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
             t0 = time.perf_counter()
             scored = [score_group(grp, rewards, r.rollout.sampling.max_new_tokens, g) for grp in groups]
             out.time_score_s += time.perf_counter() - t0
+            for fn, _ in rewards:  # what reward functions with actors of their own spent (judge calls, tokens), summed over refills
+                for k, v in (fn.step_metrics() if hasattr(fn, "step_metrics") else {}).items():
+                    out.reward_metrics[k] = out.reward_metrics.get(k, 0.0) + v
             out.all_groups += scored
             out.curriculum = mixer.observe(groups)  # pass rates by task (grpo.curriculum); {} when off
             new_kept, new_dropped = select_groups(scored, needed - len(kept), g.dynamic_sampling, env_signal=bool(rewards) and not g.keep_reward_only_groups)
@@ -221,6 +229,7 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
                            time_rollout_wait_s=t_wait, time_learner_s=t_learn, time_sync_s=t_sync,
                            time_step_s=time.perf_counter() - t_step, rollout_tokens_per_s=ro.rollout_tokens / max(ro.time_rollout_s, 1e-9),
                            groups_kept=float(len(ro.kept)), groups_dropped=float(len(ro.dropped)))  # fmt: skip
+            metrics.update(ro.reward_metrics)
             log.log(done, "train", metrics)
             _write_samples(samples_file, done, ro.all_groups, per_group=1)
             console.print(
@@ -241,7 +250,8 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
     samples_file.close()
     final = publish_hf(run_dir, learners, model_path)
     _plots(run_dir, [s.name for s in r.envs])
-    (run_dir / "summary.json").write_text(json.dumps({"final_checkpoint": str(final), "eval": eval_history}, indent=2, default=str))
+    judged = judge_final(rewards, played.get(0), played.get(g.max_steps))
+    (run_dir / "summary.json").write_text(json.dumps({"final_checkpoint": str(final), "eval": eval_history, **judged}, indent=2, default=str))
     learners.shutdown()
     if reference is not None:
         reference.shutdown()
@@ -261,9 +271,22 @@ class StepRollout:
     train_groups: list[Scored] = field(default_factory=list)
     tasks_state: dict[str, Any] = field(default_factory=dict)
     curriculum: dict[str, float] = field(default_factory=dict)
+    reward_metrics: dict[str, float] = field(default_factory=dict)
     time_rollout_s: float = 0.0
     time_score_s: float = 0.0
     rollout_tokens: int = 0
+
+
+def judge_final(rewards: list[tuple[RewardFn, float]], start: list[Trajectory] | None, final: list[Trajectory] | None) -> dict[str, Any]:
+    """A GenRM reward's win rate of the final policy over the start policy on the held-out prompts (``genrm_win_rate``)."""
+    out: dict[str, Any] = {}
+    for fn, _ in rewards:
+        if isinstance(fn, GenRMReward) and start and final:
+            out["genrm_win_rate"] = win_rate(fn.judge_items, start, final)
+            console.print("GenRM judged final vs start policy: " + "  ".join(f"{k} {v:.3f}" for k, v in out["genrm_win_rate"].items()))
+        if hasattr(fn, "close"):
+            fn.close()
+    return out
 
 
 def _attach(per_rank: list[list[dict[str, Any]]], key: str, values: list[list[Any]]) -> None:

@@ -1,0 +1,59 @@
+"""Judgement SFT data from preference pairs: (prompt, A, B) -> short reasoning + verdict, both orders.
+
+Every pair gives two rows, chosen shown as A and chosen shown as B, so the judge is trained
+without a favourite position. The judge's reasoning first works the question out, with the
+chosen response's own thinking when it has some (a judge that cannot solve the task cannot tell
+a wrong answer from a right one; the tiny judge with only "B is wrong." as reasoning stayed at
+chance on wrong-vs-right pairs), then says which answer is worse and why. The target scores say
+how much worse the rejected answer is,
+where the row says why (``pair_kind``, written by task families that know it, e.g. ``chat``):
+
+- ``padded`` (the chosen answer plus filler): 5 vs 3, "B adds filler.";
+- ``wrong``: 5 vs 1, "B is wrong.";
+- no kind (a pair from a file says which is better, not why): 5 vs 1, "B is worse.".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from align.reasoning import split_thinking
+from rewards.genrm.verdict import Verdict, judge_messages, judgement
+
+PADDED, WORSE = Verdict(5, 3), Verdict(5, 1)
+
+
+def response_text(messages: list[dict[str, Any]]) -> str:
+    """A response given as messages (a pair's chosen or rejected side) as one text: its assistant turns."""
+    return "\n".join(m["content"] for m in messages if m["role"] == "assistant")
+
+
+def pair_label(kind: str | None) -> tuple[str, Verdict]:
+    """(why the rejected answer is worse, the verdict with chosen as A) for a pair of ``kind``.
+
+    >>> pair_label("padded"), pair_label(None)
+    (('adds filler', Verdict(a=5, b=3)), ('is worse', Verdict(a=5, b=1)))
+    """
+    if kind == "padded":
+        return "adds filler", PADDED
+    return ("is wrong" if kind == "wrong" else "is worse"), WORSE
+
+
+def judgement_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """SFT rows (``messages``) teaching the judge, two per preference row (``order``: ``chosen_a`` / ``chosen_b``).
+
+    Each row keeps the pair's ``env`` and ``id`` (when present) and its ``label``: +1 when the
+    better answer is A, -1 when it is B.
+    """
+    out = []
+    for row in rows:
+        chosen, rejected = response_text(row["chosen"]), response_text(row["rejected"])
+        why, verdict = pair_label(row.get("pair_kind"))
+        trace = " ".join(t for t in (split_thinking(m["content"])[0] for m in row["chosen"] if m["role"] == "assistant") if t)
+        lead = f"{trace}. " if trace else ""
+        for order, a, b, v, worse in (("chosen_a", chosen, rejected, verdict, "B"), ("chosen_b", rejected, chosen, verdict.swapped(), "A")):
+            messages = [*judge_messages(row["prompt"], a, b), {"role": "assistant", "content": judgement(f"{lead}{worse} {why}.", v)}]
+            extra = {k: row[k] for k in ("env", "id") if k in row}
+            out.append({"messages": messages, "order": order, "label": v.preference, **extra})
+    return out

@@ -1,0 +1,56 @@
+"""The GenRM's verdict on an RL run: win rate of the final policy against the start policy.
+
+Both policies answer the same held-out prompts greedily (the RL driver's step-0 and final
+evaluations); the judge compares each pair of answers in both orders. Final wins a prompt when
+its mean score over the parsed verdicts is higher, ties count one half, and a prompt with no
+parsed verdict is left out (counted). Mean answer lengths (policy tokens) of both come with it,
+and the source verifier's accuracy where the environment has one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from rewards.genrm.judge import Item
+from rollout.types import Trajectory
+
+
+def win_rate(judge_items: Any, start: Sequence[Trajectory], final: Sequence[Trajectory]) -> dict[str, float]:
+    """``judge_items(items) -> calls`` (e.g. :meth:`GenRMReward.judge_items`) on matched (start, final) answers."""
+    by_task = {t.task.id: t for t in start}
+    pairs = [(by_task[t.task.id], t) for t in final if t.task.id in by_task]
+    if not pairs:
+        raise ValueError("win_rate: the start and final evaluations share no task")
+    items = []
+    for s, f in pairs:
+        prompt = list(s.task.prompt)
+        items += [Item(prompt, f.completion, s.completion), Item(prompt, s.completion, f.completion)]
+    calls = judge_items(items)
+    wins = 0.0
+    judged = 0
+    for k in range(len(pairs)):
+        va, vb = calls[2 * k].verdict, calls[2 * k + 1].verdict
+        mine = [v.a for v in (va,) if v] + [v.b for v in (vb,) if v]
+        theirs = [v.b for v in (va,) if v] + [v.a for v in (vb,) if v]
+        if not mine:
+            continue
+        judged += 1
+        diff = sum(mine) / len(mine) - sum(theirs) / len(theirs)
+        wins += 1.0 if diff > 0 else 0.5 if diff == 0 else 0.0
+    n = len(pairs)
+
+    def mean(xs: list[float]) -> float:
+        return sum(xs) / len(xs)
+
+    out = {
+        "win_rate": wins / judged if judged else float("nan"),
+        "prompts": float(n),
+        "prompts_unjudged": float(n - judged),
+        "length_start": mean([s.num_policy_tokens for s, _ in pairs]),
+        "length_final": mean([f.num_policy_tokens for _, f in pairs]),
+    }
+    if all(s.correct is not None and f.correct is not None for s, f in pairs):
+        out["verifier_accuracy_start"] = mean([float(bool(s.correct)) for s, _ in pairs])
+        out["verifier_accuracy_final"] = mean([float(bool(f.correct)) for _, f in pairs])
+    return out
