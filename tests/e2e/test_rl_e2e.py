@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from align.cli import main
 
@@ -113,10 +114,19 @@ def test_full_scale_recipe_says_what_is_missing(capsys) -> None:
     assert "16 GPUs" in err and "this machine has 0" in err and "align rl --recipe nano3-multienv-tiny" in err
 
 
-@pytest.mark.parametrize("overlap", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["on_policy", "overlap"])
-def test_rl_through_ray_resumes_after_kill_9(tmp_path: Path, overlap: bool) -> None:
+# The tiny MoE hybrid (Nemotron 3 Nano's layer kinds; model.tiny's expert defaults: 4 routed
+# experts, top-2, one shared expert), with routing replay on: the learners replay vLLM's experts.
+MOE = ["model.tiny.layers_block_type=ME*ME*", "rollout.return_routed_experts=true", "grpo.routing_replay=rollout"]
+
+
+@pytest.mark.parametrize(
+    ("overlap", "policy"),
+    [(False, []), pytest.param(True, [], marks=pytest.mark.slow), (False, MOE)],
+    ids=["on_policy", "overlap", "moe_replay"],
+)
+def test_rl_through_ray_resumes_after_kill_9(tmp_path: Path, overlap: bool, policy: list[str]) -> None:
     run_dir = tmp_path / "run"
-    args = [sys.executable, "-m", "align.cli", "rl", "--recipe", "nano3-multienv-tiny", *QUICK, "grpo.max_steps=4",
+    args = [sys.executable, "-m", "align.cli", "rl", "--recipe", "nano3-multienv-tiny", *QUICK, *policy, "grpo.max_steps=4",
             "grpo.eval_every_steps=100", "checkpoint.every_steps=2", f"grpo.off_policy_overlap={str(overlap).lower()}",
             f"output_dir={run_dir}"]  # fmt: skip
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -146,4 +156,20 @@ def test_rl_through_ray_resumes_after_kill_9(tmp_path: Path, overlap: bool) -> N
     # The resume cut trajectories.jsonl back to step 2: step 3, logged before the kill, is there once.
     steps = [json.loads(l)["step"] for l in (run_dir / "trajectories.jsonl").read_text().splitlines()]
     assert {s: steps.count(s) for s in (1, 2, 3, 4)} == {s: 4 for s in (1, 2, 3, 4)}  # one sample per group of 4 prompts
-    assert (run_dir / "final" / "config.json").is_file()
+    config = json.loads((run_dir / "final" / "config.json").read_text())
+    assert config["layers_block_type"].count("moe") == (2 if policy else 0)
+    if policy:
+        _assert_router_frozen_and_experts_trained(run_dir / "init", run_dir / "final")
+
+
+def _assert_router_frozen_and_experts_trained(init: Path, final: Path) -> None:
+    """The router (frozen in RL) is the start checkpoint's after four updates across the kill and
+    resume; the routed experts moved."""
+    from safetensors.torch import load_file
+
+    before, after = load_file(str(init / "model.safetensors")), load_file(str(final / "model.safetensors"))
+    routers = [k for k in before if k.endswith(".mixer.gate.weight")]
+    experts = [k for k in before if ".mixer.experts." in k]
+    assert len(routers) == 2 and experts and set(after) == set(before)
+    assert all(torch.equal(after[k], before[k]) for k in routers), "a frozen router moved"
+    assert max(float((after[k] - before[k]).abs().max()) for k in experts) > 0, "no routed expert trained"
