@@ -13,8 +13,9 @@ by ``position_ids`` for attention and ``seq_idx`` for Mamba2). On CPU neither ch
 
 from __future__ import annotations
 
-import os
 import logging
+import os
+import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -210,11 +211,18 @@ def prepare_initial_checkpoint(
 
             texts = world_texts(seed=seed)
         tokenizer = train_tokenizer(texts, vocab_size=tokenizer_cfg.vocab_size)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     if model_cfg.path is not None:
         model = load_model(model_cfg.path, model_cfg.dtype)
     else:
         model = build_tiny_model(model_cfg, tokenizer, seed=seed)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+        if model_cfg.dtype == "bfloat16":
+            # Initialised in float32 (the same weights whatever the dtype), then cast as transformers
+            # casts a checkpoint it loads, so the result is what a real bf16 checkpoint holds (its
+            # _keep_in_fp32_modules_strict, NemotronH's expert-bias buffer, stay float32).
+            model.save_pretrained(str(tmp), safe_serialization=True)
+            model = load_model(tmp, "bfloat16")
+            shutil.rmtree(tmp)
     model.save_pretrained(str(tmp), safe_serialization=True)
     tokenizer.save_pretrained(str(tmp))
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -302,6 +302,13 @@ class RLRecipe(JobBase):
         return per_step // (self.cluster.num_learners * self.learner.micro_batch_size_per_device)
 
     @model_validator(mode="after")
+    def _replay_has_routes(self) -> "RLRecipe":
+        # Else the first step would fail, after the engines and the step-0 eval, for want of routes.
+        if self.grpo.routing_replay == "rollout" and not self.rollout.return_routed_experts:
+            raise ValueError("grpo.routing_replay=rollout replays the experts the engines record: set rollout.return_routed_experts=true too")
+        return self
+
+    @model_validator(mode="after")
     def _unique_envs(self) -> "RLRecipe":
         names = [e.name for e in self.envs]
         dupes = sorted({n for n in names if names.count(n) > 1})

@@ -62,6 +62,8 @@ class ModelConfig(Strict):
     arch: Literal["nemotron_h", "llama"] = "nemotron_h"
     path: str | None = None
     tiny: TinyModelConfig = TinyModelConfig()
+    # The start checkpoint's dtype (<run>/init). auto: the loaded checkpoint's own, float32 for a
+    # tiny one. Learners and vLLM engines then load it in learner.precision's dtype.
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
 
 

@@ -44,7 +44,10 @@ def test_routing_replay_off_survives_yaml_booleans() -> None:
     """A bare `off` is YAML's false: the recipe file and the command line both mean replay off."""
     assert load_recipe("nano3-multienv").recipe.grpo.routing_replay == "off"
     assert load_recipe("nano3-multienv-tiny", ["grpo.routing_replay=off"]).recipe.grpo.routing_replay == "off"
-    assert load_recipe("nano3-multienv-tiny", ["grpo.routing_replay=rollout"]).recipe.grpo.routing_replay == "rollout"
+    replay = ["grpo.routing_replay=rollout", "rollout.return_routed_experts=true"]
+    assert load_recipe("nano3-multienv-tiny", replay).recipe.grpo.routing_replay == "rollout"
+    with pytest.raises(RecipeError, match="set rollout.return_routed_experts=true"):
+        load_recipe("nano3-multienv-tiny", replay[:1])
     with pytest.raises(RecipeError, match="routing_replay"):
         load_recipe("nano3-multienv-tiny", ["grpo.routing_replay=on"])
 

@@ -90,6 +90,26 @@ def test_factory_saves_a_model_transformers_loads(tmp_path: Path, arch: str) -> 
     assert torch.equal(load_model(again).lm_head.weight, model.lm_head.weight)
 
 
+def test_tiny_checkpoint_is_written_in_model_dtype(tmp_path: Path) -> None:
+    """``model.dtype=bfloat16`` holds for a tiny policy as for a loaded one: the same initial weights
+    as float32, rounded, and NemotronH's expert-bias buffer kept float32 (transformers' rule for
+    it, so a learner loading the folder in float32 or bf16 gets what it would from a real checkpoint)."""
+    from safetensors.torch import load_file
+
+    moe = {"layers_block_type": "ME*", "hidden_size": 64, "num_attention_heads": 2, "num_key_value_heads": 1, "mamba_num_heads": 4}
+    paths = {dtype: prepare_initial_checkpoint(ModelConfig(tiny=moe, dtype=dtype), TokenizerConfig(vocab_size=400), tmp_path / dtype, texts=TEXTS)
+             for dtype in ("float32", "bfloat16")}  # fmt: skip
+    f32, bf16 = (load_file(str(paths[d] / "model.safetensors")) for d in ("float32", "bfloat16"))
+    assert json.loads((paths["bfloat16"] / "config.json").read_text())["dtype"] == "bfloat16"
+    assert json.loads((paths["float32"] / "config.json").read_text())["dtype"] == "float32"
+    assert set(bf16) == set(f32) and all(t.dtype == torch.float32 for t in f32.values())
+    keep = {k for k in bf16 if k.endswith("e_score_correction_bias")}
+    assert len(keep) == 1 and all(bf16[k].dtype == torch.float32 for k in keep)
+    for name, t in bf16.items():
+        if name not in keep:
+            assert t.dtype == torch.bfloat16 and torch.equal(t, f32[name].to(torch.bfloat16)), name
+
+
 VLLM_SCRIPT = """
 import json, os, sys
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"

