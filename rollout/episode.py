@@ -70,7 +70,10 @@ async def run_episode(
     chat = ChatTokens.from_tokenizer(tokenizer)
     budget = round_budget(mode.budget) if mode.thinking and mode.budget is not None else None
     if budget is not None and chat.think_close_id is None:
-        raise ValueError(f"a thinking budget needs {THINK_CLOSE!r} to be one token of the tokenizer; it is not")
+        raise ValueError(
+            f"a thinking budget needs {THINK_CLOSE!r} to be one token of the tokenizer; it is not. Start the job from "
+            "model.path: align then adds the reasoning tokens and resizes the embeddings (README: Bring your own model)"
+        )
     try:
         messages = list(env.reset(task))
     except Exception as e:  # noqa: BLE001 - plugin code may raise anything
