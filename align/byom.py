@@ -140,7 +140,7 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, chat_template: str | N
     if not (toggle_ok and budget_ok):
         tokenizer.chat_template = wrap_template(tokenizer.chat_template, toggle=not toggle_ok, budget=not budget_ok)
         ignored = " and ".join(n for n, ok in (("enable_thinking", toggle_ok), ("thinking_budget", budget_ok)) if not ok)
-        notes.append(f"the chat template ignores {ignored}: wrapped to write them into the system turn")
+        notes.append(f"the chat template ignores {ignored}: wrapped to write {'them' if ' and ' in ignored else 'it'} into the system turn")
     check_chat(tokenizer, "tokenizer.chat_template")
     return notes
 
