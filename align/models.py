@@ -3,7 +3,7 @@
 ``model.path`` set: load a real checkpoint (local folder or hub id) through transformers.
 ``model.path`` null: build the tiny world's policy from the recipe's config, a hybrid
 Mamba-Transformer ``NemotronHForCausalLM`` (or a Llama-style alternative), with random weights.
-Either way the result is saved in Hugging Face format, which transformers and vLLM both load.
+:mod:`align.init_checkpoint` writes either as the Hugging Face folder a job starts from.
 
 On GPU, :func:`select_kernels` points the hybrid policy's Mamba2 layers at ``mamba_ssm``'s
 Triton kernels when they are installed (``align.kernels``), and :func:`enable_packed_forward`
@@ -14,19 +14,16 @@ by ``position_ids`` for attention and ``seq_idx`` for Mamba2). On CPU neither ch
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, NemotronHConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from align.config.schema import ModelConfig, TokenizerConfig
+from align.config.schema import ModelConfig
 from align.data.batching import pack_padded, unpack_to_padded
 from align.kernels import KernelStatus, enable_mamba_kernels
-from align.tiny.tokenizer import train_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -184,47 +181,3 @@ def _packed(forward: Callable[..., Any], hybrid: bool, pad_id: int) -> Callable[
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(str(path))
-
-
-def prepare_initial_checkpoint(
-    model_cfg: ModelConfig,
-    tokenizer_cfg: TokenizerConfig,
-    out_dir: str | Path,
-    texts: Iterable[str] | None = None,
-    seed: int = 0,
-) -> Path:
-    """Write an HF folder (weights + tokenizer) to start a job from, and return its path.
-
-    Idempotent: an existing complete folder is reused, so a resumed run starts from the same
-    weights. A real checkpoint is loaded and re-saved only if a separate tokenizer is named.
-    """
-    out = Path(out_dir)
-    if (out / "config.json").is_file() and (out / "tokenizer.json").is_file():
-        return out
-    if tokenizer_cfg.path is not None:
-        tokenizer = load_tokenizer(tokenizer_cfg.path)
-    elif model_cfg.path is not None:
-        tokenizer = load_tokenizer(model_cfg.path)
-    else:
-        if texts is None:
-            from align.tiny.world import world_texts
-
-            texts = world_texts(seed=seed)
-        tokenizer = train_tokenizer(texts, vocab_size=tokenizer_cfg.vocab_size)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    if model_cfg.path is not None:
-        model = load_model(model_cfg.path, model_cfg.dtype)
-    else:
-        model = build_tiny_model(model_cfg, tokenizer, seed=seed)
-        if model_cfg.dtype == "bfloat16":
-            # Initialised in float32 (the same weights whatever the dtype), then cast as transformers
-            # casts a checkpoint it loads, so the result is what a real bf16 checkpoint holds (its
-            # _keep_in_fp32_modules_strict, NemotronH's expert-bias buffer, stay float32).
-            model.save_pretrained(str(tmp), safe_serialization=True)
-            model = load_model(tmp, "bfloat16")
-            shutil.rmtree(tmp)
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    tokenizer.save_pretrained(str(tmp))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, out)
-    return out

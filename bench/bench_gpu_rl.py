@@ -95,7 +95,7 @@ class Settings:
 def start_checkpoint(policy: str, s: Settings) -> Path:
     """The policy's random-weight HF folder (built once, reused by every side and repeat)."""
     from align.config.sections import ModelConfig, TinyModelConfig, TokenizerConfig
-    from align.models import prepare_initial_checkpoint
+    from align.init_checkpoint import prepare_initial_checkpoint
 
     spec = POLICIES[policy]
     cfg = ModelConfig(arch=spec["arch"], tiny=TinyModelConfig(**spec["tiny"]), dtype="bfloat16" if s.gpu else "float32")

@@ -204,7 +204,7 @@ def main() -> int:
         shutil.copytree(args.tokenizer, tok)
     else:  # a fresh machine (a GPU one) has no tiny-sft run: train the tiny world's tokenizer
         from align.config.schema import ModelConfig, TokenizerConfig
-        from align.models import prepare_initial_checkpoint
+        from align.init_checkpoint import prepare_initial_checkpoint
 
         print(f"{args.tokenizer} not found: training the tiny world's tokenizer", flush=True)
         prepare_initial_checkpoint(ModelConfig(), TokenizerConfig(), tok)

@@ -83,7 +83,10 @@ async def run_episode(
     chat = ChatTokens.from_tokenizer(tokenizer)
     budget = round_budget(mode.budget) if mode.thinking and mode.budget is not None else None
     if budget is not None and chat.think_close_id is None:
-        raise ValueError(f"a thinking budget needs {THINK_CLOSE!r} to be one token of the tokenizer; it is not")
+        raise ValueError(
+            f"a thinking budget needs {THINK_CLOSE!r} to be one token of the tokenizer; it is not. Start the job from "
+            "model.path: align then adds the reasoning tokens and resizes the embeddings (README: Bring your own model)"
+        )
     grace = grace_tokens(budget, budget_grace_fraction) if budget is not None else 0
     newline_ids = newline_token_ids(tokenizer) if grace else ()
     try:

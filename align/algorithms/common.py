@@ -19,6 +19,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from align.byom import check_chat
 from align.cluster import LearnerGroup, init_ray
 from align.config import LoadedRecipe
 from align.config.schema import ClusterConfig, LearnerConfig
@@ -29,7 +30,8 @@ from align.guards import NonFiniteGuard
 from align.io_checks import disk_errors
 from align.learner.engine import MicroBatch, Objective
 from align.learner.objectives import AdaptersOff
-from align.models import load_tokenizer, prepare_initial_checkpoint
+from align.init_checkpoint import prepare_initial_checkpoint
+from align.models import load_tokenizer
 from align.runlog import Checkpoints, MetricsLog, plot_curves
 from rewards.registry import reward_actor_cpus
 
@@ -41,7 +43,7 @@ class JobError(AlignError, RuntimeError):
 
 
 def start_checkpoint(loaded: LoadedRecipe, texts: Callable[[], Any] | None = None) -> Path:
-    """The HF folder a job starts from: ``init_from``, else ``model.path``/a tiny model written to ``<run>/init``."""
+    """The HF folder a job starts from: ``init_from`` (its chat checked, :mod:`align.byom`), else ``<run>/init``."""
     r = loaded.recipe
     if r.init_from is not None:
         path = Path(r.init_from)
@@ -51,8 +53,9 @@ def start_checkpoint(loaded: LoadedRecipe, texts: Callable[[], Any] | None = Non
                 "Run the stage that writes it first (for the tiny world: `align sft --recipe tiny-sft`), "
                 f"or override it: align {r.job} --recipe {loaded.name} init_from=PATH"
             )
+        check_chat(load_tokenizer(path), "init_from")
         return path
-    return prepare_initial_checkpoint(r.model, r.tokenizer, Path(r.output_dir) / "init", texts=texts() if texts else None, seed=r.seed)
+    return prepare_initial_checkpoint(r.model, r.tokenizer, Path(r.output_dir) / "init", texts=texts() if texts else None, seed=r.seed, say=console.print)
 
 
 @dataclass

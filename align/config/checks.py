@@ -168,6 +168,13 @@ def _check_job(r: JobBase) -> Iterator[Problem]:
                           f"(256 bytes + {len(SPECIAL_TOKENS)} special tokens) plus room for merges, e.g. 512")  # fmt: skip
     elif r.tokenizer.vocab_size < 1:
         yield Problem(("tokenizer.vocab_size",), f"tokenizer.vocab_size must be at least 1, got {r.tokenizer.vocab_size}")
+    if r.tokenizer.chat_template is not None:
+        from align.byom import ChatTemplateError, load_chat_template
+
+        try:
+            load_chat_template(r.tokenizer.chat_template)
+        except ChatTemplateError as e:
+            yield Problem(("tokenizer.chat_template",), str(e))
     for i, beta in enumerate(r.learner.adam_betas):
         if not 0 <= beta < 1:
             yield Problem((f"learner.adam_betas.{i}",), f"learner.adam_betas must each be in [0, 1), got {list(r.learner.adam_betas)}")

@@ -68,10 +68,13 @@ class ModelConfig(Strict):
 
 
 class TokenizerConfig(Strict):
-    """``path`` loads an existing tokenizer; ``null`` trains the tiny world's BPE tokenizer."""
+    """``path`` loads an existing tokenizer; ``null`` takes model.path's (or trains the tiny world's BPE)."""
 
     path: str | None = None
     vocab_size: int = 1024
+    # A Jinja chat template (the text, or a path to a .jinja file) replacing the tokenizer's;
+    # align/byom.py wraps one that ignores enable_thinking / thinking_budget.
+    chat_template: str | None = None
 
 
 # ---------------------------------------------------------------- cluster and learner

@@ -4,8 +4,9 @@ Labels follow the Hugging Face convention: aligned with ``input_ids`` (the model
 ``-100`` where no loss is taken. What carries loss comes from the template's
 ``{% generation %}`` markers (``assistant_masks``): for the tiny template that is each
 assistant turn's content plus its ``<|im_end|>``; system, user and tool turns, the turn
-headers and the empty ``<think></think>`` of /no_think turns carry none. A tokenizer whose
-template has no such markers is refused rather than trained on every token.
+headers and the empty ``<think></think>`` of /no_think turns carry none. A template without
+markers (most stock templates) gets the same masks from its rendered prefixes
+(:mod:`align.data.masks`).
 
 Per-row ``enable_thinking`` / ``thinking_budget`` columns are passed to the template (the
 budget rounded up to the ladder). Sequences longer than ``max_seq_len`` are cut at the end
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from align.data.errors import DataError, OnBadRow, RowRef
+from align.data.masks import render_with_masks
 from align.data.validate import Messages, pair_parts, validate_attribute_row, validate_sft_row
 from align.reasoning import round_budget
 
@@ -35,13 +37,9 @@ ExampleKind = Literal["sft", "preference", "attributes"]
 _GENERATION = re.compile(r"{%-?\s*generation\s*-?%}")
 
 
-def _require_generation_markers(tokenizer: PreTrainedTokenizerBase) -> None:
+def _has_generation_markers(tokenizer: PreTrainedTokenizerBase) -> bool:
     template = tokenizer.chat_template
-    if not isinstance(template, str) or not _GENERATION.search(template):
-        raise ValueError(
-            "the tokenizer's chat template has no {% generation %} markers, so assistant tokens cannot be told "
-            "apart from the prompt; use a template that marks them (see align/tiny/tokenizer.py)"
-        )
+    return isinstance(template, str) and _GENERATION.search(template) is not None
 
 
 def _clean(messages: Messages) -> Messages:
@@ -59,6 +57,8 @@ def _template_kwargs(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _render(tokenizer: PreTrainedTokenizerBase, messages: Messages, row: dict[str, Any]) -> tuple[list[int], list[int]]:
+    if not _has_generation_markers(tokenizer):
+        return render_with_masks(tokenizer, _clean(messages), _template_kwargs(row))
     out = tokenizer.apply_chat_template(
         _clean(messages),
         tokenize=True,
@@ -71,7 +71,6 @@ def _render(tokenizer: PreTrainedTokenizerBase, messages: Messages, row: dict[st
 
 def _sft(row: dict[str, Any], tokenizer: PreTrainedTokenizerBase, max_seq_len: int) -> tuple[Example, bool]:
     validate_sft_row(row)
-    _require_generation_markers(tokenizer)
     ids, mask = _render(tokenizer, row["messages"], row)
     labels = [t if m else IGNORE_INDEX for t, m in zip(ids, mask)]
     truncated = len(ids) > max_seq_len
@@ -100,7 +99,6 @@ def _pair(row: dict[str, Any], tokenizer: PreTrainedTokenizerBase, max_seq_len: 
     parts = pair_parts(row)
     sides: dict[str, tuple[list[int], list[int]]] = {}
     if parts.format == "chat":
-        _require_generation_markers(tokenizer)
         assert isinstance(parts.prompt, list) and isinstance(parts.chosen, list) and isinstance(parts.rejected, list)
         prompt_ids = list(
             tokenizer.apply_chat_template(_clean(parts.prompt), tokenize=True, return_dict=True, **_template_kwargs(row))["input_ids"]

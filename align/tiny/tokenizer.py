@@ -41,35 +41,9 @@ MARKUP_TOKENS = [THINK_OPEN, THINK_CLOSE, TOOL_CALL_OPEN, TOOL_CALL_CLOSE, TOOL_
 # callers round with align.reasoning.round_budget). In /no_think mode an assistant turn opens
 # with an empty think block, both in training data and in the generation prompt, so the two
 # always match. {% generation %} marks the tokens that carry loss (assistant content + <|im_end|>).
-CHAT_TEMPLATE = (
-    "{%- set thinking = enable_thinking if enable_thinking is defined else true -%}"
-    "{%- set budget = thinking_budget if thinking_budget is defined else none -%}"
-    "{%- set prefix = '/think' if thinking else '/no_think' -%}"
-    "{%- if thinking and budget is not none -%}{%- set prefix = prefix ~ ' <|budget_' ~ budget ~ '|>' -%}{%- endif -%}"
-    "{%- if messages and messages[0]['role'] == 'system' -%}"
-    "{{- '<|im_start|>system\\n' ~ prefix ~ '\\n' ~ messages[0]['content'] ~ '<|im_end|>\\n' -}}"
-    "{%- set rest = messages[1:] -%}"
-    "{%- else -%}"
-    "{{- '<|im_start|>system\\n' ~ prefix ~ '<|im_end|>\\n' -}}"
-    "{%- set rest = messages -%}"
-    "{%- endif -%}"
-    "{%- for m in rest -%}"
-    "{%- if m['role'] == 'assistant' -%}"
-    "{{- '<|im_start|>assistant\\n' -}}"
-    "{%- if not thinking and not m['content'].startswith('<think>') -%}{{- '<think></think>' -}}{%- endif -%}"
-    "{% generation %}{{- m['content'] ~ '<|im_end|>' -}}{% endgeneration %}"
-    "{{- '\\n' -}}"
-    "{%- elif m['role'] == 'tool' -%}"
-    "{{- '<|im_start|>tool\\n<tool_response>' ~ m['content'] ~ '</tool_response><|im_end|>\\n' -}}"
-    "{%- else -%}"
-    "{{- '<|im_start|>' ~ m['role'] ~ '\\n' ~ m['content'] ~ '<|im_end|>\\n' -}}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}"
-    "{{- '<|im_start|>assistant\\n' -}}"
-    "{%- if not thinking -%}{{- '<think></think>' -}}{%- endif -%}"
-    "{%- endif -%}"
-)
+# A file, so that a user's recipe can name it: tokenizer.chat_template=<this path>.
+TEMPLATE_FILE = Path(__file__).with_name("chatml_reasoning.jinja")
+CHAT_TEMPLATE = TEMPLATE_FILE.read_text().removesuffix("\n")
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:

@@ -12,7 +12,8 @@ from align.cluster import LearnerGroup
 from align.config.schema import ClusterConfig, LearnerConfig, LoraConfig, ModelConfig, TokenizerConfig
 from align.data import tokenize_pair
 from align.learner.objectives import DPOObjective, reference_pair_logps, reference_pair_logps_lora_disabled
-from align.models import load_tokenizer, prepare_initial_checkpoint
+from align.init_checkpoint import prepare_initial_checkpoint
+from align.models import load_tokenizer
 
 TEXTS = [f"What is {a}+{b}? <think>{a}+{b}={a + b}</think>\\boxed{{{a + b}}}" for a in range(20) for b in range(20)]
 

@@ -8,7 +8,7 @@ import torch
 from align.cluster import LearnerGroup, init_ray
 from align.config.schema import ClusterConfig, LearnerConfig, ModelConfig, TokenizerConfig
 from align.learner.objectives import sft_objective
-from align.models import prepare_initial_checkpoint
+from align.init_checkpoint import prepare_initial_checkpoint
 
 TEXTS = [f"What is {a} + {b}? <think>{a}+{b}={a + b}</think>\\boxed{{{a + b}}}" for a in range(30) for b in range(0, 30, 3)]
 STEPS = 4

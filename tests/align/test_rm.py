@@ -17,7 +17,8 @@ from align.data import pad_batch, tokenize_attributes, tokenize_pair
 from align.learner import reward_model as reward_model_module
 from align.learner.objectives import BradleyTerryObjective, regression_objective, reward_model_scores
 from align.learner.reward_model import HEAD_JSON, RewardModel, last_token_index, write_head_info
-from align.models import load_tokenizer, prepare_initial_checkpoint
+from align.init_checkpoint import prepare_initial_checkpoint
+from align.models import load_tokenizer
 from align.plugins import PluginParamsError
 from rewards.base import RewardFn
 from rewards.registry import available_rewards, make_reward

@@ -19,7 +19,8 @@ from align.config.schema import ClusterConfig, LearnerConfig, ModelConfig, Token
 from align.data import tokenize_pair
 from align.learner.objectives import BradleyTerryObjective
 from align.learner.reward_model import RewardModel, write_head_info
-from align.models import load_tokenizer, prepare_initial_checkpoint
+from align.init_checkpoint import prepare_initial_checkpoint
+from align.models import load_tokenizer
 from align.learner.reward_model import RewardModelScorer
 
 TEXTS = [f"What is {a}+{b}? <think>{a}+{b}={a + b}</think>\\boxed{{{a + b}}}" for a in range(20) for b in range(20)]

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from align.config.schema import ModelConfig, TokenizerConfig
-from align.models import load_model, load_tokenizer, prepare_initial_checkpoint
+from align.init_checkpoint import prepare_initial_checkpoint
+from align.models import load_model, load_tokenizer
 from align.reasoning import BUDGET_TOKENS, parse_mode
 from align.tiny.tokenizer import MARKUP_TOKENS, SPECIAL_TOKENS, train_tokenizer
 

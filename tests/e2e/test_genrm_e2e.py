@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from align.config.schema import ClusterConfig, ModelConfig, RolloutConfig, TokenizerConfig
-from align.models import prepare_initial_checkpoint
+from align.init_checkpoint import prepare_initial_checkpoint
 from rewards.testing import trajectory
 
 G = 4

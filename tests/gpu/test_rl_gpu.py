@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     from align.config.schema import ModelConfig, TokenizerConfig
-    from align.models import prepare_initial_checkpoint
+    from align.init_checkpoint import prepare_initial_checkpoint
 
     return prepare_initial_checkpoint(ModelConfig(), TokenizerConfig(vocab_size=512), tmp_path_factory.mktemp("gpu") / "tiny")
 

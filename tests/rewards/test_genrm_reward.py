@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from align.config.schema import ModelConfig, TokenizerConfig
-from align.models import load_tokenizer, prepare_initial_checkpoint
+from align.init_checkpoint import prepare_initial_checkpoint
+from align.models import load_tokenizer
 from envs.base import Task
 from rewards.genrm.reward import GenRMParams, GenRMReward
 from rewards.testing import trajectory

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from align.config.schema import ModelConfig, TinyModelConfig, TokenizerConfig
-from align.models import load_tokenizer, prepare_initial_checkpoint
+from align.init_checkpoint import prepare_initial_checkpoint
+from align.models import load_tokenizer
 
 MAX_MODEL_LEN = 512
 
