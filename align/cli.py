@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ from align.learner.ds_build import check_lock, use_align_cache
 
 EXIT_BAD_INPUT = 2
 EXIT_STOPPED = 3  # a guard stopped a running job (align/guards.py)
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -120,10 +122,27 @@ def _run_job(args: argparse.Namespace) -> int:
         check_lock()  # a stale DeepSpeed build lock would hang CPU learners forever: refuse it now
     if args.ray_address:
         os.environ["RAY_ADDRESS"] = args.ray_address
+    args.output_dir = loaded.recipe.output_dir  # for the resume hint after Ctrl-C
     return int(JOBS[args.command](loaded, args.resume))
 
 
+def _interrupted(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """After Ctrl-C: one line saying how to go on, not a ``KeyboardInterrupt`` traceback."""
+    if args.command not in JOBS:
+        err.print("[bold yellow]interrupted[/]")
+        return EXIT_INTERRUPTED
+    from align.runlog import Checkpoints
+
+    out = getattr(args, "output_dir", None)
+    latest = Checkpoints(Path(out), keep_last=1).latest() if out else None
+    where = f"from its last checkpoint ({latest})" if latest else "(from its last checkpoint, if one was written)"
+    cmd = shlex.join(["align", *(a for a in argv if a != "--resume"), "--resume"])
+    err.print(f"[bold yellow]interrupted.[/] To continue the run {escape(where)}, run:\n  {escape(cmd)}")
+    return EXIT_INTERRUPTED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _build_parser().parse_args(argv)
     use_align_cache()  # one DeepSpeed op build per user, however align is started (align.learner.ds_build)
     try:
@@ -146,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunStopped as e:
         err.print("[bold red]run stopped:[/]", escape(str(e)))
         return EXIT_STOPPED
+    except KeyboardInterrupt:
+        return _interrupted(args, argv)
 
 
 def entry() -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from align.actor_errors import check_max_model_len
 from align.config.schema import ClusterConfig, LearnerConfig, RolloutConfig
 from align.errors import AlignError
 from align.learner import ds_build
@@ -276,6 +277,7 @@ class RolloutGroup(_Group):
 
         if rollout.return_routed_experts and not has_moe_layers(model_path):
             raise ClusterError(f"rollout.return_routed_experts is on, but the policy ({model_path}) has no MoE layers; turn it off")
+        check_max_model_len(str(model_path), rollout.max_model_len)  # before any engine starts
         super().__init__()
         kwargs = dict(
             model_path=str(model_path),
