@@ -21,6 +21,8 @@ from align.config import LoadedRecipe, dump_recipe, list_recipes, load_recipe
 from align.errors import AlignError, RunStopped
 from align.io_checks import check_output_dir
 from align.learner.ds_build import check_lock, use_align_cache
+from align.quiet import configure as configure_logs
+from align.quiet import kernel_note
 
 EXIT_BAD_INPUT = 2
 EXIT_STOPPED = 3  # a guard stopped a running job (align/guards.py)
@@ -80,11 +82,13 @@ def _build_parser() -> argparse.ArgumentParser:
         j.add_argument("overrides", nargs="*", help="dotted overrides, e.g. learner.lr=1e-4")
         j.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
         j.add_argument("--ray-address", default=None, help="join this Ray cluster (default: RAY_ADDRESS, else embedded)")
+        j.add_argument("--verbose", action="store_true", help="show every library's log lines (vLLM, transformers, warnings)")
 
     ev = sub.add_parser("eval", help="evaluate a model: accuracy per environment, toggle and budget control")
     ev.add_argument("--model", required=True, help="HF checkpoint folder")
     ev.add_argument("--recipe", required=True)
     ev.add_argument("overrides", nargs="*")
+    ev.add_argument("--verbose", action="store_true", help="show every library's log lines (vLLM, transformers, warnings)")
 
     envs = sub.add_parser("envs", help="environment plugins: list, sample tasks, run self-checks")
     env_sub = envs.add_subparsers(dest="action", required=True)
@@ -123,6 +127,9 @@ def _run_job(args: argparse.Namespace) -> int:
     if args.ray_address:
         os.environ["RAY_ADDRESS"] = args.ray_address
     args.output_dir = loaded.recipe.output_dir  # for the resume hint after Ctrl-C
+    model = getattr(loaded.recipe, "model", None)  # a pipeline's stages are tiny hybrids
+    if (model is None or model.arch == "nemotron_h") and (note := kernel_note()):
+        err.print(f"[dim]{escape(note)}[/]")
     return int(JOBS[args.command](loaded, args.resume))
 
 
@@ -145,6 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _build_parser().parse_args(argv)
     use_align_cache()  # one DeepSpeed op build per user, however align is started (align.learner.ds_build)
+    configure_logs(getattr(args, "verbose", False))  # before torch, transformers or vLLM is imported
     try:
         if args.command == "recipes":
             if args.action == "list":

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from align import cli
+from align.quiet import QUIET_ENV, VERBOSE_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -15,7 +16,14 @@ def _interrupt(loaded, resume):
     raise KeyboardInterrupt
 
 
+def _keep_env(monkeypatch) -> None:
+    """cli.main sets the quiet-log switches in os.environ; restore them after the test."""
+    for key in (*QUIET_ENV, VERBOSE_ENV):
+        monkeypatch.delenv(key, raising=False)
+
+
 def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys) -> None:
+    _keep_env(monkeypatch)
     monkeypatch.setitem(cli.JOBS, "sft", _interrupt)
     run = tmp_path / "run"
     (run / "checkpoints" / "step_000004").mkdir(parents=True)
