@@ -25,6 +25,7 @@ QUIET_ENV: dict[str, str] = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' "Loading weights" / "Writing model shards" bars
     "PYTHONWARNINGS": "ignore::FutureWarning",  # torch.distributed / vLLM deprecation notices in every process
     "TORCH_CPP_LOG_LEVEL": "ERROR",  # c10 warnings (NUMA binding)
+    "WANDB_SILENT": "true",  # W&B start/finish banners (align/loggers.py)
 }
 
 
