@@ -61,8 +61,14 @@ def _sandbox(args: argparse.Namespace) -> int:
     return {"exec": cmd_exec}[args.action](args)
 
 
+def _export(args: argparse.Namespace) -> int:
+    from align.export import cmd_export
+
+    return cmd_export(args)
+
+
 # The other commands, likewise.
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"eval": _eval, "envs": _envs, "sandbox": _sandbox}
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"eval": _eval, "envs": _envs, "sandbox": _sandbox, "export": _export}
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -89,6 +95,10 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--recipe", required=True)
     ev.add_argument("overrides", nargs="*")
     ev.add_argument("--verbose", action="store_true", help="show every library's log lines (vLLM, transformers, warnings)")
+
+    exp = sub.add_parser("export", help="copy a checkpoint's Hugging Face folder out (for transformers, vLLM, TRL)")
+    exp.add_argument("checkpoint", help="a checkpoint folder (runs/x/checkpoints/step_000050) or a run folder (its latest)")
+    exp.add_argument("out", help="a new folder to write")
 
     envs = sub.add_parser("envs", help="environment plugins: list, sample tasks, run self-checks")
     env_sub = envs.add_subparsers(dest="action", required=True)
