@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,9 +21,12 @@ from align.config import LoadedRecipe, dump_recipe, list_recipes, load_recipe
 from align.errors import AlignError, RunStopped
 from align.io_checks import check_output_dir
 from align.learner.ds_build import check_lock, use_align_cache
+from align.quiet import configure as configure_logs
+from align.quiet import kernel_note
 
 EXIT_BAD_INPUT = 2
 EXIT_STOPPED = 3  # a guard stopped a running job (align/guards.py)
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -57,8 +61,14 @@ def _sandbox(args: argparse.Namespace) -> int:
     return {"exec": cmd_exec}[args.action](args)
 
 
+def _export(args: argparse.Namespace) -> int:
+    from align.export import cmd_export
+
+    return cmd_export(args)
+
+
 # The other commands, likewise.
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"eval": _eval, "envs": _envs, "sandbox": _sandbox}
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"eval": _eval, "envs": _envs, "sandbox": _sandbox, "export": _export}
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -78,11 +88,17 @@ def _build_parser() -> argparse.ArgumentParser:
         j.add_argument("overrides", nargs="*", help="dotted overrides, e.g. learner.lr=1e-4")
         j.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
         j.add_argument("--ray-address", default=None, help="join this Ray cluster (default: RAY_ADDRESS, else embedded)")
+        j.add_argument("--verbose", action="store_true", help="show every library's log lines (vLLM, transformers, warnings)")
 
     ev = sub.add_parser("eval", help="evaluate a model: accuracy per environment, toggle and budget control")
     ev.add_argument("--model", required=True, help="HF checkpoint folder")
     ev.add_argument("--recipe", required=True)
     ev.add_argument("overrides", nargs="*")
+    ev.add_argument("--verbose", action="store_true", help="show every library's log lines (vLLM, transformers, warnings)")
+
+    exp = sub.add_parser("export", help="copy a checkpoint's Hugging Face folder out (for transformers, vLLM, TRL)")
+    exp.add_argument("checkpoint", help="a checkpoint folder (runs/x/checkpoints/step_000050) or a run folder (its latest)")
+    exp.add_argument("out", help="a new folder to write")
 
     envs = sub.add_parser("envs", help="environment plugins: list, sample tasks, run self-checks")
     env_sub = envs.add_subparsers(dest="action", required=True)
@@ -120,12 +136,33 @@ def _run_job(args: argparse.Namespace) -> int:
         check_lock()  # a stale DeepSpeed build lock would hang CPU learners forever: refuse it now
     if args.ray_address:
         os.environ["RAY_ADDRESS"] = args.ray_address
+    args.output_dir = loaded.recipe.output_dir  # for the resume hint after Ctrl-C
+    model = getattr(loaded.recipe, "model", None)  # a pipeline's stages are tiny hybrids
+    if (model is None or model.arch == "nemotron_h") and (note := kernel_note()):
+        err.print(f"[dim]{escape(note)}[/]")
     return int(JOBS[args.command](loaded, args.resume))
 
 
+def _interrupted(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """After Ctrl-C: one line saying how to go on, not a ``KeyboardInterrupt`` traceback."""
+    if args.command not in JOBS:
+        err.print("[bold yellow]interrupted[/]")
+        return EXIT_INTERRUPTED
+    from align.runlog import Checkpoints
+
+    out = getattr(args, "output_dir", None)
+    latest = Checkpoints(Path(out), keep_last=1).latest() if out else None
+    where = f"from its last checkpoint ({latest})" if latest else "(from its last checkpoint, if one was written)"
+    cmd = shlex.join(["align", *(a for a in argv if a != "--resume"), "--resume"])
+    err.print(f"[bold yellow]interrupted.[/] To continue the run {escape(where)}, run:\n  {escape(cmd)}")
+    return EXIT_INTERRUPTED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _build_parser().parse_args(argv)
     use_align_cache()  # one DeepSpeed op build per user, however align is started (align.learner.ds_build)
+    configure_logs(getattr(args, "verbose", False))  # before torch, transformers or vLLM is imported
     try:
         if args.command == "recipes":
             if args.action == "list":
@@ -146,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunStopped as e:
         err.print("[bold red]run stopped:[/]", escape(str(e)))
         return EXIT_STOPPED
+    except KeyboardInterrupt:
+        return _interrupted(args, argv)
 
 
 def entry() -> None:

@@ -17,10 +17,12 @@ from typing import Any
 
 import torch
 
+from align.actor_errors import check_max_model_len
 from align.config.schema import ClusterConfig, LearnerConfig, RolloutConfig
 from align.errors import AlignError
 from align.learner import ds_build
 from align.learner.engine import Learner, MicroBatch, Objective
+from align.quiet import QUIET_ENV, VERBOSE_ENV, verbose
 from align.setup_wait import Step, deadline_in, wait_setup
 from align.weights import from_wire, to_wire
 
@@ -29,7 +31,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 # Environment the actors need to find the same caches as the driver.
-_PROPAGATED_ENV = ("TORCH_EXTENSIONS_DIR", "HF_HOME", "PIP_CACHE_DIR", "VLLM_LOGGING_LEVEL", "PYTHONPATH")
+_PROPAGATED_ENV = ("TORCH_EXTENSIONS_DIR", "HF_HOME", "PIP_CACHE_DIR", "PYTHONPATH", VERBOSE_ENV, *QUIET_ENV)
 LOCAL_HOST = "127.0.0.1"
 
 
@@ -49,7 +51,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     env_vars["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     runtime_env = {"env_vars": env_vars}
     if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, logging_level="INFO" if verbose() else "WARNING")
     else:
         # "local": a new embedded instance even when a `ray start` cluster runs on this machine
         # (plain ray.init() would join it, and then refuses num_cpus).
@@ -59,6 +61,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
             include_dashboard=False,
             runtime_env=runtime_env,
             log_to_driver=True,
+            logging_level="INFO" if verbose() else "WARNING",
         )
 
 
@@ -276,6 +279,7 @@ class RolloutGroup(_Group):
 
         if rollout.return_routed_experts and not has_moe_layers(model_path):
             raise ClusterError(f"rollout.return_routed_experts is on, but the policy ({model_path}) has no MoE layers; turn it off")
+        check_max_model_len(str(model_path), rollout.max_model_len)  # before any engine starts
         super().__init__()
         kwargs = dict(
             model_path=str(model_path),

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from align.config import LoadedRecipe
-from align.data.generated import env_seed, prompt_key, split_counts
+from align.data.generated import env_seed, prompt_key, report_overlap, split_counts
 from envs.base import Environment, Task, task_source
 
 EVAL_SEED_OFFSET = 1_000_003
@@ -29,12 +29,18 @@ def task_key(env: Environment, task: Task) -> str:
 
 
 def heldout_tasks(envs: dict[str, Environment], counts: dict[str, int], exclude: set[str], seed: int) -> list[Task]:
-    """``counts[name]`` tasks per environment from the evaluation stream, none of whose keys is in ``exclude``."""
+    """``counts[name]`` tasks per environment from the evaluation stream, none of whose keys is in ``exclude``.
+
+    An environment left with fewer than ``counts[name]`` is printed (:func:`report_overlap`).
+    """
     tasks: list[Task] = []
+    kept: dict[str, int] = {}
     for name, n in counts.items():
         env = envs[name]
         fresh = [t for t in task_source(env).generate(n * CANDIDATE_FACTOR, EVAL_SEED_OFFSET + seed) if task_key(env, t) not in exclude]
         tasks.extend(fresh[:n])
+        kept[name] = len(fresh[:n])
+    report_overlap("eval tasks", counts, kept)
     return tasks
 
 

@@ -64,6 +64,22 @@ def headline(summary: dict[str, Any], budgets: list[int]) -> dict[str, float | N
     return row
 
 
+def heldout_shortfall(tasks_per_env: dict[str, int], configured: dict[str, int]) -> list[str]:
+    """A report line for each environment evaluated on fewer held-out tasks than ``eval.envs`` asks.
+
+    >>> heldout_shortfall({"math": 16, "new_env": 2}, {"math": 16, "new_env": 16})
+    ['**Held-out set short:** new_env has 2 of its 16 configured tasks (the rest repeat training prompts); its numbers rest on fewer samples.']
+    """
+    out = []
+    for env, n in configured.items():
+        got = tasks_per_env.get(env, 0)
+        if got < n:
+            missing = ", and it is missing from the tables" if not got else ""
+            out.append(f"**Held-out set short:** {env} has {got} of its {n} configured tasks (the rest repeat training prompts); "
+                       f"its numbers rest on fewer samples{missing}.")  # fmt: skip
+    return out
+
+
 def _fmt(x: Any) -> str:
     return "-" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
 
@@ -102,6 +118,8 @@ def write_report(run_dir: Path, r: PipelineRecipe, evals: dict[str, Any], timing
     changes = _Changes(evals)
     lines = ["# align pipeline report", "", f"Recipe `{r.description or 'pipeline'}`, seed {r.seed}. Held-out tasks per environment: "
              + ", ".join(f"{k} {v}" for k, v in evals["tasks_per_env"].items()) + " (greedy decoding).", ""]  # fmt: skip
+    short = heldout_shortfall(evals["tasks_per_env"], r.eval.envs)
+    lines += short + ([""] if short else [])
     cols = list(next(iter(heads.values())).keys()) if heads else []
     lines += ["## Headline", "", "| stage | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     prev = None

@@ -108,9 +108,10 @@ def cut_jsonl(path: Path, step: int) -> None:
 
 
 class MetricsLog:
-    """Appends one JSON object per record to ``metrics.jsonl`` and mirrors scalars to TensorBoard."""
+    """Appends one JSON object per record to ``metrics.jsonl`` and mirrors scalars to TensorBoard,
+    and to W&B / MLflow when the ``recipe``'s ``logging`` section sets them (:mod:`align.loggers`)."""
 
-    def __init__(self, run_dir: Path, resume_from_step: int | None = None) -> None:
+    def __init__(self, run_dir: Path, resume_from_step: int | None = None, recipe: Any = None) -> None:
         self.path = run_dir / "metrics.jsonl"
         run_dir.mkdir(parents=True, exist_ok=True)
         if resume_from_step is not None:
@@ -123,6 +124,11 @@ class MetricsLog:
         # purge_step hides older points at steps the run writes again (all of them on a fresh start).
         purge_step = 0 if resume_from_step is None else resume_from_step + 1
         self._tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
+        self._loggers: list[Any] = []
+        if recipe is not None:
+            from align.loggers import open_loggers
+
+            self._loggers = open_loggers(recipe.logging, run_dir, recipe.model_dump(mode="json"), resume_from_step is not None)
 
     def log(self, step: int, split: str, metrics: dict[str, float]) -> None:
         record = {"step": step, "split": split, "time": time.time(), **metrics}
@@ -131,10 +137,14 @@ class MetricsLog:
         for k, v in metrics.items():
             if isinstance(v, (int, float)):
                 self._tb.add_scalar(f"{split}/{k}", v, step)
+        for logger in self._loggers:
+            logger.log(step, split, metrics)
 
     def close(self) -> None:
         self._file.close()
         self._tb.close()
+        for logger in self._loggers:
+            logger.close()
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

@@ -3,7 +3,8 @@
 An actor's set-up is a short chain of Ray calls (each a :class:`Step`: who, what, its ref), run
 in order on that actor. :func:`wait_setup` returns when every call is done, raises the first
 failure as soon as it happens, and past the deadline raises :class:`SetupTimeout` (exit 2)
-listing, for each unfinished actor, the call it is in: the first of its steps not done yet.
+listing, for each unfinished actor, the call it is in: the first of its steps not done yet. A
+failure a recipe key can fix is worded by :func:`align.actor_errors.explain`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from align.actor_errors import explain
 from align.errors import AlignError
 
 
@@ -61,4 +63,11 @@ def wait_setup(steps: Sequence[Step], deadline: float, timeout_s: float, knob: s
                 + f"\nIf it is only slow (a large model, a loaded machine), raise {knob}; otherwise the actor's log "
                 "(the Ray session's logs folder, /tmp/ray/session_latest/logs on this machine) says where it waits."
             )
-        ray.get(ready)
+        try:
+            ray.get(ready)
+        except Exception as e:
+            step = next(s for s in steps if s.ref == ready[0])
+            hint = explain(step.actor, step.what, e)
+            if hint is None:
+                raise
+            raise hint from e

@@ -10,23 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from align.data.errors import DataError
-from align.data.loading import read_rows
+from align.data.loading import looks_local, read_rows
 from envs.base import Message
-
-_FILE_SUFFIXES = (".jsonl", ".json", ".gz", ".parquet", ".arrow", ".csv")
-
-
-def _looks_local(source: str) -> bool:
-    """A path, not a Hub id: a file suffix, ``./ / ~``, more than one ``/``, or an existing first folder."""
-    if source.lower().endswith(_FILE_SUFFIXES) or source.startswith((".", "/", "~")) or source.count("/") > 1:
-        return True
-    return "/" in source and Path(source.split("/")[0]).is_dir()
 
 
 def read_source(source: str) -> tuple[list[Any], list[int | None] | None]:
     """Raw rows and JSONL line numbers; a missing file or folder, or an unreachable Hub id, is a DataError."""
     path = Path(source).expanduser()
-    if not path.exists() and _looks_local(source):
+    if not path.exists() and looks_local(source):
         parent = next((p for p in path.parents if p.is_dir()), Path("."))
         raise DataError(f"{source}: no such file or folder (the nearest existing folder is {parent}/); check the path")
     if path.is_dir() and not any((path / f).exists() for f in ("dataset_info.json", "state.json", "dataset_dict.json")):

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from align.quiet import verbose
 from align.weights import from_wire, is_wire
 from rollout.routing import RoutingRecorder, install_recorder, moe_layer_indices, pad_routes, recorder
 from rollout.types import GenOutput, GenRequest
@@ -104,6 +105,7 @@ class VLLMEngine:
             max_model_len=max_model_len,
             enforce_eager=enforce_eager,
             logprobs_mode="processed_logprobs",
+            use_tqdm_on_load=verbose(),  # a loading bar at every engine start (align.quiet)
             **extra,
         )
         self._sampling_params_cls = vllm.SamplingParams

@@ -26,6 +26,7 @@ from align.config.schema import ClusterConfig, LearnerConfig
 from align.data import BatchPlan, PreparedData, RowKind, iter_texts, load_splits, pad_batch, prepare_data, shard_batch
 from align.data.tokenize import example_lengths
 from align.errors import AlignError
+from align.export import write_checkpoint
 from align.guards import NonFiniteGuard
 from align.io_checks import disk_errors
 from align.learner.engine import MicroBatch, Objective
@@ -213,6 +214,7 @@ def train_loop(
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     add_to_batch: Callable[[LearnerGroup, list[list[MicroBatch]]], None] | None = None,
     summarize: Callable[[dict[str, float]], dict[str, float]] | None = None,
+    hf_files: Callable[[Path], None] | None = None,
 ) -> tuple[LearnerGroup, dict[str, Any]]:
     """Train ``max_steps`` optimizer steps with eval, checkpoints and resume; returns the group and a summary.
 
@@ -223,7 +225,7 @@ def train_loop(
     train and eval micro-batch before the learners see it (DPO's reference log-probs);
     ``summarize(metrics)`` turns the summed train and eval metrics into what is logged (counts
     into means); ``eval_extra(group, step)`` adds metrics the objective cannot compute, at every
-    eval including the one before training.
+    eval including the one before training; ``hf_files(folder)`` adds files to each checkpoint's HF folder.
     """
     summarize = summarize or (lambda m: m)
     r = job.loaded.recipe
@@ -233,7 +235,7 @@ def train_loop(
     group = start_learners(job.loaded, job.model_path, max_steps, model_kind, num_labels)
     summary: dict[str, Any] = {"first_eval": None, "last_eval": None, "learner_nodes": group.node_ids()}
     start, state = resume_from(ckpts, resume, group, check=lambda s: plan.check_state(s["plan"]))
-    log = MetricsLog(job.run_dir, resume_from_step=start if state is not None else None)
+    log = MetricsLog(job.run_dir, resume_from_step=start if state is not None else None, recipe=r)
     log.log(start, "data", {k: float(v) for k, v in job.stats.items()})
     pad_id = job.tokenizer.pad_token_id
     nonfinite = NonFiniteGuard(r.learner.on_nonfinite, r.learner.max_nonfinite_steps, console)
@@ -280,7 +282,7 @@ def train_loop(
                     log.log(done, "eval", ev)
                     progress.console.print(f"step {done}: " + "  ".join(f"eval {k} {v:.4g}" for k, v in ev.items()))
             if done % r.checkpoint.every_steps == 0 and done < max_steps:
-                ckpts.save(done, lambda tmp: group.save_state(str(tmp)), {"plan": plan.state_dict()})
+                ckpts.save(done, lambda tmp: write_checkpoint(group, tmp, job.model_path, r.checkpoint.save_hf, hf_files), {"plan": plan.state_dict()})
     log.close()
     summary.update(
         steps=max_steps - start,

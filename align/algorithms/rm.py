@@ -137,13 +137,15 @@ def run(loaded: LoadedRecipe, resume: bool = False) -> int:
         objective, units, summarize, extra = BradleyTerryObjective(s.center_rewards_coefficient), count_pairs, per_pair_means, None
     console.print(f"[bold]align rm[/] {loaded.name}: {s.objective}, outputs {', '.join(names)}; "
                   + ", ".join(f"{k} {v}" for k, v in job.stats.items()))  # fmt: skip
+    head = lambda folder: write_head_info(folder, names, weights)  # noqa: E731 - final/ and every checkpoint's hf/
     group, summary = train_loop(
         job, objective, units, s.max_steps, s.eval_every_steps, resume,
         model_kind="reward" if s.objective == "regression" else "pairwise_reward", num_labels=len(names), eval_extra=extra, summarize=summarize,
+        hf_files=head,
     )  # fmt: skip
     metric = "accuracy" if s.objective == "bradley_terry" else "pairwise_accuracy"
     plots = {"train loss": ("train", "loss"), "eval loss": ("eval", "loss"), f"eval {metric}": ("eval", metric)}
-    final = finish(job, group, plots, f"RM {loaded.name}", before_publish=lambda tmp: write_head_info(tmp, names, weights))
+    final = finish(job, group, plots, f"RM {loaded.name}", before_publish=head)
     group.shutdown()
     summary["final_checkpoint"] = str(final)
     summary["data"] = job.stats

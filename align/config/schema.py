@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, Field, model_validator
 
 # The shared sections; importable from here too, as every job recipe holds them.
+from align.config.loggers import LoggingConfig
 from align.config.sections import (
     CheckpointConfig,
     ClusterConfig,
@@ -87,6 +88,7 @@ class JobBase(Strict):
     # Start from a previous stage's checkpoint (an HF folder). null: model.path or a fresh tiny model.
     init_from: str | None = None
     log_every_steps: int = Field(1, ge=1)
+    logging: LoggingConfig = LoggingConfig()  # optional W&B / MLflow (align/loggers.py)
 
 
 class DataJobBase(JobBase):  # SFT, DPO, RM train on rows; RL reads tasks from its environments

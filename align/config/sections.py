@@ -137,3 +137,4 @@ class LearnerConfig(Strict):
 class CheckpointConfig(Strict):
     every_steps: int = Field(50, ge=1)
     keep_last: int = Field(2, ge=1)
+    save_hf: bool = True  # each checkpoint also holds hf/, a Hugging Face folder (align/export.py)

@@ -4,7 +4,8 @@ Each environment in ``GeneratedData.envs`` gets a share of ``num_train`` and ``n
 (largest-remainder rounding, so the totals are exact) and generates its train and eval tasks
 in one ``generate`` call from a seed derived from ``GeneratedData.seed`` and its name; eval
 tasks whose prompt also appears in train are dropped (an eval on training prompts measures
-memorization), so eval may come out a little smaller than asked. Rows of all environments
+memorization), so eval may come out smaller than asked; :func:`report_overlap` prints each
+environment's drop. Rows of all environments
 are then shuffled together. Everything is deterministic in ``GeneratedData.seed``.
 
 Rows carry ``env`` and ``id`` columns besides the trained ones, for per-environment evals.
@@ -47,6 +48,24 @@ def prompt_key(messages: list[dict[str, Any]]) -> str:
     return json.dumps(messages, sort_keys=True, default=str)
 
 
+def report_overlap(what: str, asked: dict[str, int], kept: dict[str, int]) -> list[str]:
+    """Print (and return) one line per environment whose held-out set lost items that training also has.
+
+    Dropping them is right (an eval on training prompts measures memorization); doing it
+    silently is not: an environment whose generator repeats itself can end up with 0 eval items
+    and vanish from the results.
+    """
+    lines = []
+    for name, n in asked.items():
+        got = kept.get(name, 0)
+        if got < n:
+            short = " (NONE left: this environment is not evaluated)" if got == 0 else ""
+            lines.append(f"held-out {what}, {name}: {got} of {n} kept; {n - got} dropped because training has the same prompt{short}")
+    for line in lines:
+        print(line)
+    return lines
+
+
 def generated_rows(cfg: GeneratedData, kind: RowKind) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(train rows, eval rows) from the environments in ``cfg.envs``.
 
@@ -61,6 +80,7 @@ def generated_rows(cfg: GeneratedData, kind: RowKind) -> tuple[list[dict[str, An
     eval_counts = split_counts(cfg.envs, cfg.num_eval) if cfg.num_eval else {k: 0 for k in cfg.envs}
     train: list[dict[str, Any]] = []
     evals: list[dict[str, Any]] = []
+    kept_eval: dict[str, int] = {}
     for name in cfg.envs:
         n_train, n_eval = train_counts[name], eval_counts[name]
         if n_train + n_eval == 0:
@@ -83,7 +103,10 @@ def generated_rows(cfg: GeneratedData, kind: RowKind) -> tuple[list[dict[str, An
             env_rows.append((prompt_key(prompt), row))
         seen = {key for key, _ in env_rows[:n_train]}
         train.extend(row for _, row in env_rows[:n_train])
-        evals.extend(row for key, row in env_rows[n_train:] if key not in seen)
+        kept = [row for key, row in env_rows[n_train:] if key not in seen]
+        evals.extend(kept)
+        kept_eval[name] = len(kept)
+    report_overlap(f"{kind} eval rows", {k: v for k, v in eval_counts.items() if v}, kept_eval)
     random.Random(f"mix:train:{cfg.seed}").shuffle(train)
     random.Random(f"mix:eval:{cfg.seed}").shuffle(evals)
     return train, evals

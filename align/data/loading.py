@@ -14,6 +14,13 @@ Sources, by what ``path_or_name`` is:
   is asked about the id once, with a 5 s timeout, before ``load_dataset`` (:mod:`align.data.hub`),
   so a mistyped id or no network fails in seconds. Nothing is downloaded in tests.
 
+A name that is not on disk is read as a hub id only when it could be one (:func:`looks_local`
+says no): ``./x``, ``/x``, ``a/b/c`` or ``rm/typo`` beside an existing ``rm/`` folder is a
+missing local path, reported at once. For a hub id the hub is probed first (one TCP connect,
+:data:`HUB_PROBE_TIMEOUT_S`): ``datasets`` retries an unreachable hub for about 25 s before
+its own ``ConnectionError``. With ``HF_HUB_OFFLINE``/``HF_DATASETS_OFFLINE`` set, the cache is
+used and nothing is probed.
+
 Parquet/Arrow rows come back with ``None`` for absent keys; the row checks treat ``None`` as
 absent. Everything is loaded into memory as Python dicts: fine for SFT/DPO/RM data sets up
 to a few million short rows, not for pretraining-scale corpora.
@@ -23,10 +30,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import random
+import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlparse
 
 from align.data.errors import DataError, OnBadRow, RowRef, check_rows_with_refs
 from align.data.hub import check_hub_dataset, hub_offline, offline_hint
@@ -41,6 +51,58 @@ EVAL_SPLITS: tuple[str, ...] = ("validation", "test", "eval", "train")
 
 class DataFileNotFound(DataError, FileNotFoundError):
     """A data path that does not exist (a user error: exit 2, not a traceback)."""
+
+
+HUB_PROBE_TIMEOUT_S = 3.0
+_FILE_SUFFIXES = (".jsonl", ".json", ".gz", ".parquet", ".arrow", ".csv")
+
+
+def looks_local(source: str) -> bool:
+    """A path, not a hub id: a file suffix, ``./ / ~``, more than one ``/``, or an existing first folder."""
+    if source.lower().endswith(_FILE_SUFFIXES) or source.startswith((".", "/", "~")) or source.count("/") > 1:
+        return True
+    return "/" in source and Path(source.split("/")[0]).is_dir()
+
+
+def _nearest_folder(path: Path) -> Path:
+    return next((p for p in path.parents if p.is_dir()), Path("."))
+
+
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be reached now (``host:port: reason``), or None if it can.
+
+    None also when the hub is switched off on purpose (``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE``):
+    ``datasets`` then reads its cache and says itself what is missing.
+    """
+    if any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+        return None
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT_S).close()
+    except OSError as e:
+        return f"{host}:{port}: {e.strerror or e}"
+    return None
+
+
+def check_source(path_or_name: str) -> None:
+    """Raise :class:`DataError` now if ``path_or_name`` is neither on disk nor a reachable hub id."""
+    path = Path(path_or_name).expanduser()
+    if path.exists():
+        return
+    if _suffix(path_or_name):
+        raise DataFileNotFound(f"data file not found: {path_or_name} (the nearest existing folder is {_nearest_folder(path)}/); check the path")
+    if looks_local(path_or_name):
+        raise DataFileNotFound(
+            f"{path_or_name}: no such local file or folder (the nearest existing folder is {_nearest_folder(path)}/); check the path"
+        )
+    why = hub_unreachable()
+    if why is not None:
+        raise DataError(
+            f"{path_or_name}: no such local folder, and if it was meant as a Hugging Face hub dataset id, the hub could "
+            f"not be reached ({why}). Check the path; for a hub dataset check the network, or set HF_HUB_OFFLINE=1 "
+            "to use a copy in the datasets cache"
+        )
 
 
 class InvalidJson:
@@ -128,8 +190,7 @@ def _read(path_or_name: str, split: str | Sequence[str]) -> tuple[list[Any], lis
     """Raw rows (``InvalidJson`` for unparseable lines) and, for JSONL, each row's line number."""
     suffix = _suffix(path_or_name)
     path = Path(path_or_name)
-    if suffix and not path.exists():
-        raise DataFileNotFound(f"data file not found: {path_or_name}")
+    check_source(path_or_name)
     if path.is_file() and not suffix:
         raise DataError(f"{path_or_name}: unsupported file type; use .jsonl, .json, .parquet, .arrow or .csv, or a dataset folder")
     if suffix in _JSON_SUFFIXES:
@@ -138,7 +199,14 @@ def _read(path_or_name: str, split: str | Sequence[str]) -> tuple[list[Any], lis
         except OSError as e:
             raise DataError(f"{path_or_name}: cannot read the data file: {e.strerror or e}") from None
         return rows, lines if any(x is not None for x in lines) else None
-    return _read_with_datasets(path_or_name, split), None
+    try:
+        return _read_with_datasets(path_or_name, split), None
+    except (DataError, MemoryError):
+        raise
+    except Exception as e:  # noqa: BLE001 - datasets/huggingface_hub raise many kinds for a bad hub id or file
+        where = "reading it" if path.exists() else "it is not a local file or folder, and loading it as a hub dataset"
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        raise DataError(f"{path_or_name}: {where} failed: {type(e).__name__}: {first}") from e
 
 
 def read_rows(path_or_name: str, split: str | Sequence[str] = "train") -> tuple[list[Any], list[int | None] | None]:

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from align.data.errors import DataError, OnBadRow, RowRef
+from align.data.errors import BadRows, DataError, OnBadRow, RowRef
 from align.data.masks import render_with_masks
 from align.data.validate import Messages, pair_parts, validate_attribute_row, validate_sft_row
 from align.reasoning import round_budget
@@ -183,6 +183,7 @@ def tokenize_rows(
     if kind == "attributes" and not attribute_names:
         raise ValueError("attribute rows need attribute_names (the order of the regression targets)")
     result = Tokenized()
+    bad = BadRows(source)
     for i, row in enumerate(rows):
         try:
             if kind == "sft":
@@ -192,14 +193,15 @@ def tokenize_rows(
             else:
                 example, truncated = _attributes(row, tokenizer, max_seq_len, attribute_names)
         except DataError as e:
-            if on_bad_row == "error":
-                ref = refs[i] if refs is not None else RowRef(i)
-                raise e.at(ref.index, source, ref.line) from None
-            result.num_skipped += 1
+            ref = refs[i] if refs is not None else RowRef(i)
+            bad.add(e, ref.index, ref.line)
             continue
         result.examples.append(example)
         result.rows.append(row)
         result.num_truncated += truncated
+    if on_bad_row == "error":
+        bad.raise_if_any()
+    result.num_skipped = len(bad.errors)
     return result
 
 

@@ -98,7 +98,7 @@ def test_long_rows_are_truncated_and_counted(tiny_tokenizer):
     out = tokenize_rows(rows, "sft", tiny_tokenizer, max_seq_len=n_single)
     assert [len(e["input_ids"]) for e in out.examples] == [n_single, n_single]
     assert out.num_truncated == 1
-    with pytest.raises(DataError, match=r"row 0 of rows: no assistant token falls within max_seq_len=8"):
+    with pytest.raises(DataError, match=r"2 bad rows in rows:\n  row 0: no assistant token falls within max_seq_len=8\n  row 1: "):
         tokenize_rows(rows, "sft", tiny_tokenizer, max_seq_len=8)
 
 

@@ -101,3 +101,48 @@ def test_rl_task_files_name_bad_bytes_and_empty_files(tmp_path) -> None:
     path.write_text("\n")
     with pytest.raises(DataError, match=r"tasks.jsonl: no usable tasks \(envs entry 'math', data_path"):
         load_tasks(EnvSpec(name="math", data_path=str(path)), None, 10, 0, "train")
+
+
+def test_a_bad_row_report_lists_the_first_ten_bad_rows_and_the_count(tmp_path) -> None:
+    from align.data.errors import BadRowsError
+
+    rows = [_sft(i) for i in range(40)]
+    bad = list(range(3, 40, 3))  # 13 bad rows
+    for i in bad:
+        rows[i] = {"messages": [{"role": "user", "content": "no answer"}]}
+    path = _write(tmp_path / "train.jsonl", rows, blank_every=5)
+    with pytest.raises(BadRowsError) as info:
+        load_checked_rows(path, validate_sft_row)
+    msg = str(info.value)
+    assert msg.startswith(f"13 bad rows in {path}; the first 10:")
+    for i in bad[:10]:
+        assert f"  row {i} (line {_line_of(path, i)}): messages has no assistant turn" in msg
+    assert f"row {bad[10]} " not in msg and "data.on_bad_row=skip" in msg
+    good, skipped = load_checked_rows(path, validate_sft_row, on_bad_row="skip")
+    assert (len(good), skipped) == (27, 13)
+
+
+def test_a_mistyped_local_folder_is_named_at_once_not_tried_on_the_hub(tmp_path, monkeypatch) -> None:
+    import time
+
+    (tmp_path / "rm" / "prefs_hf").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    t0 = time.monotonic()
+    with pytest.raises(DataError, match=r"rm/prefs_hf_typo: no such local file or folder \(the nearest existing folder is rm/\)"):
+        load_splits(DataConfig(path="rm/prefs_hf_typo"), "preference", seed=0)
+    assert time.monotonic() - t0 < 2
+
+
+def test_an_unreachable_hub_fails_in_seconds_with_both_readings(monkeypatch) -> None:
+    """``datasets`` retries an unreachable hub for about 25 s; the probe answers at once.
+    HF_ENDPOINT points at a closed local port, so no network is touched."""
+    import time
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    t0 = time.monotonic()
+    with pytest.raises(DataError, match=r"prefs_typo: no such local folder, and if it was meant as a Hugging Face hub dataset id, "
+                                        r"the hub could not be reached \(127.0.0.1:9: "):  # fmt: skip
+        load_splits(DataConfig(path="prefs_typo"), "sft", seed=0)
+    assert time.monotonic() - t0 < 5

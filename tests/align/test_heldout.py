@@ -63,3 +63,61 @@ def test_no_heldout_task_is_trained_on_in_the_tiny_pipeline() -> None:
     # Without the exclude set the same stream does hit training prompts: the check above has teeth.
     unfiltered = heldout_tasks(envs, dict(r.eval.envs), set(), r.seed)
     assert any(task_key(envs[t.env], t) in trained["sft"] for t in unfiltered)
+
+
+class _RepetitiveMath:
+    """A math environment whose generator has only 4 distinct prompts: what made a new environment
+    lose its whole held-out set to the overlap with training, silently."""
+
+    @staticmethod
+    def make(monkeypatch):
+        from envs.math.env import MathEnv
+        from envs.registry import ENVS, register_env
+
+        class RepetitiveMath(MathEnv):
+            name = "repetitive_math"
+
+            def generate(self, n, seed):
+                base = super().generate(4, 0)
+                return [type(t)(**{**t.__dict__, "id": f"rep-{seed}-{i}", "env": self.name}) for i, t in enumerate(base * (n // 4 + 1))][:n]
+
+        monkeypatch.setattr(ENVS, "_explicit", {})
+        register_env(RepetitiveMath)
+        return RepetitiveMath
+
+
+def test_dropped_overlapping_eval_items_are_printed_per_environment(monkeypatch, capsys) -> None:
+    from align.config.schema import GeneratedData
+    from align.data.generated import generated_rows
+
+    _RepetitiveMath.make(monkeypatch)
+    train, evals = generated_rows(GeneratedData(envs={"math": 0.5, "repetitive_math": 0.5}, num_train=40, num_eval=12), "sft")
+    out = capsys.readouterr().out
+    assert sum(r["env"] == "repetitive_math" for r in evals) == 0 and sum(r["env"] == "math" for r in evals) == 6
+    assert "held-out sft eval rows, repetitive_math: 0 of 6 kept; 6 dropped because training has the same prompt (NONE left" in out
+    assert "held-out sft eval rows, math" not in out  # nothing dropped there: nothing printed
+
+
+def test_heldout_tasks_print_an_environment_left_short(monkeypatch, capsys) -> None:
+    from envs.registry import make_env
+
+    _RepetitiveMath.make(monkeypatch)
+    envs = {"math": make_env("math"), "repetitive_math": make_env("repetitive_math")}
+    trained = {task_key(envs["repetitive_math"], t) for t in envs["repetitive_math"].generate(4, 0)}
+    tasks = heldout_tasks(envs, {"math": 5, "repetitive_math": 6}, trained, seed=0)
+    out = capsys.readouterr().out
+    # Its 4 distinct prompts are all trained on: every candidate is dropped, and that is said.
+    assert [sum(t.env == n for t in tasks) for n in ("math", "repetitive_math")] == [5, 0]
+    assert "held-out eval tasks, repetitive_math: 0 of 6 kept; 6 dropped because training has the same prompt (NONE left" in out
+    assert "eval tasks, math:" not in out
+
+
+def test_the_report_flags_an_environment_with_fewer_heldout_tasks_than_configured() -> None:
+    from align.report import heldout_shortfall
+
+    lines = heldout_shortfall({"math": 16, "code": 2}, {"math": 16, "code": 16, "tool_use": 8})
+    assert lines == [
+        "**Held-out set short:** code has 2 of its 16 configured tasks (the rest repeat training prompts); its numbers rest on fewer samples.",
+        "**Held-out set short:** tool_use has 0 of its 8 configured tasks (the rest repeat training prompts); its numbers rest on "
+        "fewer samples, and it is missing from the tables.",
+    ]

@@ -146,6 +146,11 @@ def _tensorboard_points(run_dir: Path, tag: str) -> list[tuple[int, float]]:
 
 
 def _write(run_dir: Path, steps: range, value: float, resume_from_step: int | None) -> None:
+    # TensorBoard reads event files in name order: "<time s>.<host>.<pid>.<writer number>". Two
+    # writers of one second in one process then sort by writer number as text, and after the
+    # process's 10th writer (other tests make them) "10" sorts before "9". Separate runs are
+    # separate processes, seconds apart: start each write in a new second, as they would.
+    time.sleep(1 - time.time() % 1)
     log = MetricsLog(run_dir, resume_from_step=resume_from_step)
     for step in steps:
         log.log(step, "train", {"loss": value + step})

@@ -38,6 +38,7 @@ from align.cluster import LearnerGroup, RolloutGroup
 from align.config import LoadedRecipe
 from align.config.schema import GRPOSettings, RLRecipe
 from align.evaluate import EvalSummary, play, standard_modes, summarize
+from align.export import write_checkpoint
 from align.guards import EnvFailureGuard, NonFiniteGuard
 from align.models import inference_dtype, load_tokenizer
 from align.runlog import Checkpoints, MetricsLog, cut_jsonl, plot_curves
@@ -121,7 +122,7 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
     start, state = resume_from(ckpts, resume, learners, check=lambda s: mixer.load_state_dict(s["tasks"]))
     if state is not None:
         sync.push()
-    log = MetricsLog(run_dir, resume_from_step=start if state is not None else None)
+    log = MetricsLog(run_dir, resume_from_step=start if state is not None else None, recipe=r)
     if state is not None:
         cut_jsonl(run_dir / "trajectories.jsonl", start)  # the steps after the checkpoint run again
     samples_file = open(run_dir / "trajectories.jsonl", "a" if state is not None else "w")
@@ -242,7 +243,7 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
                 # On the engine queue, so it sees exactly the weights of this update.
                 log_eval(done, queue.submit(evaluate, done).result())
             if done % r.checkpoint.every_steps == 0 and done < g.max_steps:
-                ckpts.save(done, lambda tmp: learners.save_state(str(tmp)), {"tasks": ro.tasks_state})
+                ckpts.save(done, lambda tmp: write_checkpoint(learners, tmp, model_path, r.checkpoint.save_hf), {"tasks": ro.tasks_state})
     finally:
         queue.close()
 
