@@ -22,9 +22,10 @@ PROBE_TIMEOUT_S = 5.0
 
 
 def _endpoint() -> str:
+    """``HF_ENDPOINT`` as set now (huggingface_hub reads it once, at import)."""
     from huggingface_hub import constants
 
-    return constants.ENDPOINT
+    return os.environ.get("HF_ENDPOINT", "").rstrip("/") or constants.ENDPOINT
 
 
 def hub_offline() -> bool:

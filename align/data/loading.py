@@ -16,9 +16,9 @@ Sources, by what ``path_or_name`` is:
 
 A name that is not on disk is read as a hub id only when it could be one (:func:`looks_local`
 says no): ``./x``, ``/x``, ``a/b/c`` or ``rm/typo`` beside an existing ``rm/`` folder is a
-missing local path, reported at once. For a hub id the hub is probed first (one TCP connect,
-:data:`HUB_PROBE_TIMEOUT_S`): ``datasets`` retries an unreachable hub for about 25 s before
-its own ``ConnectionError``. With ``HF_HUB_OFFLINE``/``HF_DATASETS_OFFLINE`` set, the cache is
+missing local path, reported at once. For a hub id the hub is asked once, with a short timeout
+(:func:`align.data.hub.check_hub_dataset`): ``datasets`` retries an unreachable hub for about
+25 s before its own ``ConnectionError``. With ``HF_HUB_OFFLINE``/``HF_DATASETS_OFFLINE`` set, the cache is
 used and nothing is probed.
 
 Parquet/Arrow rows come back with ``None`` for absent keys; the row checks treat ``None`` as
@@ -30,13 +30,10 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import random
-import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlparse
 
 from align.data.errors import DataError, OnBadRow, RowRef, check_rows_with_refs
 from align.data.hub import check_hub_dataset, hub_offline, offline_hint
@@ -53,7 +50,6 @@ class DataFileNotFound(DataError, FileNotFoundError):
     """A data path that does not exist (a user error: exit 2, not a traceback)."""
 
 
-HUB_PROBE_TIMEOUT_S = 3.0
 _FILE_SUFFIXES = (".jsonl", ".json", ".gz", ".parquet", ".arrow", ".csv")
 
 
@@ -68,25 +64,8 @@ def _nearest_folder(path: Path) -> Path:
     return next((p for p in path.parents if p.is_dir()), Path("."))
 
 
-def hub_unreachable() -> str | None:
-    """Why the Hugging Face hub cannot be reached now (``host:port: reason``), or None if it can.
-
-    None also when the hub is switched off on purpose (``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE``):
-    ``datasets`` then reads its cache and says itself what is missing.
-    """
-    if any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
-        return None
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
-    try:
-        socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT_S).close()
-    except OSError as e:
-        return f"{host}:{port}: {e.strerror or e}"
-    return None
-
-
 def check_source(path_or_name: str) -> None:
-    """Raise :class:`DataError` now if ``path_or_name`` is neither on disk nor a reachable hub id."""
+    """Raise :class:`DataError` now if ``path_or_name`` looks local but is not on disk (hub ids: :mod:`align.data.hub`)."""
     path = Path(path_or_name).expanduser()
     if path.exists():
         return
@@ -95,13 +74,6 @@ def check_source(path_or_name: str) -> None:
     if looks_local(path_or_name):
         raise DataFileNotFound(
             f"{path_or_name}: no such local file or folder (the nearest existing folder is {_nearest_folder(path)}/); check the path"
-        )
-    why = hub_unreachable()
-    if why is not None:
-        raise DataError(
-            f"{path_or_name}: no such local folder, and if it was meant as a Hugging Face hub dataset id, the hub could "
-            f"not be reached ({why}). Check the path; for a hub dataset check the network, or set HF_HUB_OFFLINE=1 "
-            "to use a copy in the datasets cache"
         )
 
 

@@ -359,7 +359,7 @@ class _FakeEnv:
 
     def generate(self, n, seed):
         rng = random.Random(seed)
-        return [types.SimpleNamespace(id=f"{self.name}-{seed}-{i}", a=rng.randint(0, 999), b=rng.randint(0, 999)) for i in range(n)]
+        return [types.SimpleNamespace(id=f"{self.name}-{seed}-{i}", a=rng.randint(0, 999), b=rng.randint(0, 999), meta={}) for i in range(n)]
 
     def reset(self, task):
         return [{"role": "user", "content": f"[{self.name}] {task.a} + {task.b}?"}]
