@@ -218,6 +218,11 @@ class LearnerGroup(_Group):
         if wait:
             self.wait_ready()
 
+    @property
+    def pending_refs(self) -> list[Any]:
+        """The set-up calls :meth:`wait_ready` will wait for (Ray refs, or in-process results)."""
+        return [s.ref if isinstance(s, Step) else s for s in self._pending or []]
+
     def wait_ready(self) -> None:
         pending, self._pending = self._pending, None
         if pending and self.in_process:
