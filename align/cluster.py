@@ -275,13 +275,18 @@ def _sum_metrics(results: list[dict[str, float]], keep_rank0: tuple[str, ...] = 
 class RolloutGroup(_Group):
     """M vLLM engines serving the policy; ``generate`` spreads a batch over them, in order."""
 
-    def __init__(self, cluster: ClusterConfig, rollout: RolloutConfig, model_path: str, seed: int, in_process: bool = False, dtype: str = "float32") -> None:
+    def __init__(
+        self, cluster: ClusterConfig, rollout: RolloutConfig, model_path: str, seed: int, in_process: bool = False, dtype: str = "float32",
+        wait: bool = True,
+    ) -> None:  # fmt: skip
+        """Start the engines; ``wait=False`` returns once they are spawned, and :meth:`wait_ready` waits for them."""
         from rollout.engine import VLLMEngine
         from rollout.routing import has_moe_layers
 
         if rollout.return_routed_experts and not has_moe_layers(model_path):
             raise ClusterError(f"rollout.return_routed_experts is on, but the policy ({model_path}) has no MoE layers; turn it off")
         super().__init__()
+        self._ready: list[Step] = []
         kwargs = dict(
             model_path=str(model_path),
             gpu_memory_utilization=rollout.gpu_memory_utilization,
@@ -297,8 +302,16 @@ class RolloutGroup(_Group):
             n, c = cluster.num_rollout_engines, cluster
             self._spawn(VLLMEngine, n, 1.0, c.gpus_per_rollout_engine, c.placement_timeout_s, f"{n} rollout engines",
                         lambda i: dict(seed=seed + i, **kwargs))  # fmt: skip
-            ready = [Step(f"rollout engine {i}", f"VLLMEngine.__init__: starting vLLM with {model_path}", e.__ray_ready__.remote()) for i, e in enumerate(self.actors)]
-            wait_setup(ready, deadline_in(c.setup_timeout_s), c.setup_timeout_s)
+            self._ready = [Step(f"rollout engine {i}", f"VLLMEngine.__init__: starting vLLM with {model_path}", e.__ray_ready__.remote()) for i, e in enumerate(self.actors)]
+            self._setup_timeout_s, self._deadline = c.setup_timeout_s, deadline_in(c.setup_timeout_s)
+            if wait:
+                self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Block until every engine is built, or raise :class:`~align.setup_wait.SetupTimeout` naming the stuck ones."""
+        ready, self._ready = self._ready, []
+        if ready:
+            wait_setup(ready, self._deadline, self._setup_timeout_s)
 
     @property
     def engines(self) -> list[Any]:

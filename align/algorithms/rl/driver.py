@@ -108,15 +108,21 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
     learner_cfg = r.learner.model_copy(update={"gradient_accumulation_steps": r.accumulation_steps, "freeze_router": r.learner.freeze_router is not False})
     learners = LearnerGroup(r.cluster, in_process=in_process)
     # The learners, the reference and the vLLM engines build at the same time (Ray actors build
-    # asynchronously): start-up costs the slowest, not the sum. Engines sharing a GPU with a
-    # learner (a fraction of a GPU) build after it, since vLLM sizes its cache from free memory.
+    # asynchronously): start-up costs the slowest, not the sum. The engines are spawned first,
+    # since learners.setup waits for learner 0's process to start. Engines sharing a GPU with a
+    # learner (a fraction of a GPU) build after it, since vLLM sizes its cache from free memory;
+    # in-process ones too, as before (they build synchronously).
     colocated = 0 < r.cluster.gpus_per_rollout_engine < 1
-    with clock.part("learners"):  # to the end of their set-up when colocated, else until their set-up calls are sent
-        learners.setup(str(model_path), learner_cfg, g.max_steps * g.epochs_per_step, r.seed, wait=colocated)
-    clock.watch("learners set-up", learners.pending_refs)
+    dtype = inference_dtype(r.learner.precision)
     with clock.part("engines"):
-        rollout = RolloutGroup(r.cluster, r.rollout, str(model_path), r.seed, in_process=in_process, dtype=inference_dtype(r.learner.precision))
-    reference = FrozenReference(g.reference, r.cluster, learner_cfg, model_path, r.seed, "grpo.reference", in_process) if use_reference else None
+        rollout = None if colocated or in_process else RolloutGroup(r.cluster, r.rollout, str(model_path), r.seed, in_process, dtype, wait=False)
+        with clock.part("learners"):  # to the end of their set-up when colocated, else until their set-up calls are sent
+            learners.setup(str(model_path), learner_cfg, g.max_steps * g.epochs_per_step, r.seed, wait=colocated)
+        clock.watch("learners set-up", learners.pending_refs)
+        if rollout is None:
+            rollout = RolloutGroup(r.cluster, r.rollout, str(model_path), r.seed, in_process, dtype, wait=False)
+        reference = FrozenReference(g.reference, r.cluster, learner_cfg, model_path, r.seed, "grpo.reference", in_process) if use_reference else None
+        rollout.wait_ready()
     learners.wait_ready()
     clock.lap("actors")
     sync = WeightSync(learners, rollout, r.rollout.weight_sync, r.rollout.weight_sync_bucket_mb, snapshot=g.off_policy_overlap)
