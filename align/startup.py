@@ -3,7 +3,8 @@
     start-up 31.2 s: imports 4.1, data 0.6, ray 3.0, actors 14.5 (learners 12.5 | engines 14.0), eval 0.2, first step 3.2
 
 Start-up runs from the process's launch (its OS start time, so interpreter start and imports
-count) to the end of the first step. Each :meth:`StartupClock.lap` is a serial phase, from the
+count) to the end of the first step; for a later job in the same process (a pipeline's next
+stage), from when that job's clock was made. Each :meth:`StartupClock.lap` is a serial phase, from the
 previous lap's end (the launch for the first) to now, so the laps add up to the total. Inside a
 lap, parts that ran at the same time (the learners and the rollout engines build as Ray actors
 in parallel) are shown in parentheses, joined with ``|``, each from its own start to its end.
@@ -22,11 +23,16 @@ from typing import Any
 import psutil
 
 
+_launched = False  # a clock has been made in this process (which then owns the launch)
+
+
 class StartupClock:
     """Serial laps, and parallel parts within them, of one job's start-up."""
 
     def __init__(self) -> None:
-        self.launch = psutil.Process().create_time()  # the OS's start time of this process
+        global _launched
+        self.launch = time.time() if _launched else psutil.Process().create_time()  # the OS's start time of this process
+        _launched = True
         self._last = self.launch
         self._laps: list[tuple[str, float, str]] = []  # name, seconds, the parallel parts in it
         self._parts: dict[str, list[float | None]] = {}  # name -> [start, end or None]

@@ -57,3 +57,10 @@ def test_watch_of_in_process_results_is_done_at_once() -> None:
     clock.lap("actors")
     n = _numbers(clock.line(0.0))
     assert n["learners set-up"] == 0.0 and n["actors"] >= 0.2
+
+
+def test_a_later_clock_in_the_process_starts_when_it_is_made() -> None:
+    StartupClock()  # the process's first (or a later) clock
+    time.sleep(0.3)
+    clock = StartupClock()
+    assert time.time() - clock.launch < 0.2
