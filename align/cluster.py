@@ -52,13 +52,16 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
         # "local": a new embedded instance even when a `ray start` cluster runs on this machine
-        # (plain ray.init() would join it, and then refuses num_cpus).
+        # (plain ray.init() would join it, and then refuses num_cpus). No prestarted workers: Ray
+        # starts one per CPU for the first driver; our actors never used them (each got a new
+        # process), and on a small machine they took the CPU the actors start on.
         ray.init(
             address="local",
             num_cpus=max(num_cpus or 0, os.cpu_count() or 1),
             include_dashboard=False,
             runtime_env=runtime_env,
             log_to_driver=True,
+            _system_config={"prestart_worker_first_driver": False},
         )
 
 
@@ -275,10 +278,7 @@ def _sum_metrics(results: list[dict[str, float]], keep_rank0: tuple[str, ...] = 
 class RolloutGroup(_Group):
     """M vLLM engines serving the policy; ``generate`` spreads a batch over them, in order."""
 
-    def __init__(
-        self, cluster: ClusterConfig, rollout: RolloutConfig, model_path: str, seed: int, in_process: bool = False, dtype: str = "float32",
-        wait: bool = True,
-    ) -> None:  # fmt: skip
+    def __init__(self, cluster: ClusterConfig, rollout: RolloutConfig, model_path: str, seed: int, in_process: bool = False, dtype: str = "float32", wait: bool = True) -> None:  # fmt: skip
         """Start the engines; ``wait=False`` returns once they are spawned, and :meth:`wait_ready` waits for them."""
         from rollout.engine import VLLMEngine
         from rollout.routing import has_moe_layers
