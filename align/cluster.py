@@ -54,7 +54,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, logging_level="INFO" if verbose() else "WARNING")
     else:
         # "local": a new embedded instance even when a `ray start` cluster runs on this machine
-        # (plain ray.init() would join it, and then refuses num_cpus).
+        # (plain ray.init() would join it, and then refuses num_cpus). No prestarted workers: Ray
+        # starts one per CPU for the first driver; our actors never used them (each got a new
+        # process), and on a small machine they took the CPU the actors start on.
         ray.init(
             address="local",
             num_cpus=max(num_cpus or 0, os.cpu_count() or 1),
@@ -62,6 +64,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
             runtime_env=runtime_env,
             log_to_driver=True,
             logging_level="INFO" if verbose() else "WARNING",
+            _system_config={"prestart_worker_first_driver": False},
         )
 
 
@@ -221,6 +224,11 @@ class LearnerGroup(_Group):
         if wait:
             self.wait_ready()
 
+    @property
+    def pending_refs(self) -> list[Any]:
+        """The set-up calls :meth:`wait_ready` will wait for (Ray refs, or in-process results)."""
+        return [s.ref if isinstance(s, Step) else s for s in self._pending or []]
+
     def wait_ready(self) -> None:
         pending, self._pending = self._pending, None
         if pending and self.in_process:
@@ -273,7 +281,8 @@ def _sum_metrics(results: list[dict[str, float]], keep_rank0: tuple[str, ...] = 
 class RolloutGroup(_Group):
     """M vLLM engines serving the policy; ``generate`` spreads a batch over them, in order."""
 
-    def __init__(self, cluster: ClusterConfig, rollout: RolloutConfig, model_path: str, seed: int, in_process: bool = False, dtype: str = "float32") -> None:
+    def __init__(self, cluster: ClusterConfig, rollout: RolloutConfig, model_path: str, seed: int, in_process: bool = False, dtype: str = "float32", wait: bool = True) -> None:  # fmt: skip
+        """Start the engines; ``wait=False`` returns once they are spawned, and :meth:`wait_ready` waits for them."""
         from rollout.engine import VLLMEngine
         from rollout.routing import has_moe_layers
 
@@ -281,6 +290,7 @@ class RolloutGroup(_Group):
             raise ClusterError(f"rollout.return_routed_experts is on, but the policy ({model_path}) has no MoE layers; turn it off")
         check_max_model_len(str(model_path), rollout.max_model_len)  # before any engine starts
         super().__init__()
+        self._ready: list[Step] = []
         kwargs = dict(
             model_path=str(model_path),
             gpu_memory_utilization=rollout.gpu_memory_utilization,
@@ -296,8 +306,16 @@ class RolloutGroup(_Group):
             n, c = cluster.num_rollout_engines, cluster
             self._spawn(VLLMEngine, n, 1.0, c.gpus_per_rollout_engine, c.placement_timeout_s, f"{n} rollout engines",
                         lambda i: dict(seed=seed + i, **kwargs))  # fmt: skip
-            ready = [Step(f"rollout engine {i}", f"VLLMEngine.__init__: starting vLLM with {model_path}", e.__ray_ready__.remote()) for i, e in enumerate(self.actors)]
-            wait_setup(ready, deadline_in(c.setup_timeout_s), c.setup_timeout_s)
+            self._ready = [Step(f"rollout engine {i}", f"VLLMEngine.__init__: starting vLLM with {model_path}", e.__ray_ready__.remote()) for i, e in enumerate(self.actors)]
+            self._setup_timeout_s, self._deadline = c.setup_timeout_s, deadline_in(c.setup_timeout_s)
+            if wait:
+                self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Block until every engine is built, or raise :class:`~align.setup_wait.SetupTimeout` naming the stuck ones."""
+        ready, self._ready = self._ready, []
+        if ready:
+            wait_setup(ready, self._deadline, self._setup_timeout_s)
 
     @property
     def engines(self) -> list[Any]:
@@ -370,12 +388,8 @@ class RewardModelGroup(_Group):
         """Attribute names (output order) and the weights saved with the model."""
         return self._get([self.actors[0].attributes.remote()])[0]
 
-    def score(
-        self,
-        conversations: Sequence[list[dict[str, Any]]],
-        template_kwargs: Sequence[dict[str, Any]] | None = None,
-        weights: dict[str, float] | None = None,
-    ) -> list[float]:
+    def score(self, conversations: Sequence[list[dict[str, Any]]], template_kwargs: Sequence[dict[str, Any]] | None = None,
+              weights: dict[str, float] | None = None) -> list[float]:  # fmt: skip
         """One combined reward per conversation, in input order."""
         n = len(self.actors)
         kwargs = list(template_kwargs) if template_kwargs is not None else [{} for _ in conversations]

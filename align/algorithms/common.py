@@ -35,6 +35,7 @@ from align.init_checkpoint import prepare_initial_checkpoint
 from align.models import load_tokenizer
 from align.runlog import Checkpoints, MetricsLog, plot_curves
 from rewards.registry import reward_actor_cpus
+from align.startup import StartupClock
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -69,10 +70,12 @@ class Job:
     tokenizer: Any
     data: PreparedData
     stats: dict[str, int] = field(default_factory=dict)
+    clock: StartupClock = field(default_factory=StartupClock)
 
 
 def prepare_job(loaded: LoadedRecipe, kind: RowKind, attribute_names: tuple[str, ...] = ()) -> Job:
-    r = loaded.recipe
+    r, clock = loaded.recipe, StartupClock()
+    clock.lap("imports")
     splits = load_splits(r.data, kind, r.seed, attribute_names or None)
 
     def texts() -> Any:
@@ -84,7 +87,8 @@ def prepare_job(loaded: LoadedRecipe, kind: RowKind, attribute_names: tuple[str,
     model_path = start_checkpoint(loaded, texts)
     tokenizer = load_tokenizer(model_path)
     data = prepare_data(r.data, kind, tokenizer, r.learner.max_seq_len, r.seed, attribute_names=attribute_names, rows=splits)
-    return Job(loaded, Path(r.output_dir), model_path, tokenizer, data, dict(data.stats))
+    clock.lap("data")
+    return Job(loaded, Path(r.output_dir), model_path, tokenizer, data, dict(data.stats), clock)
 
 
 def global_batch_size(loaded: LoadedRecipe) -> int:
@@ -115,14 +119,8 @@ def start_learners(loaded: LoadedRecipe, model_path: Path, total_steps: int, mod
     return group
 
 
-def micro_batches(
-    examples: list[dict[str, Any]],
-    indices: list[int],
-    world_size: int,
-    accumulation: int,
-    pad_id: int,
-    count_units: Callable[[MicroBatch], float],
-) -> list[list[MicroBatch]]:
+def micro_batches(examples: list[dict[str, Any]], indices: list[int], world_size: int, accumulation: int, pad_id: int,
+                  count_units: Callable[[MicroBatch], float]) -> list[list[MicroBatch]]:  # fmt: skip
     """Per-rank padded micro-batches of one global batch, each carrying the global unit count."""
     per_rank = [[pad_batch([examples[i] for i in mb], pad_id) for mb in shard_batch(indices, world_size, rank, accumulation)] for rank in range(world_size)]
     total = sum(count_units(mb) for rank in per_rank for mb in rank)
@@ -202,14 +200,8 @@ def _split(items: list[int], parts: int) -> list[list[int]]:
 
 
 def train_loop(
-    job: Job,
-    objective: Objective,
-    count_units: Callable[[MicroBatch], float],
-    max_steps: int,
-    eval_every: int,
-    resume: bool,
-    model_kind: str = "causal_lm",
-    num_labels: int = 1,
+    job: Job, objective: Objective, count_units: Callable[[MicroBatch], float], max_steps: int, eval_every: int, resume: bool,
+    model_kind: str = "causal_lm", num_labels: int = 1,
     eval_extra: Callable[[LearnerGroup, int], dict[str, float]] | None = None,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     add_to_batch: Callable[[LearnerGroup, list[list[MicroBatch]]], None] | None = None,
@@ -233,6 +225,7 @@ def train_loop(
     plan = BatchPlan(len(examples), global_batch_size(job.loaded), r.seed, lengths=example_lengths(examples))
     ckpts = Checkpoints(job.run_dir, r.checkpoint.keep_last)
     group = start_learners(job.loaded, job.model_path, max_steps, model_kind, num_labels)
+    job.clock.lap("ray and learners")
     summary: dict[str, Any] = {"first_eval": None, "last_eval": None, "learner_nodes": group.node_ids()}
     start, state = resume_from(ckpts, resume, group, check=lambda s: plan.check_state(s["plan"]))
     log = MetricsLog(job.run_dir, resume_from_step=start if state is not None else None, recipe=r)
@@ -253,6 +246,7 @@ def train_loop(
             if ev:
                 summary["first_eval"] = ev
                 log.log(0, "eval", ev)
+            job.clock.lap("eval 0")
         for step in range(start, max_steps):
             t0 = time.perf_counter()
             per_rank = micro_batches(examples, plan.batch(step), group.size, r.learner.gradient_accumulation_steps, pad_id, count_units)
@@ -264,6 +258,8 @@ def train_loop(
             tokens = sum(float(v.sum()) for rank in per_rank for mb in rank for k, v in mb.items() if k.endswith("attention_mask"))
             tokens_seen += int(tokens)
             step_times.append(dt)
+            if step == start:
+                progress.console.print(job.clock.line(dt))
             metrics.update(step_time_s=dt, tokens_per_s=tokens / dt, epoch=float(plan.epoch(step)))
             done = step + 1
             if done % r.log_every_steps == 0:

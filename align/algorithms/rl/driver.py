@@ -42,6 +42,7 @@ from align.export import write_checkpoint
 from align.guards import EnvFailureGuard, NonFiniteGuard
 from align.models import inference_dtype, load_tokenizer
 from align.runlog import Checkpoints, MetricsLog, cut_jsonl, plot_curves
+from align.startup import StartupClock
 from align.weight_sync import WeightSync
 from envs.registry import make_env
 from rewards.base import RewardFn
@@ -83,6 +84,8 @@ def check_machine(loaded: LoadedRecipe) -> None:
 
 def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) -> int:
     """Run the recipe. ``in_process`` uses the same workers without Ray (one learner, one engine)."""
+    clock = StartupClock()
+    clock.lap("imports")
     r: RLRecipe = loaded.recipe  # type: ignore[assignment]
     check_machine(loaded)
     g = r.grpo
@@ -100,19 +103,31 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
 
     if in_process and r.cluster.num_learners != 1:
         raise JobError("in-process RL runs one learner: set cluster.num_learners=1")
+    clock.lap("data")
     if not in_process:
         start_ray(r)
+    clock.lap("ray")
     # freeze_router null: frozen in RL, as Nemotron 3 Nano (align/learner/moe.py).
     learner_cfg = r.learner.model_copy(update={"gradient_accumulation_steps": r.accumulation_steps, "freeze_router": r.learner.freeze_router is not False})
     learners = LearnerGroup(r.cluster, in_process=in_process)
     # The learners, the reference and the vLLM engines build at the same time (Ray actors build
-    # asynchronously): start-up costs the slowest, not the sum. Engines sharing a GPU with a
-    # learner (a fraction of a GPU) build after it, since vLLM sizes its cache from free memory.
+    # asynchronously): start-up costs the slowest, not the sum. The engines are spawned first,
+    # since learners.setup waits for learner 0's process to start. Engines sharing a GPU with a
+    # learner (a fraction of a GPU) build after it, since vLLM sizes its cache from free memory;
+    # in-process ones too, as before (they build synchronously).
     colocated = 0 < r.cluster.gpus_per_rollout_engine < 1
-    learners.setup(str(model_path), learner_cfg, g.max_steps * g.epochs_per_step, r.seed, wait=colocated)
-    rollout = RolloutGroup(r.cluster, r.rollout, str(model_path), r.seed, in_process=in_process, dtype=inference_dtype(r.learner.precision))
-    reference = FrozenReference(g.reference, r.cluster, learner_cfg, model_path, r.seed, "grpo.reference", in_process) if use_reference else None
+    dtype = inference_dtype(r.learner.precision)
+    with clock.part("engines"):
+        rollout = None if colocated or in_process else RolloutGroup(r.cluster, r.rollout, str(model_path), r.seed, in_process, dtype, wait=False)
+        with clock.part("learners"):  # to the end of their set-up when colocated, else until their set-up calls are sent
+            learners.setup(str(model_path), learner_cfg, g.max_steps * g.epochs_per_step, r.seed, wait=colocated)
+        clock.watch("learners set-up", learners.pending_refs)
+        if rollout is None:
+            rollout = RolloutGroup(r.cluster, r.rollout, str(model_path), r.seed, in_process, dtype, wait=False)
+        reference = FrozenReference(g.reference, r.cluster, learner_cfg, model_path, r.seed, "grpo.reference", in_process) if use_reference else None
+        rollout.wait_ready()
     learners.wait_ready()
+    clock.lap("actors")
     sync = WeightSync(learners, rollout, r.rollout.weight_sync, r.rollout.weight_sync_bucket_mb, snapshot=g.off_policy_overlap)
     console.print(f"weight sync: {sync.describe()}")
     objective = GRPOObjective(g.clip_low, g.clip_high, g.loss_aggregation, g.tis_cap, g.kl_coef, r.rollout.sampling.temperature)
@@ -179,8 +194,10 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
         out.tasks_state = mixer.state_dict()  # what a checkpoint after this step's update resumes from
         return out
 
+    clock.lap("sync and logs")
     if start == 0:
         log_eval(0, evaluate(0))
+        clock.lap("eval 0")
 
     pending: dict[int, Future[StepRollout]] = {}
     nonfinite = NonFiniteGuard(r.learner.on_nonfinite, r.learner.max_nonfinite_steps, console)
@@ -232,6 +249,8 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
                            groups_kept=float(len(ro.kept)), groups_dropped=float(len(ro.dropped)))  # fmt: skip
             metrics.update(ro.reward_metrics)
             log.log(done, "train", metrics)
+            if step == start:
+                console.print(clock.line(metrics["time_step_s"]))
             _write_samples(samples_file, done, ro.all_groups, per_group=1)
             console.print(
                 f"step {done}/{g.max_steps}  reward {metrics['reward']:.3f}  acc {metrics['accuracy']:.3f}  kept {len(ro.kept)}/{g.prompts_per_step}  "
