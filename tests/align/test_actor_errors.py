@@ -28,7 +28,7 @@ def test_vllms_own_max_model_len_error_names_the_actor_and_the_key(tmp_path) -> 
     from vllm.config import ModelConfig
 
     from align.config.schema import ModelConfig as AlignModel, TokenizerConfig
-    from align.models import prepare_initial_checkpoint
+    from align.init_checkpoint import prepare_initial_checkpoint
 
     path = prepare_initial_checkpoint(AlignModel(), TokenizerConfig(vocab_size=300), tmp_path / "init", texts=["a b c"] * 50)
     positions = json.loads((path / "config.json").read_text())["max_position_embeddings"]

@@ -12,7 +12,7 @@ from align.cluster import LearnerGroup, init_ray
 from align.config.schema import ClusterConfig, LearnerConfig, ModelConfig, TokenizerConfig
 from align.export import ExportError, export, write_checkpoint
 from align.learner.objectives import sft_objective
-from align.models import prepare_initial_checkpoint
+from align.init_checkpoint import prepare_initial_checkpoint
 from align.quiet import QUIET_ENV, VERBOSE_ENV
 from align.runlog import Checkpoints
 

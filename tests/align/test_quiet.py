@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from align.config.schema import ModelConfig, TokenizerConfig
-from align.models import prepare_initial_checkpoint
+from align.init_checkpoint import prepare_initial_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 # What a learner or engine process does that printed noise: a deprecated torch.distributed name
