@@ -109,14 +109,18 @@ def pad_routes(routes: np.ndarray | None, length: int) -> np.ndarray | None:
     return np.concatenate([routes, pad])
 
 
+def _layer_kinds(model_path: str | Path) -> tuple[dict, list[str]]:
+    """The checkpoint's ``config.json`` and its decoder layer kinds (NemotronH; empty elsewhere)."""
+    config = json.loads((Path(model_path) / "config.json").read_text())
+    return config, config.get("layers_block_type") or list(config.get("hybrid_override_pattern") or "")
+
+
 def has_moe_layers(model_path: str | Path) -> bool:
     """Whether the HF checkpoint folder's ``config.json`` declares MoE layers (NemotronH: an ``E`` /
     ``"moe"`` layer; other architectures: an expert count)."""
-    path = Path(model_path) / "config.json"
-    if not path.is_file():
+    if not (Path(model_path) / "config.json").is_file():
         return False
-    config = json.loads(path.read_text())
-    layers = config.get("layers_block_type") or list(config.get("hybrid_override_pattern") or "")
+    config, layers = _layer_kinds(model_path)
     if layers:
         return any(kind in ("moe", "E") for kind in layers)
     return bool(config.get("n_routed_experts") or config.get("num_experts") or config.get("num_local_experts"))
@@ -126,6 +130,5 @@ def moe_layer_indices(model_path: str | Path) -> list[int] | None:
     """Indices of the MoE layers among all decoder layers (NemotronH), or None when the config
     does not list layer kinds. vLLM on GPU returns routes for every decoder layer; the learner
     replays only the MoE ones."""
-    config = json.loads((Path(model_path) / "config.json").read_text())
-    layers = config.get("layers_block_type") or list(config.get("hybrid_override_pattern") or "")
+    _, layers = _layer_kinds(model_path)
     return [i for i, kind in enumerate(layers) if kind in ("moe", "E")] if layers else None
