@@ -50,12 +50,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_vs_trl import StepTimer, job_env, load1, run_header  # noqa: E402
+from bench_vs_trl import Settings as TrlSettings  # noqa: E402
+from bench_vs_trl import StepTimer, grpo_prompts, job_env, load1, run_header  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "bench_gpu_rl.json"
 RUNS = ROOT / "runs" / "bench_gpu_rl"
 PY = sys.executable
-PEAK_BF16 = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12}  # dense bf16, NVIDIA datasheets
 
 # Policies built from config (model.tiny fields; tokenizer.vocab_size). The 1B shapes follow
 # bench_gpu_train.py: a Llama-style decoder and a NemotronH dense hybrid of about the same size.
@@ -102,21 +102,9 @@ def start_checkpoint(policy: str, s: Settings) -> Path:
     return prepare_initial_checkpoint(cfg, TokenizerConfig(vocab_size=s.vocab_size), RUNS / "init" / f"{policy}-v{s.vocab_size}", seed=s.seed)
 
 
-def prompts(ckpt: Path, s: Settings) -> list[dict[str, str]]:
+def prompts(ckpt: Path, s: Settings) -> list[dict[str, Any]]:
     """Math prompts in align's task-stream order, rendered as align's rollout renders them."""
-    from align.algorithms.rl.tasks import TaskMixer, load_tasks
-    from align.config.schema import EnvSpec
-    from align.models import load_tokenizer
-    from align.reasoning import ReasoningMode
-    from envs.math import MathEnv
-    from rollout.chat import chat_template_kwargs
-
-    spec = EnvSpec(name="math", num_train=2000, num_eval=0)
-    mixer = TaskMixer({"math": load_tasks(spec, MathEnv(), spec.num_train, s.seed, "train")}, {"math": 1.0}, s.seed)
-    tok = load_tokenizer(ckpt)
-    kw = chat_template_kwargs(ReasoningMode(True))
-    return [{"prompt": tok.apply_chat_template(list(t.prompt), tokenize=False, add_generation_prompt=True, **kw), "answer": str(t.answer)}
-            for _ in range(s.steps) for t in mixer.next(s.prompts)]  # fmt: skip
+    return grpo_prompts(TrlSettings(prompts_per_step=s.prompts, seed=s.seed), s.steps, ckpt)
 
 
 def param_counts(ckpt: Path) -> tuple[int, int]:
@@ -350,7 +338,9 @@ def main() -> int:
 
     console = Console(width=200)
     name = gpu_name()
-    peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
+    from bench_gpu_train import peak_flops  # the datasheet peaks the training bench uses
+
+    peak, _ = peak_flops(name)
     report: dict[str, Any] = {**run_header(), "gpu": name, "settings": asdict(s), "load_1m_start": load1(), "policies": {}, "errors": []}
     table = Table(title=f"GRPO on {name}, {s.placement}: {s.prompts} prompts x {s.generations}, {s.new_tokens} new tokens, medians of steps {s.warmup + 1}-{s.steps}")
     for col in ("policy", "params", "side", "step s", "rollout", "learner", "sync", "gen tok/s/GPU", "tok/s/GPU", "MFU", "peak GiB", "1st step end s"):

@@ -149,8 +149,9 @@ def run_header() -> dict[str, Any]:
 # ----------------------------------------------------------------------------- shared data
 
 
-def grpo_prompts(s: Settings, n_steps: int) -> list[dict[str, Any]]:
-    """The prompts align's driver takes, step by step, rendered to text as its rollout does."""
+def grpo_prompts(s: Settings, n_steps: int, checkpoint: Path | None = None) -> list[dict[str, Any]]:
+    """The prompts align's driver takes, step by step, rendered to text as its rollout does
+    (with ``checkpoint``'s chat template; default the start checkpoint)."""
     from align.algorithms.rl.tasks import TaskMixer, load_tasks
     from align.config.schema import EnvSpec
     from align.models import load_tokenizer
@@ -161,7 +162,7 @@ def grpo_prompts(s: Settings, n_steps: int) -> list[dict[str, Any]]:
     env = MathEnv()
     spec = EnvSpec(name="math", num_train=2000, num_eval=0)
     mixer = TaskMixer({"math": load_tasks(spec, env, spec.num_train, s.seed, "train")}, {"math": 1.0}, s.seed)
-    tok = load_tokenizer(START)
+    tok = load_tokenizer(checkpoint or START)
     rows = []
     for _ in range(n_steps):
         for task in mixer.next(s.prompts_per_step):
