@@ -310,6 +310,7 @@ class RolloutGroup(_Group):
             self._setup_timeout_s, self._deadline = c.setup_timeout_s, deadline_in(c.setup_timeout_s)
             if wait:
                 self.wait_ready()
+        self._in_flight = [0] * len(self.actors)  # generate_one's requests in flight, per engine
 
     def wait_ready(self) -> None:
         """Block until every engine is built, or raise :class:`~align.setup_wait.SetupTimeout` naming the stuck ones."""
@@ -333,6 +334,15 @@ class RolloutGroup(_Group):
         else:
             parts = await asyncio.gather(*[e.generate.remote(s) for e, s in zip(self.engines, slices) if s])
         return [out for part in parts for out in part]
+
+    async def generate_one(self, request: Any) -> Any:
+        """One request on the engine with the fewest requests in flight from this group (a ``rollout.types.RequestFn``)."""
+        i = min(range(len(self.engines)), key=self._in_flight.__getitem__)
+        self._in_flight[i] += 1
+        try:
+            return await self.engines[i].generate_one.remote(request)
+        finally:
+            self._in_flight[i] -= 1
 
     def update_weights(self, state_dict: dict[str, torch.Tensor], version: int | None = None) -> None:
         """Load new weights into every engine in place (no checkpoint on disk); ``version``: ``VLLMEngine.update_weights``."""

@@ -1,4 +1,10 @@
-"""The batcher: concurrent episodes' generation requests joined into batched engine calls."""
+"""The batcher: concurrent episodes' generation requests joined into batched engine calls.
+
+For callers that hand the episodes a batch ``GenerateFn`` (the synchronous RL driver's
+``RolloutGroup.generate``, evaluation, tests that count calls). Episodes given a per-request
+``RequestFn`` (``VLLMEngine.generate_one``, ``RolloutGroup.generate_one``) need no batcher:
+the engine batches whatever runs at each decoding step.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +18,9 @@ class Batcher:
     """Collects the generation requests of concurrent episodes into batched engine calls.
 
     Requests queued in the same event-loop tick go out in one call. At most one call is in
-    flight (an in-process ``vllm.LLM`` is not thread-safe, and a Ray generate function shards
-    each call across engines itself); requests that arrive meanwhile wait and go out together
-    as soon as it returns, joined by those of episodes that resume on its results.
+    flight (a Ray generate function shards each call across engines itself); requests that
+    arrive meanwhile wait and go out together as soon as it returns, joined by those of
+    episodes that resume on its results.
 
     A failed call fails every request in it, and every request after it: an engine that
     raised is not trusted again (rebuild it and make a new Batcher).

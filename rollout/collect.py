@@ -1,7 +1,8 @@
 """Collect groups of trajectories: G episodes per task, all running concurrently.
 
-All episodes share one :class:`Batcher`, so the engine sees one batch per round of turns
-instead of one request per episode. Each episode's seed comes from the base seed, the task id
+Each episode sends its requests on its own through a ``RequestFn`` (the engine batches
+whatever runs at each decoding step), or, given a batch ``GenerateFn``, through one shared
+:class:`Batcher` that joins the episodes' waiting requests into one call per round of turns. Each episode's seed comes from the base seed, the task id
 and the episode's index in its group, so a run is reproducible and the G samples of a group
 differ. Different runs (or steps) should pass different base seeds.
 """
@@ -18,7 +19,7 @@ from align.reasoning import ReasoningMode
 from envs.base import Environment, Task
 from rollout.batcher import Batcher
 from rollout.episode import derive_seed, run_episode
-from rollout.types import GenerateFn, Trajectory
+from rollout.types import GenerateFn, RequestFn, Trajectory
 
 
 async def collect(
@@ -27,7 +28,8 @@ async def collect(
     generations_per_prompt: int,
     *,
     tokenizer: PreTrainedTokenizerBase,
-    generate: GenerateFn | Batcher,
+    generate: GenerateFn | Batcher | None = None,
+    generate_one: RequestFn | None = None,
     sampling: SamplingConfig,
     max_turns: int,
     seed: int,
@@ -36,8 +38,9 @@ async def collect(
 ) -> list[list[Trajectory]]:
     """One group of ``generations_per_prompt`` trajectories per ``(task, mode)``, in input order.
 
-    ``generate`` is a batch ``GenerateFn`` (wrapped in a new Batcher here) or a Batcher to
-    share with other concurrent collections. Each task is routed to ``env_by_name[task.env]``.
+    Exactly one of ``generate_one`` (a per-request ``RequestFn``: each episode goes on as soon
+    as its own request returns) and ``generate`` (a batch ``GenerateFn``, wrapped in a new
+    Batcher here, or a Batcher to share with other concurrent collections) is given. Each task is routed to ``env_by_name[task.env]``.
     A task listed twice gets different seeds for its second group. An environment failure
     fails only its own samples (``step_timeout_s`` bounds each environment step); an engine
     failure cancels the other episodes and raises. ``budget_grace_fraction``: see
@@ -48,7 +51,11 @@ async def collect(
     unknown = sorted({task.env for task, _ in tasks_with_modes if task.env not in env_by_name})
     if unknown:
         raise KeyError(f"no environment for tasks of env {unknown}; environments given: {sorted(env_by_name)}")
-    batcher = generate if isinstance(generate, Batcher) else Batcher(generate)
+    if (generate is None) == (generate_one is None):
+        raise ValueError("give collect() exactly one of generate (batch) and generate_one (per request)")
+    if generate_one is None:
+        assert generate is not None
+        generate_one = (generate if isinstance(generate, Batcher) else Batcher(generate)).generate
 
     occurrences: dict[str, int] = {}
     episodes: list[asyncio.Task[Trajectory]] = []
@@ -58,7 +65,7 @@ async def collect(
         for index in range(generations_per_prompt):
             episode_seed = derive_seed(seed, task.id, occurrence, index)
             env = env_by_name[task.env]
-            coro = run_episode(env, task, mode, tokenizer, batcher.generate, sampling, max_turns, episode_seed, step_timeout_s, budget_grace_fraction)
+            coro = run_episode(env, task, mode, tokenizer, generate_one, sampling, max_turns, episode_seed, step_timeout_s, budget_grace_fraction)
             episodes.append(asyncio.ensure_future(coro))
     try:
         trajectories = await asyncio.gather(*episodes)

@@ -11,23 +11,32 @@ distribution it was actually drawn from. A learner computing the same quantity f
 weights matches it up to floating-point noise, *as long as top-k/top-p are off*: with them
 on, vLLM renormalizes over the kept tokens and the learner's full-vocabulary value differs.
 
-Limits: one ``generate`` at a time (``vllm.LLM`` is not thread-safe; the Batcher serializes
-calls). Weights arrive whole through ``update_weights`` (a state dict through Ray, or in-process),
-or in buckets over a process group or CUDA IPC (``receive_broadcast`` / ``load_ipc_bucket``; see
-:mod:`align.weight_sync`).
+Requests are served one by one with continuous batching (:mod:`rollout.engine_loop`): a
+thread owns the engine and steps it while any request runs; ``generate_one`` joins the next
+step and returns as soon as its own request finishes, and ``generate`` (a list) adds all its
+requests to the same step, so its outputs equal the batch ``LLM.generate`` ones.
+
+Weights arrive whole through ``update_weights`` (a state dict through Ray, or in-process), or in
+buckets over a process group or CUDA IPC (``receive_broadcast`` / ``load_ipc_bucket``; see
+:mod:`align.weight_sync`). Every path loads between two decoding steps without draining the
+running requests and sets a new weights version, stamped on each token after it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future
+from functools import partial
 from typing import Any
 
 import torch
 
 from align.quiet import verbose
 from align.weights import from_wire, is_wire
+from rollout.engine_loop import Running, StepLoop
 from rollout.routing import RoutingRecorder, install_recorder, moe_layer_indices, pad_routes, recorder
 from rollout.types import GenOutput, GenRequest
 
@@ -47,6 +56,7 @@ class VLLMEngine:
         kv_cache_memory_bytes: int | None = None,
         enable_prefix_caching: bool | None = None,
         return_routed_experts: bool = False,
+        recompute_kv_on_update: bool = False,
     ) -> None:
         """Load ``model_path`` (an HF folder).
 
@@ -68,6 +78,10 @@ class VLLMEngine:
         ``return_routed_experts`` fills each output's ``routed_experts`` (:mod:`rollout.routing`);
         the model must have MoE layers.
 
+        ``recompute_kv_on_update``: a weight update preempts the running requests, so vLLM
+        recomputes their KV cache with the new weights (their prompt and tokens so far are
+        prefilled again); off, they continue on the KV cache the old weights computed.
+
         ``enable_sleep_mode`` lets ``sleep``/``wake`` free accelerator memory while the learner
         trains; it is ignored on CPU, where there is nothing to free.
         """
@@ -75,6 +89,7 @@ class VLLMEngine:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         import vllm
         from vllm.platforms import current_platform
+        from vllm.sampling_params import RequestOutputKind
 
         from rollout.vllm_plugin import register as register_moe_cpu
 
@@ -97,7 +112,7 @@ class VLLMEngine:
         self._moe_layers = moe_layer_indices(model_path) if self._native_routes else None
         if self._native_routes:  # vLLM records them itself off CPU (its V1 GPU model runner)
             extra["enable_return_routed_experts"] = True
-        self.llm = vllm.LLM(
+        llm_kwargs = dict(
             model=self.model_path,
             seed=seed,
             dtype=dtype,
@@ -108,92 +123,132 @@ class VLLMEngine:
             use_tqdm_on_load=verbose(),  # a loading bar at every engine start (align.quiet)
             **extra,
         )
+        self._loop = StepLoop(lambda: vllm.LLM(**llm_kwargs))
+        self.llm = self._loop.llm
+        self.recompute_kv_on_update = recompute_kv_on_update
         self._sampling_params_cls = vllm.SamplingParams
-        self._failure: BaseException | None = None
-        self._version = 0  # the weights version (update_weights and the other weight paths set it)
+        self._delta = RequestOutputKind.DELTA
+        self._next_id = 0
         self._recorder: RoutingRecorder | None = None
         if return_routed_experts and not self._native_routes:
-            if not self.llm.collective_rpc(install_recorder, args=(max_model_len,))[0]:
+            if not self._loop.call(lambda: self.llm.collective_rpc(install_recorder, args=(max_model_len,))[0]):
                 raise ValueError(f"rollout.return_routed_experts is on, but {self.model_path} has no MoE layers to record; turn it off")
             self._recorder = recorder()
 
+    def __del__(self) -> None:
+        loop = getattr(self, "_loop", None)
+        if loop is not None:
+            loop.close()
+
     def generate(self, requests: list[GenRequest]) -> list[GenOutput]:
-        """Run all ``requests`` in one ``LLM.generate`` call; one output per request, in order.
+        """Run all ``requests`` (added to the engine together); one output per request, in order.
 
         A request whose prompt already fills the context gets an empty ``"length"`` output
         instead of failing the whole batch; ``max_tokens`` is clipped to the context left.
 
-        If vLLM raises mid-batch, its unfinished requests stay inside the engine and a later
-        call would run them again (and, here, hang); so the engine refuses further calls and
-        must be rebuilt.
+        If vLLM raises in a step, every running request fails with it and the engine refuses
+        further calls: it must be rebuilt.
         """
-        if self._failure is not None:
-            raise RuntimeError(f"this engine failed earlier and must be rebuilt: {self._failure!r}") from self._failure
-        outputs: list[GenOutput | None] = [None] * len(requests)
-        prompts: list[dict[str, list[int]]] = []
-        params = []
-        index: list[int] = []
-        for i, req in enumerate(requests):
-            room = self.max_model_len - len(req.prompt_token_ids)
-            if room <= 0 or req.max_tokens <= 0 or not req.prompt_token_ids:
-                outputs[i] = GenOutput([], [], "length", req.request_id)
-                continue
-            prompts.append({"prompt_token_ids": list(req.prompt_token_ids)})
-            params.append(
-                self._sampling_params_cls(
-                    max_tokens=min(req.max_tokens, room),
-                    temperature=req.temperature,
-                    top_p=req.top_p,
-                    top_k=req.top_k if req.top_k > 0 else -1,
-                    seed=req.seed,
-                    stop_token_ids=list(req.stop_token_ids),
-                    ignore_eos=req.ignore_eos,
-                    logprobs=0,  # only the sampled token's
-                    detokenize=False,  # callers decode with their own tokenizer
-                )
-            )
-            index.append(i)
-        if prompts:
-            if self._recorder is not None:
-                self._recorder.clear()
-            try:
-                results = self.llm.generate(prompts, params, use_tqdm=False)
-            except BaseException as e:
-                self._failure = e
-                raise
-            for i, result in zip(index, results, strict=True):
-                out = outputs[i] = _to_gen_output(result.outputs[0], requests[i].request_id)
-                out.weight_versions = [self._version] * len(out.token_ids)
-                length = len(requests[i].prompt_token_ids) + len(out.token_ids)
-                if self._recorder is not None:
-                    out.routed_experts = self._recorder.take(result.request_id, length)
-                elif self._native_routes:
-                    routes = result.outputs[0].routed_experts
-                    if routes is not None and self._moe_layers is not None and routes.shape[1] != len(self._moe_layers):
-                        routes = routes[:, self._moe_layers]  # every decoder layer -> the MoE layers
-                    out.routed_experts = pad_routes(routes, length)
-        return outputs  # type: ignore[return-value]  # every slot is filled above
+        return [f.result() for f in self._start(requests)]
+
+    async def generate_one(self, request: GenRequest) -> GenOutput:
+        """One request, on its own: it joins the running ones at the next step and returns when it
+        finishes (a ``rollout.types.RequestFn``; safe to call from any event loop, many at once)."""
+        return await asyncio.wrap_future(self._start([request])[0])
 
     def weights_version(self) -> int:
         """The version of the weights loaded now: 0 at start, then what the last update set."""
-        return self._version
+        return self._loop.version
 
-    def _set_version(self, version: int | None) -> None:
-        self._version = self._version + 1 if version is None else version
+    def _start(self, requests: list[GenRequest]) -> list[Future[GenOutput]]:
+        futures: list[Future[GenOutput]] = []
+        todo: list[tuple[GenRequest, Any, Future[GenOutput]]] = []
+        for req in requests:
+            future: Future[GenOutput] = Future()
+            futures.append(future)
+            room = self.max_model_len - len(req.prompt_token_ids)
+            if room <= 0 or req.max_tokens <= 0 or not req.prompt_token_ids:
+                future.set_result(GenOutput([], [], "length", req.request_id, weight_versions=[]))
+                continue
+            params = self._sampling_params_cls(
+                max_tokens=min(req.max_tokens, room),
+                temperature=req.temperature,
+                top_p=req.top_p,
+                top_k=req.top_k if req.top_k > 0 else -1,
+                seed=req.seed,
+                stop_token_ids=list(req.stop_token_ids),
+                ignore_eos=req.ignore_eos,
+                logprobs=0,  # only the sampled token's
+                detokenize=False,  # callers decode with their own tokenizer
+                output_kind=self._delta,  # each step's new tokens, stamped with the version that sampled them
+            )
+            todo.append((req, params, future))
+        if todo:
+            first, self._next_id = self._next_id, self._next_id + len(todo)
 
-    def update_weights(self, named_tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]], version: int | None = None) -> None:
+            def add() -> None:  # on the engine thread: all of them join the same next step
+                for i, (req, params, future) in enumerate(todo):
+                    on_finish = partial(self._finish, req)
+                    self._loop.add(str(first + i), {"prompt_token_ids": list(req.prompt_token_ids)}, params, Running(future, on_finish))
+
+            def failed(cmd: Future[None]) -> None:
+                if cmd.exception() is not None:
+                    for _, _, future in todo:
+                        if not future.done():
+                            future.set_exception(cmd.exception())  # type: ignore[arg-type]
+
+            self._loop.submit(add).add_done_callback(failed)
+        return futures
+
+    def _finish(self, req: GenRequest, running: Running, completion: Any) -> GenOutput:
+        """On the engine thread: a finished request's output, with its routed experts."""
+        if completion.finish_reason not in ("stop", "length"):
+            raise RuntimeError(f"vLLM finished request {req.request_id!r} with {completion.finish_reason!r}; expected 'stop' or 'length'")
+        out = GenOutput(running.token_ids, running.logprobs, completion.finish_reason, req.request_id, weight_versions=running.versions)
+        length = len(req.prompt_token_ids) + len(out.token_ids)
+        if self._recorder is not None:
+            out.routed_experts = self._recorder.take(str(running.request_id), length)
+        elif self._native_routes:
+            routes = completion.routed_experts
+            if routes is not None and self._moe_layers is not None and routes.shape[1] != len(self._moe_layers):
+                routes = routes[:, self._moe_layers]  # every decoder layer -> the MoE layers
+            out.routed_experts = pad_routes(routes, length)
+        return out
+
+    def update_weights(
+        self, named_tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]], version: int | None = None
+    ) -> None:
         """Load new weights in place (HF parameter names, as the learner's ``state_dict`` has them).
 
-        ``version`` becomes :meth:`weights_version` (None: the current one plus 1), stamped on
-        every token sampled with these weights (``GenOutput.weight_versions``).
-        Cached prefixes were computed with the old weights, so the prefix cache is dropped.
+        In flight: the load runs between two decoding steps and running requests go on with the
+        new weights (no drain, no abort). ``version`` becomes :meth:`weights_version` (None: the
+        current one plus 1), stamped on every token sampled from the next step on
+        (``GenOutput.weight_versions``). Cached prefixes were computed with the old weights and
+        are dropped (vLLM can only drop them when no request holds them, unless
+        ``recompute_kv_on_update``).
         """
         if is_wire(named_tensors):  # arrays sent over Ray by RolloutGroup (align.weights)
             named_tensors = from_wire(named_tensors)  # type: ignore[arg-type]
         items = list(named_tensors.items()) if isinstance(named_tensors, Mapping) else list(named_tensors)
-        self._load_items(items, partial=False)
-        self.llm.reset_prefix_cache()
-        self._set_version(version)
+        self._loop.call(lambda: self._swap(lambda: self._load_items(items, partial=False), version))
+
+    def _swap(self, load: Callable[[], None], version: int | None) -> None:
+        """On the engine thread, between two steps: the step in flight collected, ``load``, then the new version."""
+        self._loop.quiesce()
+        try:
+            load()
+            self._loaded(version)
+        finally:
+            self._loop.resume()
+
+    def _loaded(self, version: int | None) -> None:
+        """After a whole set of weights is in: the new version, and caches computed with the old ones dropped.
+
+        ``recompute_kv_on_update``: vLLM preempts the running requests (``reset_running_requests``)
+        and recomputes their KV cache with the new weights when they are next scheduled.
+        """
+        self.llm.llm_engine.reset_prefix_cache(reset_running_requests=self.recompute_kv_on_update)
+        self._loop.version = self._loop.version + 1 if version is None else version
 
     # Bucketed weight sync (align.weight_sync): the engine's side of "broadcast" and "cuda_ipc".
 
@@ -205,27 +260,45 @@ class VLLMEngine:
     def init_weight_group(self, host: str, port: int, rank: int, world_size: int, backend: str) -> None:
         from align.weight_sync.transports import WeightGroup
 
-        self._weight_group = WeightGroup(host, port, rank, world_size, backend)
+        # On the engine thread, which owns the device the group's tensors land on.
+        self._weight_group = self._loop.call(lambda: WeightGroup(host, port, rank, world_size, backend))
 
     def receive_broadcast(self, buckets: list[Any], version: int | None = None) -> None:
-        """Receive every bucket from the learner and load each as it lands; ``version`` as in :meth:`update_weights`."""
+        """Receive every bucket from the learner and load each as it lands; in flight and
+        ``version`` as in :meth:`update_weights` (no step runs until the last bucket is in)."""
         from align.weight_sync.transports import receive_broadcast
 
-        for items in receive_broadcast(self._weight_group, buckets):
-            self._load_items(items)
-        self.llm.reset_prefix_cache()
-        self._set_version(version)
+        def load() -> None:
+            for items in receive_broadcast(self._weight_group, buckets):
+                self._load_items(items)
+
+        self._loop.call(lambda: self._swap(load, version))
 
     def load_ipc_bucket(self, bucket: Any, handle: Any) -> None:
-        """Load one bucket from the learner's GPU buffer (same GPU); :meth:`finish_weight_update` after the last."""
+        """Load one bucket from the learner's GPU buffer (same GPU); :meth:`finish_weight_update` after the last.
+
+        No step runs from the first bucket until :meth:`finish_weight_update`: a half-loaded model samples nothing."""
         from align.weight_sync.transports import load_ipc
 
-        load_ipc(bucket, handle, self._load_items)
+        def load() -> None:
+            if not self._loop.paused:
+                self._loop.quiesce()
+                self._loop.paused = True
+            load_ipc(bucket, handle, self._load_items)
+
+        self._loop.call(load)
 
     def finish_weight_update(self, version: int | None = None) -> None:
-        """After the last IPC bucket: drop cached prefixes; ``version`` as in :meth:`update_weights`."""
-        self.llm.reset_prefix_cache()
-        self._set_version(version)
+        """After the last IPC bucket: drop cached prefixes, set ``version`` (as in :meth:`update_weights`), step again."""
+
+        def finish() -> None:
+            try:
+                self._loaded(version)
+            finally:
+                self._loop.paused = False
+                self._loop.resume()
+
+        self._loop.call(finish)
 
     def _load_items(self, items: list[tuple[str, torch.Tensor]], partial: bool = True) -> None:
         """Load ``items`` (all the weights, or whole layers of them) in place.
@@ -259,11 +332,11 @@ class VLLMEngine:
         policy's engine must give the learner its memory during the update.
         """
         if self._sleep_enabled:
-            self.llm.sleep(level=level)
+            self._loop.call(lambda: self.llm.sleep(level=level))
 
     def wake(self) -> None:
         if self._sleep_enabled:
-            self.llm.wake_up()
+            self._loop.call(self.llm.wake_up)
 
 
 class _DropNotLoaded(logging.Filter):
@@ -284,11 +357,3 @@ def _vllm_handlers() -> list[logging.Handler]:
 
 def _load_weights(worker: Any, items: list[tuple[str, torch.Tensor]]) -> None:
     worker.model_runner.get_model().load_weights(weights=items)
-
-
-def _to_gen_output(completion: Any, request_id: str) -> GenOutput:
-    token_ids = list(completion.token_ids)
-    logprobs = [float(entry[tok].logprob) for tok, entry in zip(token_ids, completion.logprobs or [], strict=True)]
-    if completion.finish_reason not in ("stop", "length"):
-        raise RuntimeError(f"vLLM finished request {request_id!r} with {completion.finish_reason!r}; expected 'stop' or 'length'")
-    return GenOutput(token_ids, logprobs, completion.finish_reason, request_id)

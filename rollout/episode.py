@@ -1,7 +1,8 @@
 """Episodes: one task played against the policy, turn by turn, as a stream of token ids.
 
-Many episodes run as asyncio tasks; each awaits one generation at a time, and a
-:class:`rollout.batcher.Batcher` turns the requests that are waiting into one engine call. Environments are
+Many episodes run as asyncio tasks; each awaits one generation at a time, sent on its own to
+the engine (which batches whatever runs at each decoding step), or through a
+:class:`rollout.batcher.Batcher` that turns the requests that are waiting into one engine call. Environments are
 awaited concurrently too (``envs.base.safe_step``), so a slow verifier does not hold up the
 other episodes' generations.
 
@@ -61,7 +62,7 @@ async def run_episode(
     step_timeout_s: float | None = None,
     budget_grace_fraction: float = 0.0,
 ) -> Trajectory:
-    """Play ``task`` in ``env`` with the policy behind ``generate`` (usually ``Batcher.generate``).
+    """Play ``task`` in ``env`` with the policy behind ``generate`` (``VLLMEngine.generate_one``, ``RolloutGroup.generate_one`` or ``Batcher.generate``).
 
     Token caps: the completion (policy, forced and observation tokens) holds at most
     ``sampling.max_new_tokens`` tokens, plus ``1 + sampling.max_answer_tokens`` when thinking

@@ -71,6 +71,11 @@ class GenOutput:
 # It must return one output per request, in order.
 GenerateFn = Callable[[list[GenRequest]], Awaitable[list[GenOutput]]]
 
+# Generation of one request on its own, returning when that request finishes:
+# ``VLLMEngine.generate_one`` in-process, ``RolloutGroup.generate_one`` over Ray. Episodes that
+# use it go on turn by turn without waiting for each other.
+RequestFn = Callable[[GenRequest], Awaitable[GenOutput]]
+
 
 @dataclass
 class Trajectory:

@@ -183,7 +183,8 @@ def play(engine, tokenizer, envs, tasks_modes, g=1, max_turns=1, seed=0, generat
             tasks_modes,
             g,
             tokenizer=tokenizer,
-            generate=generate or engine_generate_fn(engine),
+            generate=generate,  # a batch function a test wraps around the engine (through a Batcher)
+            generate_one=None if generate else engine.generate_one,  # or per request, as the RL driver does
             sampling=SamplingConfig(**sampling),
             max_turns=max_turns,
             seed=seed,
@@ -195,6 +196,8 @@ def play(engine, tokenizer, envs, tasks_modes, g=1, max_turns=1, seed=0, generat
 def check_stream(t: Trajectory) -> None:
     """Invariants every trajectory keeps: aligned arrays, logprobs only on policy tokens."""
     assert len(t.completion_ids) == len(t.loss_mask) == len(t.rollout_logprobs)
+    if t.completion_ids:  # one version per token, and one version in all (no update runs during a collection here)
+        assert t.weight_versions is not None and len(t.weight_versions) == len(t.completion_ids) and len(set(t.weight_versions)) == 1
     assert set(t.loss_mask) <= {0, 1}
     for m, lp in zip(t.loss_mask, t.rollout_logprobs):
         assert (lp == 0.0) if m == 0 else (lp <= 0.0)
