@@ -18,7 +18,13 @@ Variants (each timed once per repeat, the order rotating between repeats; median
 - ``bare``: a ``vllm.LLM`` of its own in this process, ``LLM.generate`` with the same
   ``SamplingParams`` as ours (``logprobs=0``, ``detokenize=False``);
 - ``bare_nologprobs``: the same without log-probabilities (what they cost, for reference);
-- ``engine``: ``rollout.engine.VLLMEngine.generate`` in this process;
+- ``engine``: ``rollout.engine.VLLMEngine.generate`` in this process (the per-request engine
+  loop, all requests added to one step: against ``bare``, what the loop costs over the batch
+  ``LLM.generate`` the engine called before);
+- ``episodes_batched``: ``rollout.collect.collect`` over the in-process engine through a
+  ``Batcher`` (each round of turns waits for the whole batch: the old path), and
+  ``episodes_per_request``: the same episodes, each request sent on its own with
+  ``VLLMEngine.generate_one`` (an episode's next turn starts as soon as its own request ends);
 - ``bare_ray``: a bare ``vllm.LLM`` inside a Ray actor placed like a rollout engine (1 CPU);
 - ``group_ray``: ``RolloutGroup.generate`` through Ray, what the RL driver calls;
 - ``episodes_ray``: ``rollout.collect.collect`` over ``RolloutGroup.generate`` (episodes,
@@ -224,6 +230,7 @@ def main() -> int:
     from align.config import load_recipe
     from align.models import inference_dtype, load_tokenizer
     from envs.registry import make_env
+    from rollout.batcher import engine_generate_fn
     from rollout.collect import collect
     from rollout.engine import VLLMEngine
     from rollout.chat import render_prompt_ids
@@ -262,8 +269,13 @@ def main() -> int:
 
     engine_call_s: list[float] = []  # time inside engine calls, per episodes() run
 
-    def episodes(generate_fn: Callable[..., Any], record: list[list[Plain]] | None) -> int:
+    def episodes(generate_fn: Callable[..., Any] | None, record: list[list[Plain]] | None, generate_one: Callable[..., Any] | None = None) -> int:
+        """``generate_fn`` batch (through a Batcher, timed), or ``generate_one`` per request (calls overlap: not timed)."""
         engine_call_s.append(0.0)
+        if generate_one is not None:
+            groups = asyncio.run(collect(envs, pairs, g, tokenizer=tokenizer, generate_one=generate_one, sampling=sampling,
+                                         max_turns=ro.max_turns, seed=0))  # fmt: skip
+            return sum(t.num_policy_tokens for grp in groups for t in grp)
 
         async def recording(reqs: list[GenRequest]) -> list[Any]:
             if record is not None:
@@ -281,6 +293,8 @@ def main() -> int:
         "bare": lambda: bare.generate(plain_requests),
         "bare_nologprobs": lambda: bare.generate(plain_requests, logprobs=False),
         "engine": lambda: sum(len(o.token_ids) for o in engine.generate(requests)),
+        "episodes_batched": lambda: episodes(engine_generate_fn(engine), None),
+        "episodes_per_request": lambda: episodes(None, None, engine.generate_one),
     }
     group = None
     batches: list[list[Plain]] = []
@@ -353,7 +367,7 @@ def main() -> int:
             "tokens_per_cpu_s": cpu_rates,
         }
     # Each variant against the bare engine in the same place (process or Ray actor), for the same tokens.
-    baseline = {"bare_nologprobs": "bare", "engine": "bare", "bare_ray": "bare", "group_ray": "bare_ray", "episodes_ray": "episodes_replay",
+    baseline = {"bare_nologprobs": "bare", "engine": "bare", "episodes_per_request": "episodes_batched", "bare_ray": "bare", "group_ray": "bare_ray", "episodes_ray": "episodes_replay",
                 "episodes_replay": "bare_ray"}  # fmt: skip
     for name, row in rows.items():
         base = baseline.get(name)
