@@ -11,6 +11,7 @@ added here, by :func:`_actor_class`.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -291,15 +292,11 @@ class RolloutGroup(_Group):
         check_max_model_len(str(model_path), rollout.max_model_len)  # before any engine starts
         super().__init__()
         self._ready: list[Step] = []
-        kwargs = dict(
-            model_path=str(model_path),
-            gpu_memory_utilization=rollout.gpu_memory_utilization,
-            max_model_len=rollout.max_model_len,
-            enforce_eager=rollout.enforce_eager,
-            dtype=dtype,
-            kv_cache_memory_bytes=rollout.kv_cache_memory_mb * 2**20 if rollout.kv_cache_memory_mb else None,
-            return_routed_experts=rollout.return_routed_experts,
-        )
+        self._in_flight = [0] * (1 if in_process else cluster.num_rollout_engines)  # generate_one's requests, per engine
+        kwargs = dict(model_path=str(model_path), gpu_memory_utilization=rollout.gpu_memory_utilization, max_model_len=rollout.max_model_len,
+                      enforce_eager=rollout.enforce_eager, dtype=dtype, return_routed_experts=rollout.return_routed_experts,
+                      kv_cache_memory_bytes=rollout.kv_cache_memory_mb * 2**20 if rollout.kv_cache_memory_mb else None,
+                      recompute_kv_on_update=rollout.recompute_kv_on_update)  # fmt: skip
         if in_process:
             self._spawn_local(VLLMEngine(seed=seed, **kwargs))
         else:
@@ -310,7 +307,6 @@ class RolloutGroup(_Group):
             self._setup_timeout_s, self._deadline = c.setup_timeout_s, deadline_in(c.setup_timeout_s)
             if wait:
                 self.wait_ready()
-        self._in_flight = [0] * len(self.actors)  # generate_one's requests in flight, per engine
 
     def wait_ready(self) -> None:
         """Block until every engine is built, or raise :class:`~align.setup_wait.SetupTimeout` naming the stuck ones."""
@@ -324,15 +320,10 @@ class RolloutGroup(_Group):
 
     async def generate(self, requests: list[Any]) -> list[Any]:
         """One contiguous slice of ``requests`` per engine, run concurrently; outputs in request order."""
-        import asyncio
-
-        n = len(self.engines)
-        size = -(-len(requests) // n)
-        slices = [requests[i * size : (i + 1) * size] for i in range(n)]
-        if self.in_process:
-            parts = [await asyncio.to_thread(self.engines[0].generate.remote, requests)]
-        else:
-            parts = await asyncio.gather(*[e.generate.remote(s) for e, s in zip(self.engines, slices) if s])
+        size = -(-len(requests) // len(self.engines))
+        slices = [(e, requests[i * size : (i + 1) * size]) for i, e in enumerate(self.engines)]
+        call = (lambda e, s: asyncio.to_thread(e.generate.remote, s)) if self.in_process else (lambda e, s: e.generate.remote(s))
+        parts = await asyncio.gather(*[call(e, s) for e, s in slices if s])
         return [out for part in parts for out in part]
 
     async def generate_one(self, request: Any) -> Any:

@@ -179,6 +179,10 @@ class RolloutConfig(Strict):
     weight_sync_bucket_mb: int = Field(512, ge=1)
     # Record each token's routed experts per MoE layer in the trajectories (routing replay).
     return_routed_experts: bool = False
+    # A weight update that lands while requests run (async GRPO) makes vLLM recompute their KV
+    # cache with the new weights (their tokens so far are prefilled again); off, they go on with
+    # the KV cache the old weights computed.
+    recompute_kv_on_update: bool = False
 
 
 class EnvSpec(Strict):

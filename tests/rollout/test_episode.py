@@ -452,3 +452,30 @@ def test_many_concurrent_multi_turn_episodes(policy, tokenizer, chat):
     print(f"\n{len(trajectories)} episodes, {policy_tokens} policy tokens in {elapsed:.1f}s = {policy_tokens / elapsed:.0f} tokens/s; "
           f"{len(calls)} engine calls, batch sizes {calls}; complete: {sum(not t.truncated for t in trajectories)}")
     assert max(calls) == len(trajectories)
+
+
+def test_trajectories_span_an_in_flight_weight_update(policy, tokenizer):
+    """Multi-turn episodes per request while the weights are pushed again mid-collection (as
+    version v + 1, from another thread): each trajectory's versions never go back, forced and
+    observation tokens carry the version of the token before them, and some episodes span both."""
+    engine = policy.use("trained")
+    v = engine.weights_version()
+    env, calls, pushes = EchoEnv(), [0], []
+
+    async def generate_one(request: GenRequest) -> GenOutput:
+        calls[0] += 1
+        if calls[0] == 7:  # the first request of the second round of turns
+            pushes.append(asyncio.get_running_loop().run_in_executor(None, lambda: engine.update_weights(policy.states["trained"], version=v + 1)))
+        return await engine.generate_one(request)
+
+    groups = asyncio.run(collect({env.name: env}, [(t, ReasoningMode(False)) for t in make_tasks("echo", 3)], 2, tokenizer=tokenizer,
+                                 generate_one=generate_one, sampling=SamplingConfig(temperature=0.7, max_new_tokens=160), max_turns=4, seed=5))  # fmt: skip
+    assert len(pushes) == 1 and engine.weights_version() == v + 1
+    spans = 0
+    for t in (t for group in groups for t in group):
+        versions = t.weight_versions
+        assert versions is not None and len(versions) == len(t.completion_ids)
+        assert versions == sorted(versions) and set(versions) <= {v, v + 1}
+        assert all(versions[i] == versions[i - 1] for i in range(1, len(versions)) if t.loss_mask[i] == 0)
+        spans += set(versions) == {v, v + 1}
+    assert spans > 0, "no episode ran across the update"
