@@ -334,15 +334,15 @@ class RolloutGroup(_Group):
             parts = await asyncio.gather(*[e.generate.remote(s) for e, s in zip(self.engines, slices) if s])
         return [out for part in parts for out in part]
 
-    def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
-        """Load new weights into every engine in place (no checkpoint on disk)."""
+    def update_weights(self, state_dict: dict[str, torch.Tensor], version: int | None = None) -> None:
+        """Load new weights into every engine in place (no checkpoint on disk); ``version``: ``VLLMEngine.update_weights``."""
         if self.in_process:
-            self.engines[0].update_weights.remote(state_dict)
+            self.engines[0].update_weights.remote(state_dict, version)
             return
         import ray
 
         ref = ray.put(to_wire(state_dict))  # arrays: the engines map them without a copy
-        self._call_all("update_weights", ref)
+        self._call_all("update_weights", ref, version)
 
 
 class RewardModelGroup(_Group):

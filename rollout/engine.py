@@ -110,6 +110,7 @@ class VLLMEngine:
         )
         self._sampling_params_cls = vllm.SamplingParams
         self._failure: BaseException | None = None
+        self._version = 0  # the weights version (update_weights and the other weight paths set it)
         self._recorder: RoutingRecorder | None = None
         if return_routed_experts and not self._native_routes:
             if not self.llm.collective_rpc(install_recorder, args=(max_model_len,))[0]:
@@ -162,6 +163,7 @@ class VLLMEngine:
                 raise
             for i, result in zip(index, results, strict=True):
                 out = outputs[i] = _to_gen_output(result.outputs[0], requests[i].request_id)
+                out.weight_versions = [self._version] * len(out.token_ids)
                 length = len(requests[i].prompt_token_ids) + len(out.token_ids)
                 if self._recorder is not None:
                     out.routed_experts = self._recorder.take(result.request_id, length)
@@ -172,9 +174,18 @@ class VLLMEngine:
                     out.routed_experts = pad_routes(routes, length)
         return outputs  # type: ignore[return-value]  # every slot is filled above
 
-    def update_weights(self, named_tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]) -> None:
+    def weights_version(self) -> int:
+        """The version of the weights loaded now: 0 at start, then what the last update set."""
+        return self._version
+
+    def _set_version(self, version: int | None) -> None:
+        self._version = self._version + 1 if version is None else version
+
+    def update_weights(self, named_tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]], version: int | None = None) -> None:
         """Load new weights in place (HF parameter names, as the learner's ``state_dict`` has them).
 
+        ``version`` becomes :meth:`weights_version` (None: the current one plus 1), stamped on
+        every token sampled with these weights (``GenOutput.weight_versions``).
         Cached prefixes were computed with the old weights, so the prefix cache is dropped.
         """
         if is_wire(named_tensors):  # arrays sent over Ray by RolloutGroup (align.weights)
@@ -182,6 +193,7 @@ class VLLMEngine:
         items = list(named_tensors.items()) if isinstance(named_tensors, Mapping) else list(named_tensors)
         self._load_items(items, partial=False)
         self.llm.reset_prefix_cache()
+        self._set_version(version)
 
     # Bucketed weight sync (align.weight_sync): the engine's side of "broadcast" and "cuda_ipc".
 
@@ -195,13 +207,14 @@ class VLLMEngine:
 
         self._weight_group = WeightGroup(host, port, rank, world_size, backend)
 
-    def receive_broadcast(self, buckets: list[Any]) -> None:
-        """Receive every bucket from the learner and load each as it lands."""
+    def receive_broadcast(self, buckets: list[Any], version: int | None = None) -> None:
+        """Receive every bucket from the learner and load each as it lands; ``version`` as in :meth:`update_weights`."""
         from align.weight_sync.transports import receive_broadcast
 
         for items in receive_broadcast(self._weight_group, buckets):
             self._load_items(items)
         self.llm.reset_prefix_cache()
+        self._set_version(version)
 
     def load_ipc_bucket(self, bucket: Any, handle: Any) -> None:
         """Load one bucket from the learner's GPU buffer (same GPU); :meth:`finish_weight_update` after the last."""
@@ -209,8 +222,10 @@ class VLLMEngine:
 
         load_ipc(bucket, handle, self._load_items)
 
-    def finish_weight_update(self) -> None:
+    def finish_weight_update(self, version: int | None = None) -> None:
+        """After the last IPC bucket: drop cached prefixes; ``version`` as in :meth:`update_weights`."""
         self.llm.reset_prefix_cache()
+        self._set_version(version)
 
     def _load_items(self, items: list[tuple[str, torch.Tensor]], partial: bool = True) -> None:
         """Load ``items`` (all the weights, or whole layers of them) in place.

@@ -175,6 +175,7 @@ async def run_episode(
         truncated=truncated,
         seed=seed,
         routed_experts=pad_routes(stream.routes, len(stream.prompt_ids) + len(completion)),
+        weight_versions=stream.weight_versions(),
     )
 
 
@@ -219,6 +220,8 @@ class _Stream:
         self.logprobs: list[float] = []
         self.num_calls = 0
         self.routes: Any = None  # the last call's routed experts: it re-read the whole history
+        self._versions: list[int | None] = []  # per completion token; None: not known (yet)
+        self._unversioned = False  # some engine output carried no versions
 
     async def sample(self, max_tokens: int, stop_token_ids: list[int]) -> GenOutput:
         """Continue the stream with up to ``max_tokens`` policy tokens (seeded by the call's index)."""
@@ -240,12 +243,26 @@ class _Stream:
         self.completion.extend(out.token_ids)
         self.mask.extend([1] * len(out.token_ids))
         self.logprobs.extend(out.logprobs)
+        if out.weight_versions is None:
+            self._unversioned = True
+            self._versions.extend([None] * len(out.token_ids))
+        else:
+            self._versions.extend(out.weight_versions)
         return out
 
     def force(self, token_id: int) -> None:
         self.completion.append(token_id)
         self.mask.append(0)
         self.logprobs.append(0.0)
+        self._versions.append(self._versions[-1] if self._versions else None)
+
+    def weight_versions(self) -> list[int] | None:
+        """One version per completion token (``Trajectory.weight_versions``), or None if the engine gave none."""
+        known = [v for v in self._versions if v is not None]
+        if self._unversioned or not known:
+            return None
+        # Tokens forced before the first sampled one take the first version seen.
+        return [known[0] if v is None else v for v in self._versions]
 
 
 def grace_tokens(budget: int, fraction: float) -> int:

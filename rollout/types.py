@@ -53,6 +53,9 @@ class GenOutput:
     ``routed_experts`` (engines that record them, ``rollout.return_routed_experts``): the experts
     each MoE layer routed each token of prompt + output to, ``[tokens, moe_layers, top_k]``,
     ``-1`` where the engine routed nothing (the last output token is never fed back).
+    ``weight_versions[i]`` is the engine's weights version (:meth:`rollout.engine.VLLMEngine.weights_version`)
+    when ``token_ids[i]`` was sampled: a request that runs across an in-flight weight update has
+    the old version on its first tokens and the new one after. ``None`` when the engine gives none.
     """
 
     token_ids: list[int]
@@ -60,6 +63,7 @@ class GenOutput:
     finish_reason: FinishReason
     request_id: str = ""
     routed_experts: np.ndarray | None = None
+    weight_versions: list[int] | None = None
 
 
 # Batch generation as the episode runner sees it: in-process, ``asyncio.to_thread`` around
@@ -91,6 +95,12 @@ class Trajectory:
     in the episode's last generation call (which re-reads the whole history), MoE layers in
     pattern order, ``-1`` for tokens it did not route (tokens appended after that call). The
     learner's routing replay reads it.
+
+    ``weight_versions`` (same length as ``completion_ids``): the engine's weights version when
+    each token was produced; forced and observation tokens get the version of the last token
+    sampled before them (the episode's first version if none was). ``None`` when the engine
+    reported no versions. An episode that ran across an in-flight weight update spans two (or
+    more) versions.
     """
 
     task: Task
@@ -113,6 +123,7 @@ class Trajectory:
     truncated: bool = False
     seed: int | None = None
     routed_experts: np.ndarray | None = None
+    weight_versions: list[int] | None = None
 
     @property
     def error(self) -> str | None:

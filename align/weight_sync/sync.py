@@ -76,23 +76,25 @@ class WeightSync:
         how = f"{self.transport} ({self.backend})" if self.backend else self.transport
         return f"{how}: {len(self._buckets)} buckets, {mb:,.1f} MiB"
 
-    def push(self) -> None:
-        """Load the learners' current weights into every engine; returns when all hold them."""
+    def push(self, version: int | None = None) -> None:
+        """Load the learners' current weights into every engine; returns when all hold them.
+
+        ``version`` becomes the engines' weights version (``VLLMEngine.update_weights``)."""
         if self.transport == "object_store":
-            self.rollout.update_weights(self.learners.state_dict())
+            self.rollout.update_weights(self.learners.state_dict(), version)
         elif self.transport == "broadcast":
             _wait_all([a.push_broadcast.remote(self._buckets) for a in self.learners.actors]
-                      + [e.receive_broadcast.remote(self._buckets) for e in self.rollout.engines])  # fmt: skip
+                      + [e.receive_broadcast.remote(self._buckets, version) for e in self.rollout.engines])  # fmt: skip
         else:
             _wait_all([a.push_ipc.remote(self._buckets, es) for a, es in zip(self.learners.actors, self._engines_of_rank, strict=True)])
-            _wait_all([e.finish_weight_update.remote() for e in self.rollout.engines])
+            _wait_all([e.finish_weight_update.remote(version) for e in self.rollout.engines])
 
-    def snapshot(self) -> Callable[[], None]:
+    def snapshot(self, version: int | None = None) -> Callable[[], None]:
         """A job that loads the weights as they are *now* into the engines, to run later."""
         if self.transport != "object_store":
-            return self.push  # streaming transports read the live weights (never with the overlap)
+            return lambda: self.push(version)  # streaming transports read the live weights (never with the overlap)
         state = self.learners.state_dict()
-        return lambda: self.rollout.update_weights(state)
+        return lambda: self.rollout.update_weights(state, version)
 
 
 def _wait_all(refs: list[Any]) -> None:
