@@ -77,12 +77,9 @@ def test_gate_counts() -> None:
 
 
 def _traj(completion: list[int], mask: list[int], logprobs: list[float], versions: list[int] | None = None, task_id: str = "t") -> Trajectory:
-    t = Trajectory(task=Task(task_id, "math", [{"role": "user", "content": "q"}]), env="math", mode=ReasoningMode(thinking=True),
-                   prompt_ids=[0], completion_ids=completion, loss_mask=mask, rollout_logprobs=logprobs, messages=[], completion="",
-                   reward=0.0, correct=None, info={})  # fmt: skip
-    if versions is not None:
-        t.weight_versions = versions  # type: ignore[attr-defined]  # the field the async engine adds
-    return t
+    return Trajectory(task=Task(task_id, "math", [{"role": "user", "content": "q"}]), env="math", mode=ReasoningMode(thinking=True),
+                      prompt_ids=[0], completion_ids=completion, loss_mask=mask, rollout_logprobs=logprobs, messages=[], completion="",
+                      reward=0.0, correct=None, info={}, weight_versions=versions)  # fmt: skip
 
 
 def test_token_versions_of_sampled_tokens() -> None:
@@ -90,7 +87,6 @@ def test_token_versions_of_sampled_tokens() -> None:
     assert token_versions(_traj([5, 6, 7, 8], [1, 0, 1, 1], [0.0] * 4, [3, 3, 4, 4]), fallback=0) == [3, 4, 4]
     # An engine that reports none: the version the group started on, for every sampled token.
     assert token_versions(_traj([5, 6, 7], [1, 1, 0], [0.0] * 3), fallback=2) == [2, 2]
-    assert token_versions(_traj([5, 6, 7], [1, 1, 0], [0.0] * 3, None), fallback=2) == [2, 2]
 
 
 def _stream(reasoning: RLReasoningConfig | None = None) -> PromptStream:

@@ -69,14 +69,10 @@ def may_start(started: int, consumed_before_step: int, consumed: int, per_step: 
 
 
 def token_versions(t: Trajectory, fallback: int) -> list[int]:
-    """The weights version of each policy-sampled token of ``t`` (``fallback`` where unknown)."""
-    versions = getattr(t, "weight_versions", None)
-    n = t.num_policy_tokens
-    if versions is None:
-        return [fallback] * n
-    if len(versions) == len(t.loss_mask):  # one per completion token: keep the sampled ones
-        return [v for v, m in zip(versions, t.loss_mask) if m]
-    return list(versions)[:n] if len(versions) >= n else [fallback] * n
+    """The weights version of each policy-sampled token of ``t`` (``fallback`` where the engine gave none)."""
+    if t.weight_versions is None:
+        return [fallback] * t.num_policy_tokens
+    return [v for v, m in zip(t.weight_versions, t.loss_mask, strict=True) if m]
 
 
 @dataclass
@@ -185,8 +181,8 @@ class AsyncProducer:
             if self._engine_lock is not None:
                 self._engine_lock.release()
         for out in outputs:
-            if getattr(out, "weight_versions", None) is None:
-                out.weight_versions = [version] * len(out.token_ids)  # type: ignore[attr-defined]
+            if out.weight_versions is None:
+                out.weight_versions = [version] * len(out.token_ids)
         self._calls.append((t0, t1, sum(len(o.token_ids) for o in outputs)))
         return outputs
 

@@ -139,7 +139,7 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
     ckpts = Checkpoints(run_dir, r.checkpoint.keep_last)
     start, state = resume_from(ckpts, resume, learners, check=lambda s: (stream or mixer).load_state_dict(s["tasks"]))
     if state is not None:
-        sync.push()
+        sync.push(start)
     log = MetricsLog(run_dir, resume_from_step=start if state is not None else None, recipe=r)
     if state is not None:
         cut_jsonl(run_dir / "trajectories.jsonl", start)  # the steps after the checkpoint run again
@@ -248,9 +248,9 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
             # New weights to the engines, behind any rollout already running on the old ones.
             t0 = time.perf_counter()
             if producer is not None:  # groups in flight or queued stay: their staleness is bounded (async_loop.py)
-                producer.publish(sync.push, step + 1)
+                producer.publish(lambda: sync.push(step + 1), step + 1)
             else:
-                queue.sync(lambda job: job(), sync.snapshot(), step + 1)
+                queue.sync(lambda job: job(), sync.snapshot(step + 1), step + 1)
             t_sync = time.perf_counter() - t0 + queue.last_sync_s
 
             done = step + 1
