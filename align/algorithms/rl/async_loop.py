@@ -46,6 +46,7 @@ from typing import Any
 
 from align.algorithms.rl.batch import Scored, StepRollout, fill, select_groups
 from align.algorithms.rl.stream import Prompt, PromptStream
+from align.cluster import RolloutGroup
 from align.config.schema import RLRecipe
 from envs.base import Environment
 from rollout.batcher import Batcher
@@ -55,6 +56,7 @@ from rollout.types import GenerateFn, GenOutput, GenRequest, Trajectory
 
 # (prompt, batcher's generate, seed) -> the group's G trajectories
 PlayFn = Callable[[Prompt, Batcher, int], Awaitable[list[Trajectory]]]
+BlockingGenerate = Callable[[list[GenRequest]], list[GenOutput]]
 
 
 def may_start(started: int, consumed_before_step: int, consumed: int, per_step: int, version: int, step: int, max_staleness: int) -> bool:
@@ -84,9 +86,12 @@ class _Done:
 class AsyncProducer:
     """The producer thread and the learner's side of the queue; see the module docstring."""
 
-    def __init__(self, stream: PromptStream, play: PlayFn, score: Callable[[list[Trajectory]], Scored], generate: GenerateFn,
-                 *, per_step: int, max_staleness: int, start_step: int, seed: int, exclusive: bool,
-                 dynamic_sampling: bool, max_refill_rounds: int, env_signal: bool, last_step: int | None = None) -> None:  # fmt: skip
+    def __init__(self, stream: PromptStream, play: PlayFn, score: Callable[[list[Trajectory]], Scored], generate: GenerateFn | BlockingGenerate,
+                 *, per_step: int, max_staleness: int, start_step: int, seed: int, dynamic_sampling: bool, max_refill_rounds: int,
+                 env_signal: bool, last_step: int | None = None) -> None:  # fmt: skip
+        """``generate``: the engines' batch generate, async (Ray engines, which run one call at a time
+        each), or blocking (an in-process engine, not thread-safe: every call and weight load then takes
+        one lock, in a worker thread, so a cancelled caller cannot leave it held)."""
         self.stream, self._play, self._score, self._generate = stream, play, score, generate
         self.per_step, self.max_staleness, self.seed = per_step, max_staleness, seed
         self.dynamic_sampling, self.env_signal, self.last_step = dynamic_sampling, env_signal, last_step
@@ -97,8 +102,7 @@ class AsyncProducer:
         self._done: dict[int, _Done] = {}
         self._error: BaseException | None = None
         self._cond = threading.Condition()
-        # In-process engines are not thread-safe: weight loads and evaluation wait for the running call.
-        self._engine_lock = threading.Lock() if exclusive else None
+        self._engine_lock = threading.Lock() if not asyncio.iscoroutinefunction(generate) else None
         self._calls: deque[tuple[float, float, int]] = deque(maxlen=100_000)  # (start, end, tokens) per engine call
         self.stale_dropped = 0
         self._last_take = time.perf_counter()
@@ -110,7 +114,7 @@ class AsyncProducer:
 
     @classmethod
     def for_recipe(cls, r: RLRecipe, stream: PromptStream, envs: dict[str, Environment], tokenizer: Any,
-                   score: Callable[[list[Trajectory]], Scored], generate: GenerateFn, in_process: bool, start_step: int) -> "AsyncProducer":  # fmt: skip
+                   score: Callable[[list[Trajectory]], Scored], rollout: RolloutGroup, start_step: int) -> "AsyncProducer":  # fmt: skip
         """The producer of the RL driver: each prompt's group through :func:`rollout.collect.collect`."""
         g = r.grpo
 
@@ -120,8 +124,9 @@ class AsyncProducer:
                                    budget_grace_fraction=r.reasoning.budget_grace_fraction)  # fmt: skip
             return groups[0]
 
+        generate = rollout.engines[0].generate.remote if rollout.in_process else rollout.generate
         return cls(stream, play, score, generate, per_step=g.prompts_per_step, max_staleness=g.max_staleness, start_step=start_step,
-                   seed=r.seed, exclusive=in_process, dynamic_sampling=g.dynamic_sampling, max_refill_rounds=g.max_refill_rounds,
+                   seed=r.seed, dynamic_sampling=g.dynamic_sampling, max_refill_rounds=g.max_refill_rounds,
                    env_signal=bool(r.rewards) and not g.keep_reward_only_groups, last_step=g.max_steps - 1)  # fmt: skip
 
     # ------------------------------------------------------------------ producer thread
@@ -170,16 +175,20 @@ class AsyncProducer:
                 self._error = self._error or e
                 self._cond.notify_all()
 
+    def _locked_call(self, requests: list[GenRequest]) -> tuple[list[GenOutput], int, float, float]:
+        assert self._engine_lock is not None
+        with self._engine_lock:
+            version, t0 = self.version, time.perf_counter()
+            outputs = self._generate(requests)
+            return outputs, version, t0, time.perf_counter()  # type: ignore[return-value]
+
     async def _stamped_generate(self, requests: list[GenRequest]) -> list[GenOutput]:
         if self._engine_lock is not None:
-            await asyncio.to_thread(self._engine_lock.acquire)
-        try:
+            outputs, version, t0, t1 = await asyncio.to_thread(self._locked_call, requests)
+        else:
             version, t0 = self.version, time.perf_counter()
-            outputs = await self._generate(requests)
+            outputs = await self._generate(requests)  # type: ignore[misc]
             t1 = time.perf_counter()
-        finally:
-            if self._engine_lock is not None:
-                self._engine_lock.release()
         for out in outputs:
             if out.weight_versions is None:
                 out.weight_versions = [version] * len(out.token_ids)
@@ -196,12 +205,8 @@ class AsyncProducer:
     async def exclusive_generate(self, requests: list[GenRequest]) -> list[GenOutput]:
         """The engines' generate for evaluation, taking turns with the producer's calls."""
         if self._engine_lock is None:
-            return await self._generate(requests)
-        await asyncio.to_thread(self._engine_lock.acquire)
-        try:
-            return await self._generate(requests)
-        finally:
-            self._engine_lock.release()
+            return await self._generate(requests)  # type: ignore[misc]
+        return (await asyncio.to_thread(self._locked_call, requests))[0]
 
     def publish(self, push: Callable[[], None], version: int) -> None:
         """Load the weights of update ``version`` into the engines (``push``), groups in flight and queued stay."""

@@ -151,7 +151,7 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
     producer = ledger = None
     if stream is not None:
         producer = AsyncProducer.for_recipe(r, stream, envs, tokenizer, lambda grp: score_group(grp, rewards, r.rollout.sampling.max_new_tokens, g),
-                                            rollout.generate, in_process, start)  # fmt: skip
+                                            rollout, start)  # fmt: skip
         ledger, depth = PromptLedger(run_dir, start if state is not None else None), g.max_staleness
     generate = producer.exclusive_generate if producer is not None else rollout.generate
 
