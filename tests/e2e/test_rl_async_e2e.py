@@ -24,7 +24,7 @@ def _ledger(run_dir: Path) -> dict[int, dict]:
 
 def test_async_rl_resumes_after_kill_9_with_no_prompt_skipped_or_repeated(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    args = [sys.executable, "-c", IN_PROCESS, *QUICK, "grpo.mode=async", f"grpo.max_staleness={STALENESS}", "grpo.max_steps=5",
+    args = [sys.executable, "-c", IN_PROCESS, *QUICK, "grpo.mode=async", f"grpo.max_staleness={STALENESS}", "grpo.max_steps=6",
             "grpo.eval_every_steps=100", "checkpoint.every_steps=2", f"output_dir={run_dir}"]  # fmt: skip
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -51,16 +51,16 @@ def test_async_rl_resumes_after_kill_9_with_no_prompt_skipped_or_repeated(tmp_pa
     resumed = subprocess.run([*args, "--resume"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = _ledger(run_dir)
-    assert sorted(after) == [1, 2, 3, 4, 5]
+    assert sorted(after) == [1, 2, 3, 4, 5, 6]
     # Every prompt id of the stream, each once, in stream order: nothing skipped, nothing twice.
     trained = [i for s in sorted(after) for i in after[s]["prompts"]]
-    assert trained == list(range(5 * PROMPTS))
+    assert trained == list(range(6 * PROMPTS))
     # The resumed step 3 took the same prompts (ids and tasks) as the killed run's step 3.
     assert (after[3]["prompts"], after[3]["tasks"]) == (before[3]["prompts"], before[3]["tasks"])
     assert after[1] == before[1] and after[2] == before[2]
 
     train = _records(run_dir, "train")
-    assert sorted(train) == [1, 2, 3, 4, 5]
+    assert sorted(train) == [1, 2, 3, 4, 5, 6]
     for step, m in train.items():
         assert 0 <= m["staleness"] <= STALENESS, (step, m["staleness"])
         ages = {a: m[f"staleness_hist/{a}"] for a in range(STALENESS + 1)}

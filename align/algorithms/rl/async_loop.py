@@ -105,7 +105,6 @@ class AsyncProducer:
         self._engine_lock = threading.Lock() if not asyncio.iscoroutinefunction(generate) else None
         self._calls: deque[tuple[float, float, int]] = deque(maxlen=100_000)  # (start, end, tokens) per engine call
         self.stale_dropped = 0
-        self._last_take = time.perf_counter()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._stop = False
@@ -198,7 +197,10 @@ class AsyncProducer:
     def _poke(self) -> None:
         """Wake the producer loop: the gate may have opened."""
         if self._loop is not None and self._wake is not None:
-            self._loop.call_soon_threadsafe(self._wake.set)
+            try:
+                self._loop.call_soon_threadsafe(self._wake.set)
+            except RuntimeError:  # the loop has ended (after the last step's batch, or on close)
+                pass
 
     # ------------------------------------------------------------------ learner thread
 
@@ -254,9 +256,6 @@ class AsyncProducer:
         out.prompt_ids = [i for i, _, _ in taken]
         out.weights_version = min((v for _, _, v in taken), default=step)
         out.rollout_tokens = sum(t.num_policy_tokens for g in out.all_groups for t in g.trajectories)
-        now = time.perf_counter()
-        out.time_rollout_s = self.engine_metrics(self._last_take, now)["time_rollout_s"]  # engine time since the last step's batch
-        self._last_take = now
         out.curriculum = self.stream.observe([g.trajectories for g in out.all_groups])
         out.tasks_state = self.stream.state_dict()  # what a checkpoint after this step resumes from
         out.metrics = {"queue_depth": float(queued), "groups_in_flight": float(in_flight), "groups_stale_dropped": float(self.stale_dropped),
@@ -277,12 +276,14 @@ class AsyncProducer:
                 self._cond.wait(timeout=1.0)
 
     def engine_metrics(self, t0: float, t1: float) -> dict[str, float]:
-        """Over ``[t0, t1]``: the share of time no engine call ran, and policy tokens generated per second."""
+        """Over ``[t0, t1]``: engine busy seconds, the share of time no engine call ran, and tokens generated
+        per second of the span (``tokens_per_s``) and of engine time (``rollout_tokens_per_s``)."""
         span = max(t1 - t0, 1e-9)
         calls = list(self._calls)
         busy = sum(max(0.0, min(b, t1) - max(a, t0)) for a, b, _ in calls)
         tokens = sum(n for _, b, n in calls if t0 < b <= t1)
-        return {"engine_idle_share": max(0.0, 1.0 - busy / span), "tokens_per_s": tokens / span, "time_rollout_s": busy}
+        return {"engine_idle_share": max(0.0, 1.0 - busy / span), "tokens_per_s": tokens / span, "time_rollout_s": busy,
+                "rollout_tokens_per_s": tokens / max(busy, 1e-9)}
 
     def close(self) -> None:
         """Stop starting groups, cancel the ones in flight, and end the thread."""

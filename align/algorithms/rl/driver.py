@@ -273,7 +273,7 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
             _write_samples(samples_file, done, ro.all_groups, per_group=1)
             console.print(
                 f"step {done}/{g.max_steps}  reward {metrics['reward']:.3f}  acc {metrics['accuracy']:.3f}  kept {len(ro.kept)}/{g.prompts_per_step}  "
-                f"rollout {ro.time_rollout_s:.1f}s ({metrics['rollout_tokens_per_s']:.0f} tok/s, waited {t_wait:.1f}s, staleness {staleness})  "
+                f"rollout {metrics['time_rollout_s']:.1f}s ({metrics['rollout_tokens_per_s']:.0f} tok/s, waited {t_wait:.1f}s, staleness {staleness})  "
                 f"score {ro.time_score_s:.2f}s  learner {t_learn:.1f}s  sync {t_sync:.2f}s  mismatch_kl {extra['mismatch_kl']:.2e}"
                 + (f"  kl {extra['kl']:.2e}" if "kl" in extra else "") + f"  {env_errors}"
             )
