@@ -67,8 +67,11 @@ def test_async_rl_resumes_after_kill_9_with_no_prompt_skipped_or_repeated(tmp_pa
         assert sum(ages.values()) > 0 and max(a for a, n in ages.items() if n) == m["staleness"]
         for key in ("queue_depth", "groups_in_flight", "engine_idle_share", "learner_idle_share", "tokens_per_s", "groups_stale_dropped"):
             assert key in m, (step, key)
-        assert 0 <= m["engine_idle_share"] <= 1 and 0 <= m["learner_idle_share"] <= 1 and m["tokens_per_s"] > 0
+        assert 0 <= m["engine_idle_share"] <= 1 and 0 <= m["learner_idle_share"] <= 1 and m["tokens_per_s"] >= 0
         assert m["groups_stale_dropped"] == 0
+    # A step may see no engine call at all (the queue held its groups and the staleness gate kept
+    # the producer waiting: engine idle share 1); over the run the engines generated.
+    assert sum(m["tokens_per_s"] for m in train.values()) > 0 and min(m["engine_idle_share"] for m in train.values()) < 1
     # The producer ran ahead of the learner: some step trained on tokens of older weights.
     assert max(m["staleness"] for m in train.values()) >= 1
     assert (run_dir / "final" / "config.json").is_file()
