@@ -10,7 +10,7 @@ when missing, as ``bench/bench_vs_trl.py`` does), with the same seed, recipe (ma
 ``grpo.max_staleness`` differ. Every ``--every`` steps a checkpoint is written (its Hugging Face folder
 ``hf/``); its wall time is counted from launching the job (start-up included, the checkpoint writes
 too, alike for every configuration). Afterwards every checkpoint and the start are scored on the
-same held-out math tasks, greedy, ``/think`` (``bench_learning_wallclock.eval_worker``), in one
+same held-out math tasks, greedy, ``/think`` (align's evaluator, :func:`eval_worker`), in one
 process, outside the timed runs.
 
 The table gives, per configuration, accuracy at each checkpoint with its wall time, the median step
@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_learning_wallclock import eval_worker  # noqa: E402
 from bench_vs_trl import ALIGN, PY, ROOT, START, Settings, align_grpo_recipe, ensure_start, job_env, load1, run_header  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_async.json"
@@ -48,6 +47,22 @@ CONFIGS: dict[str, list[str]] = {
     "async N=2": ["grpo.mode=async", "grpo.max_staleness=2"],
 }
 ASYNC_KEYS = ("engine_idle_share", "learner_idle_share", "tokens_per_s", "staleness", "queue_depth")
+
+
+def eval_worker(paths: list[str], n_tasks: int, seed: int, out: Path) -> None:
+    """Greedy /think accuracy of each checkpoint on the same held-out math tasks (none among the 2,000 training prompts)."""
+    from align.config.schema import SamplingConfig
+    from align.evaluate import EvalMode, evaluate_checkpoint
+    from align.heldout import heldout_tasks, task_key
+    from align.reasoning import ReasoningMode
+    from envs.math import MathEnv
+
+    env = MathEnv()
+    tasks = heldout_tasks({"math": env}, {"math": n_tasks}, {task_key(env, t) for t in env.generate(2000, seed)}, seed)
+    sampling = SamplingConfig(temperature=0.0, max_new_tokens=96, max_answer_tokens=32)
+    scores = {p: evaluate_checkpoint(p, {"math": env}, tasks, [EvalMode("think", ReasoningMode(True))], sampling, max_turns=1, seed=seed)["math"]["think"]
+              for p in paths}  # fmt: skip
+    out.write_text(json.dumps({"n_tasks": len(tasks), "scores": scores}))
 
 
 def run_config(name: str, overrides: list[str], s: Settings, steps: int, every: int) -> dict[str, Any]:
@@ -81,6 +96,7 @@ def main() -> int:
     ap.add_argument("--every", type=int, default=None, help="checkpoint (and score) every this many steps (default 4)")
     ap.add_argument("--eval-tasks", type=int, default=None, help="held-out math tasks (default 64)")
     ap.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated subset of: {', '.join(CONFIGS)}")
+    ap.add_argument("--score-only", action="store_true", help="score the checkpoints of the last runs again (after a failed scoring)")
     ap.add_argument("--eval-worker", nargs="+", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -98,11 +114,13 @@ def main() -> int:
     console = Console()
     RUNS.mkdir(parents=True, exist_ok=True)
     ensure_start(console)
-    runs = []
-    for name in args.configs.split(","):
+    runs_file = RUNS / "runs.json"
+    runs = json.loads(runs_file.read_text()) if args.score_only else []
+    for name in [] if args.score_only else args.configs.split(","):
         console.print(f"[bold]{name}[/]: {steps} GRPO steps (load {load1():.2f}) ...")
         runs.append(run_config(name, CONFIGS[name], s, steps, every))
         console.print(f"  {runs[-1]['wall_s']:.1f} s, median step {runs[-1]['median_step_s']:.2f} s")
+        runs_file.write_text(json.dumps(runs))
     paths = [str(START)] + [p["hf"] for r in runs for p in r["points"]]
     console.print(f"scoring {len(paths)} checkpoints on {n_tasks} held-out tasks (load {load1():.2f}) ...")
     ev_out = RUNS / "eval.json"
