@@ -17,7 +17,9 @@ What both sides get:
   micro-batch ``--micro-batch``, gradient checkpointing off, temperature 1;
 - placement ``colocated``: the learner and the vLLM engine share one GPU (align: Ray GPU shares
   0.5 + 0.4 and CUDA IPC weight sync; TRL: ``vllm_mode="colocate"``). ``separate`` (align only:
-  learner and engine on a GPU each, NCCL weight sync) needs two GPUs.
+  learner and engine on a GPU each, NCCL weight sync) needs two GPUs. ``--mode async
+  --max-staleness N`` (align only, with ``separate``) runs align's asynchronous GRPO
+  (``grpo.mode=async``); the table then adds the engine's idle share.
 
 Reported per side and policy (medians over the steps after ``--warmup``): step time and its
 split (align: rollout / scoring / learner / sync from metrics.jsonl; TRL: the step only),
@@ -87,6 +89,8 @@ class Settings:
     seed: int = 0
     gpu: bool = True
     placement: str = "colocated"
+    mode: str = "sync"  # grpo.mode; async needs --placement separate (or CPU)
+    max_staleness: int = 1
 
 
 # ----------------------------------------------------------------------------- shared inputs
@@ -190,6 +194,8 @@ grpo:
   overlong_filtering: false
   max_seq_logprob_error: null
   eval_every_steps: {s.steps + 1}
+  mode: {s.mode}
+  max_staleness: {s.max_staleness}
 """
     path = out.with_suffix(".yaml")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -210,8 +216,8 @@ def run_align(ckpt: Path, policy: str, s: Settings, out: Path, timeout_s: float)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     train = sorted((r for r in rows if r["split"] == "train"), key=lambda r: r["step"])
     res: dict[str, Any] = {"side": "align", "wall_s": time.time() - t0, "first_step_end_s": train[0]["time"] - t0, "peak_gpu_mib": mem.peak_mib, "log": str(log)}
-    for key in ("time_step_s", "time_rollout_s", "time_score_s", "time_learner_s", "time_sync_s"):
-        res[key] = [float(r[key]) for r in train]
+    for key in ("time_step_s", "time_rollout_s", "time_score_s", "time_learner_s", "time_sync_s", "engine_idle_share", "learner_idle_share"):
+        res[key] = [float(r[key]) for r in train if key in r]
     res["step_times_s"] = res["time_step_s"]
     res["completion_tokens"] = [float(r.get("math/length", float("nan"))) for r in train]
     return res
@@ -299,8 +305,8 @@ def summarize(res: dict[str, Any], s: Settings, prompt_tokens: float, n_body: in
     gen, total = seqs * s.new_tokens, seqs * (s.new_tokens + prompt_tokens)
     out = {"step_s": step, "gen_tokens_per_s_per_gpu": gen / step / gpus if step else None, "tokens_per_s_per_gpu": total / step / gpus if step else None,
            "completion_tokens": med("completion_tokens"), "peak_gpu_gib": res.get("peak_gpu_mib", 0) / 1024, "first_step_end_s": res.get("first_step_end_s")}  # fmt: skip
-    for key in ("time_rollout_s", "time_score_s", "time_learner_s", "time_sync_s"):
-        if key in res:
+    for key in ("time_rollout_s", "time_score_s", "time_learner_s", "time_sync_s", "engine_idle_share", "learner_idle_share"):
+        if res.get(key):
             out[key.removeprefix("time_")] = med(key)
     learner = out.get("learner_s")
     if learner and peak:
@@ -313,6 +319,8 @@ def main() -> int:
     ap.add_argument("--policies", default="llama-1b,hybrid-1b")
     ap.add_argument("--sides", default="align,trl")
     ap.add_argument("--placement", choices=["colocated", "separate"], default="colocated")
+    ap.add_argument("--mode", choices=["sync", "async"], default="sync", help="align's grpo.mode (async: with --placement separate)")
+    ap.add_argument("--max-staleness", type=int, default=1, help="align's grpo.max_staleness (async)")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--prompts", type=int, default=8)
@@ -329,10 +337,13 @@ def main() -> int:
         s = Settings(**json.loads((args.out / "settings.json").read_text()))
         (args.out / "result.json").write_text(json.dumps(trl_worker(args.worker, s, args.out)))
         return 0
+    if args.mode == "async" and args.placement == "colocated" and not args.quick:
+        ap.error("--mode async needs --placement separate: colocated engines sleep while the learner trains")
     if args.quick:
         args.policies, args.steps, args.warmup, args.prompts, args.generations, args.new_tokens, args.micro_batch = "tiny", 2, 1, 2, 4, 32, 8
     s = Settings(steps=args.steps, warmup=args.warmup, prompts=args.prompts, generations=args.generations, new_tokens=args.new_tokens,
-                 micro_batch=args.micro_batch, gpu=not args.quick, placement=args.placement, vocab_size=1024 if args.quick else 4096)  # fmt: skip
+                 micro_batch=args.micro_batch, gpu=not args.quick, placement=args.placement, vocab_size=1024 if args.quick else 4096,
+                 mode=args.mode, max_staleness=args.max_staleness)  # fmt: skip
     from rich.console import Console
     from rich.table import Table
 
@@ -342,8 +353,8 @@ def main() -> int:
 
     peak, _ = peak_flops(name)
     report: dict[str, Any] = {**run_header(), "gpu": name, "settings": asdict(s), "load_1m_start": load1(), "policies": {}, "errors": []}
-    table = Table(title=f"GRPO on {name}, {s.placement}: {s.prompts} prompts x {s.generations}, {s.new_tokens} new tokens, medians of steps {s.warmup + 1}-{s.steps}")
-    for col in ("policy", "params", "side", "step s", "rollout", "learner", "sync", "gen tok/s/GPU", "tok/s/GPU", "MFU", "peak GiB", "1st step end s"):
+    table = Table(title=f"GRPO on {name}, {s.placement}, {s.mode}{f' N={s.max_staleness}' if s.mode == 'async' else ''}: {s.prompts} prompts x {s.generations}, {s.new_tokens} new tokens, medians of steps {s.warmup + 1}-{s.steps}")
+    for col in ("policy", "params", "side", "step s", "rollout", "learner", "sync", "engine idle", "gen tok/s/GPU", "tok/s/GPU", "MFU", "peak GiB", "1st step end s"):
         table.add_column(col)
     for policy in args.policies.split(","):
         ckpt = start_checkpoint(policy, s)
@@ -379,7 +390,7 @@ def main() -> int:
                 v = m.get(key)
                 return fmt.format(v) if v is not None else "-"
 
-            table.add_row(policy, f"{n_all / 1e9:.3f}B", side, f("step_s"), f("rollout_s"), f("learner_s"), f("sync_s"), f("gen_tokens_per_s_per_gpu", "{:,.0f}"),
+            table.add_row(policy, f"{n_all / 1e9:.3f}B", side, f("step_s"), f("rollout_s"), f("learner_s"), f("sync_s"), f("engine_idle_share"), f("gen_tokens_per_s_per_gpu", "{:,.0f}"),
                           f("tokens_per_s_per_gpu", "{:,.0f}"), f("learner_mfu", "{:.1%}"), f("peak_gpu_gib", "{:.1f}"), f("first_step_end_s", "{:.0f}"))  # fmt: skip
         if "trl_over_align_step" in entry:
             console.print(f"{policy}: TRL step / align step = {entry['trl_over_align_step']:.2f}")

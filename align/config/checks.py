@@ -231,10 +231,28 @@ def _check_rl(r: RLRecipe) -> Iterator[Problem]:
         yield Problem(("grpo.clip_low",), f"grpo.clip_low={r.grpo.clip_low} must be below 1 (the ratio is clipped at 1 - clip_low)")
     if not r.envs:
         yield Problem(("envs",), "envs is empty: list at least one environment, e.g. envs=[{name: math}]")
+    yield from _check_async(r)
     for key in ("budgets", "eval_budgets"):
         for i, b in enumerate(getattr(r.reasoning, key)):
             if b < 1:
                 yield Problem((f"reasoning.{key}.{i}",), f"reasoning.{key} must be thinking budgets of at least 1 token, got {getattr(r.reasoning, key)}")
+
+
+def _check_async(r: RLRecipe) -> Iterator[Problem]:
+    """``grpo.mode=async`` needs engines that keep generating while the learners train."""
+    if r.grpo.mode != "async":
+        return
+    c = r.cluster
+    if 0 < c.gpus_per_rollout_engine < 1 or r.rollout.weight_sync == "cuda_ipc":
+        yield Problem(("grpo.mode", "cluster.gpus_per_rollout_engine", "rollout.weight_sync"),
+                      f"grpo.mode=async needs rollout engines apart from the learners, but cluster.gpus_per_rollout_engine="
+                      f"{c.gpus_per_rollout_engine:g} / rollout.weight_sync={r.rollout.weight_sync} colocate them on the learners' GPUs "
+                      "(engines there sleep while the learners train): give the engines GPUs of their own (cluster.gpus_per_rollout_engine=1), "
+                      "or run on CPU (0), or keep grpo.mode=sync")  # fmt: skip
+    if r.grpo.off_policy_overlap:
+        yield Problem(("grpo.off_policy_overlap", "grpo.mode"),
+                      "grpo.off_policy_overlap runs the next step's rollout during the update in sync mode; grpo.mode=async already "
+                      "generates continuously: set grpo.off_policy_overlap=false")  # fmt: skip
 
 
 def _check_pipeline(r: PipelineRecipe) -> Iterator[Problem]:

@@ -244,6 +244,10 @@ class GRPOSettings(Strict):
     # trajectories come from weights up to max_staleness updates old (logged as `staleness`); the
     # PPO ratio is taken against the learner's current weights and TIS corrects the rest.
     off_policy_overlap: bool = False
+    # async: engines generate all the time from a prompt stream into a bounded queue of scored
+    # groups; every sampled token of a group trained at step s comes from weights of update
+    # >= s - max_staleness (align/algorithms/rl/async_loop.py). Needs engines apart from the learners.
+    mode: Literal["sync", "async"] = "sync"
     max_staleness: int = Field(1, ge=1)
     max_env_error_rate: float = Field(0.5, ge=0, le=1)  # align/guards.py: warn above this share of failed
     max_env_failing_steps: int = Field(3, ge=1)  # samples; stop after this many such steps in a row (exit 3)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -231,3 +232,27 @@ def mean_k3(per_rank: list[list[dict[str, torch.Tensor]]], sample_key: str, othe
                 sums[labels[row]] = sums.get(labels[row], 0.0) + float(per_row[i])
                 counts[labels[row]] = counts.get(labels[row], 0.0) + float(n_row[i])
     return {k: sums[k] / max(counts[k], 1.0) for k in sums}
+
+
+@dataclass
+class StepRollout:
+    """One step's scored trajectories, and the weights version (learner updates) that generated them.
+
+    In async mode ``weights_version`` is the oldest version of any trained token, ``prompt_ids``
+    the stream ids of the groups taken (``all_groups``' order) and ``metrics`` the queue's.
+    """
+
+    step: int
+    weights_version: int
+    all_groups: list[Scored] = field(default_factory=list)
+    kept: list[Scored] = field(default_factory=list)
+    dropped: list[Scored] = field(default_factory=list)
+    train_groups: list[Scored] = field(default_factory=list)
+    tasks_state: dict[str, Any] = field(default_factory=dict)
+    curriculum: dict[str, float] = field(default_factory=dict)
+    reward_metrics: dict[str, float] = field(default_factory=dict)
+    time_rollout_s: float = 0.0
+    time_score_s: float = 0.0
+    rollout_tokens: int = 0
+    prompt_ids: list[int] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)

@@ -16,6 +16,7 @@ With ``grpo.off_policy_overlap`` steps 1-4 of step t+1 run (on a background thre
 stale (``staleness`` in the metrics, at most ``grpo.max_staleness``). Checkpoints and metrics
 are the same as on-policy. A resumed overlapped run regenerates its first rollouts from the
 checkpoint's weights (staleness 0 there), so it is not bitwise the uninterrupted run.
+``grpo.mode: async`` replaces steps 1-4 with a continuous producer and a queue (``async_loop.py``).
 """
 
 from __future__ import annotations
@@ -25,14 +26,15 @@ import json
 import time
 from collections import defaultdict
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from align.algorithms.common import FrozenReference, JobError, console, publish_hf, resume_from, start_checkpoint, start_ray
-from align.algorithms.rl.batch import Scored, fill, finalize, mask_mismatched, mean_k3, micro_batches, select_groups, to_sequences
+from align.algorithms.rl.async_loop import AsyncProducer
+from align.algorithms.rl.batch import Scored, StepRollout, fill, finalize, mask_mismatched, mean_k3, micro_batches, select_groups, to_sequences
 from align.algorithms.rl.objective import GRPOObjective, TokenLogprobs
 from align.algorithms.rl.schedule import EngineQueue
+from align.algorithms.rl.stream import PromptLedger, PromptStream
 from align.algorithms.rl.tasks import TaskMixer, assign_mode, load_tasks
 from align.cluster import LearnerGroup, RolloutGroup
 from align.config import LoadedRecipe
@@ -100,6 +102,7 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
     train_tasks = {s.name: load_tasks(s, envs[s.name], s.num_train, r.seed, "train") for s in r.envs}
     eval_tasks = [t for s in r.envs for t in load_tasks(s, envs[s.name], s.num_eval, r.seed, "eval")]
     mixer = TaskMixer(train_tasks, {s.name: s.weight for s in r.envs}, r.seed, g.curriculum)
+    stream = PromptStream(mixer, g.prompts_per_step, r.reasoning, r.seed) if g.mode == "async" else None  # align/algorithms/rl/async_loop.py
 
     if in_process and r.cluster.num_learners != 1:
         raise JobError("in-process RL runs one learner: set cluster.num_learners=1")
@@ -134,9 +137,9 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
     logprob_fn = TokenLogprobs(r.rollout.sampling.temperature)
 
     ckpts = Checkpoints(run_dir, r.checkpoint.keep_last)
-    start, state = resume_from(ckpts, resume, learners, check=lambda s: mixer.load_state_dict(s["tasks"]))
+    start, state = resume_from(ckpts, resume, learners, check=lambda s: (stream or mixer).load_state_dict(s["tasks"]))
     if state is not None:
-        sync.push()
+        sync.push(start)
     log = MetricsLog(run_dir, resume_from_step=start if state is not None else None, recipe=r)
     if state is not None:
         cut_jsonl(run_dir / "trajectories.jsonl", start)  # the steps after the checkpoint run again
@@ -145,12 +148,18 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
     # Rollouts run `depth` steps ahead of the learners (0: on-policy); see align/algorithms/rl/schedule.py.
     depth = g.max_staleness if g.off_policy_overlap else 0
     queue = EngineQueue(threaded=depth > 0, version=start)
+    producer = ledger = None
+    if stream is not None:
+        producer = AsyncProducer.for_recipe(r, stream, envs, tokenizer, lambda grp: score_group(grp, rewards, r.rollout.sampling.max_new_tokens, g),
+                                            rollout, start)  # fmt: skip
+        ledger, depth = PromptLedger(run_dir, start if state is not None else None), g.max_staleness
+    generate = producer.exclusive_generate if producer is not None else rollout.generate
 
     played: dict[int, list[Trajectory]] = {}  # /think answers of each eval, for a judge's win rate
 
     def evaluate(step: int) -> EvalSummary:
         modes = standard_modes(r.reasoning.eval_budgets)
-        results = asyncio.run(play(envs, eval_tasks, modes, tokenizer, rollout.generate, r.rollout.sampling, r.rollout.max_turns, r.seed,
+        results = asyncio.run(play(envs, eval_tasks, modes, tokenizer, generate, r.rollout.sampling, r.rollout.max_turns, r.seed,
                                    r.reasoning.budget_grace_fraction))  # fmt: skip
         played[step] = [t for label, t in results if label == "think"]
         return summarize(results)
@@ -198,6 +207,8 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
     if start == 0:
         log_eval(0, evaluate(0))
         clock.lap("eval 0")
+    if producer is not None:
+        producer.start()
 
     pending: dict[int, Future[StepRollout]] = {}
     nonfinite = NonFiniteGuard(r.learner.on_nonfinite, r.learner.max_nonfinite_steps, console)
@@ -205,10 +216,10 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
     try:
         for step in range(start, g.max_steps):
             t_step = time.perf_counter()
-            for ahead in range(step, min(step + depth, g.max_steps - 1) + 1):
+            for ahead in range(step, min(step + depth, g.max_steps - 1) + 1) if producer is None else ():
                 if ahead not in pending:
                     pending[ahead] = queue.submit(produce, ahead)
-            ro = pending.pop(step).result()
+            ro = pending.pop(step).result() if producer is None else producer.take(step)
             t_wait = time.perf_counter() - t_step
             env_errors = env_guard.after_rollout(step + 1, [t for grp in ro.all_groups for t in grp.trajectories])
             staleness = step - ro.weights_version
@@ -236,7 +247,10 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
 
             # New weights to the engines, behind any rollout already running on the old ones.
             t0 = time.perf_counter()
-            queue.sync(lambda job: job(), sync.snapshot(), step + 1)
+            if producer is not None:  # groups in flight or queued stay: their staleness is bounded (async_loop.py)
+                producer.publish(lambda: sync.push(step + 1), step + 1)
+            else:
+                queue.sync(lambda job: job(), sync.snapshot(step + 1), step + 1)
             t_sync = time.perf_counter() - t0 + queue.last_sync_s
 
             done = step + 1
@@ -248,13 +262,18 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
                            time_step_s=time.perf_counter() - t_step, rollout_tokens_per_s=ro.rollout_tokens / max(ro.time_rollout_s, 1e-9),
                            groups_kept=float(len(ro.kept)), groups_dropped=float(len(ro.dropped)))  # fmt: skip
             metrics.update(ro.reward_metrics)
+            metrics.update(ro.metrics, learner_idle_share=t_wait / metrics["time_step_s"], tokens_per_s=ro.rollout_tokens / metrics["time_step_s"],
+                           engine_idle_share=max(0.0, 1 - ro.time_rollout_s / metrics["time_step_s"]))  # fmt: skip
+            if producer is not None and ledger is not None:
+                metrics.update(producer.engine_metrics(t_step, t_step + metrics["time_step_s"]))
+                ledger.write(done, ro)
             log.log(done, "train", metrics)
             if step == start:
                 console.print(clock.line(metrics["time_step_s"]))
             _write_samples(samples_file, done, ro.all_groups, per_group=1)
             console.print(
                 f"step {done}/{g.max_steps}  reward {metrics['reward']:.3f}  acc {metrics['accuracy']:.3f}  kept {len(ro.kept)}/{g.prompts_per_step}  "
-                f"rollout {ro.time_rollout_s:.1f}s ({metrics['rollout_tokens_per_s']:.0f} tok/s, waited {t_wait:.1f}s, staleness {staleness})  "
+                f"rollout {metrics['time_rollout_s']:.1f}s ({metrics['rollout_tokens_per_s']:.0f} tok/s, waited {t_wait:.1f}s, staleness {staleness})  "
                 f"score {ro.time_score_s:.2f}s  learner {t_learn:.1f}s  sync {t_sync:.2f}s  mismatch_kl {extra['mismatch_kl']:.2e}"
                 + (f"  kl {extra['kl']:.2e}" if "kl" in extra else "") + f"  {env_errors}"
             )
@@ -265,6 +284,8 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
                 ckpts.save(done, lambda tmp: write_checkpoint(learners, tmp, model_path, r.checkpoint.save_hf), {"tasks": ro.tasks_state})
     finally:
         queue.close()
+        if producer is not None:
+            producer.close()
 
     log.close()
     samples_file.close()
@@ -277,24 +298,6 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
         reference.shutdown()
     rollout.shutdown()
     return 0
-
-
-@dataclass
-class StepRollout:
-    """One step's scored trajectories, and the weights version (learner updates) that generated them."""
-
-    step: int
-    weights_version: int
-    all_groups: list[Scored] = field(default_factory=list)
-    kept: list[Scored] = field(default_factory=list)
-    dropped: list[Scored] = field(default_factory=list)
-    train_groups: list[Scored] = field(default_factory=list)
-    tasks_state: dict[str, Any] = field(default_factory=dict)
-    curriculum: dict[str, float] = field(default_factory=dict)
-    reward_metrics: dict[str, float] = field(default_factory=dict)
-    time_rollout_s: float = 0.0
-    time_score_s: float = 0.0
-    rollout_tokens: int = 0
 
 
 def judge_final(rewards: list[tuple[RewardFn, float]], start: list[Trajectory] | None, final: list[Trajectory] | None) -> dict[str, Any]:

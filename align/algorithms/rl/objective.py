@@ -39,8 +39,8 @@ class GRPOObjective:
     off-policy overlap, staleness. The TIS weight min(pi_old / pi_rollout, cap) corrects for
     that gap, as in Yao et al. / verl's "TIS".
 
-    With off-policy overlap the trajectories come from weights up to ``max_staleness`` updates
-    older than the learner's, and ``old_logprobs`` are still the learner's *current* weights,
+    With off-policy overlap or ``grpo.mode: async`` the trajectories come from weights up to
+    ``max_staleness`` updates older than the learner's, and ``old_logprobs`` are still the learner's *current* weights,
     not the generating ones: the clip keeps the trust region around the policy being updated,
     and the behaviour gap (staleness plus numerics) is all in the TIS weight (the decoupled PPO
     objective of Hilton et al. 2022, as AReaL uses). The generating weights are never kept.
