@@ -3,12 +3,14 @@ the RL driver's periodic eval and DPO's task accuracy).
 
 Every environment's generator is read from one evaluation seed stream (``EVAL_SEED_OFFSET +
 seed``); candidates whose opening messages (``env.reset(task)``, the one dedup key, shared with
-:mod:`align.data.generated`) appear in ``exclude`` are skipped. :func:`training_prompts` builds
+:mod:`align.data.generated`) appear in ``exclude`` or among the tasks already taken are skipped,
+so no prompt is scored twice (the tiny world's code and instruction generators repeat prompts
+often). :func:`training_prompts` builds
 ``exclude`` from the stages' recipes by regenerating what they train on from the same seeds.
 
 Limits: a stage that reads its data from a file (``data.path``, ``envs[].data_path``) is not
 regenerated here, so its prompts are not excluded; a generator with fewer than ``counts[name]``
-fresh tasks among ``CANDIDATE_FACTOR x`` that many candidates yields fewer tasks.
+distinct fresh tasks among ``CANDIDATE_FACTOR x`` that many candidates yields fewer tasks.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from align.data.generated import env_seed, prompt_key, report_overlap, split_cou
 from envs.base import Environment, Task, task_source
 
 EVAL_SEED_OFFSET = 1_000_003
-CANDIDATE_FACTOR = 4
+# Candidates drawn per task asked for. The tiny world's code generator needs about 16x for 200
+# distinct held-out prompts besides the demo's training ones (instruction_following has fewer than
+# 200 at any factor); drawing costs milliseconds per thousand tasks.
+CANDIDATE_FACTOR = 16
 
 
 def task_key(env: Environment, task: Task) -> str:
@@ -37,9 +42,15 @@ def heldout_tasks(envs: dict[str, Environment], counts: dict[str, int], exclude:
     kept: dict[str, int] = {}
     for name, n in counts.items():
         env = envs[name]
-        fresh = [t for t in task_source(env).generate(n * CANDIDATE_FACTOR, EVAL_SEED_OFFSET + seed) if task_key(env, t) not in exclude]
-        tasks.extend(fresh[:n])
-        kept[name] = len(fresh[:n])
+        seen = set(exclude)
+        fresh: list[Task] = []
+        for t in task_source(env).generate(n * CANDIDATE_FACTOR, EVAL_SEED_OFFSET + seed):
+            key = task_key(env, t)
+            if key not in seen and len(fresh) < n:
+                seen.add(key)
+                fresh.append(t)
+        tasks.extend(fresh)
+        kept[name] = len(fresh)
     report_overlap("eval tasks", counts, kept)
     return tasks
 

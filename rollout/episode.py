@@ -11,9 +11,11 @@ as sampled and observations as the chat template renders them, so the learner sc
 the tokens the sampler produced.
 
 Reasoning control (see ``align/reasoning.py``): with thinking on and a budget, a turn first
-generates at most the budget left, stopping at ``</think>``; if the budget runs out, a
-``</think>`` is forced (loss mask 0) and the answer is generated in a second phase of at most
-``sampling.max_answer_tokens``. The budget covers the whole episode: every turn's thinking
+thinks for at most the budget left, stopping at ``</think>``. The budget counts thinking tokens,
+the ones between ``<think>`` and ``</think>``, as the SFT budget data cuts them
+(``align.data.truncate_thinking``): a trace of exactly ``budget`` tokens closes by itself. If
+the budget runs out, a ``</think>`` is forced (loss mask 0) and the answer is generated in a
+second phase of at most ``sampling.max_answer_tokens``. The budget covers the whole episode: every turn's thinking
 counts against it, so ``thinking_tokens <= budget`` always holds without a grace window.
 
 Grace window (``budget_grace_fraction`` > 0, as NVIDIA's budget control, whose NIM default is
@@ -265,6 +267,10 @@ class _Stream:
         # Tokens forced before the first sampled one take the first version seen.
         return [known[0] if v is None else v for v in self._versions]
 
+    def trim(self, length: int) -> None:
+        """Drop the completion's tokens past ``length`` (sampled over a thinking limit)."""
+        del self.completion[length:], self.mask[length:], self.logprobs[length:]
+
 
 def grace_tokens(budget: int, fraction: float) -> int:
     """The grace window after ``budget``: ``ceil(fraction * budget)`` tokens.
@@ -288,10 +294,27 @@ class _Limits:
     max_answer_tokens: int
 
 
-async def _think(stream: _Stream, chat: ChatTokens, room: int, stops: list[int]) -> Literal["closed", "ended", "open"]:
-    """Sample up to ``room`` thinking tokens: closed by the model, turn ended, or still thinking."""
+async def _think(stream: _Stream, chat: ChatTokens, turn_start: int, limit: int, room_cap: int, stops: list[int]) -> Literal["closed", "ended", "open"]:
+    """Think on until the turn holds ``limit`` thinking tokens: closed by the model, turn ended, or still thinking.
+
+    Thinking is counted as the SFT budget data counts it (``align.data.truncate_thinking``): the
+    tokens between ``<think>`` and ``</think>``. The sample gets a slot for a ``<think>`` not yet
+    written and one for a ``</think>`` right after the ``limit``-th thinking token, so a trace of
+    exactly ``limit`` tokens closes by itself; thinking tokens sampled past ``limit`` (at most
+    two) are dropped again, and the caller forces the close in their place. ``room_cap``: the
+    most tokens the completion cap leaves for this sample.
+    """
     assert chat.think_close_id is not None
+    opened, used = _thinking(stream.completion[turn_start:], chat)
+    room = min(limit - used + 1 + (0 if opened else 1), room_cap)
+    if room <= 0:
+        return "open"
     out = await stream.sample(room, [chat.think_close_id, chat.eos_id, *stops])
+    turn = stream.completion[turn_start:]
+    opened, used = _thinking(turn, chat)
+    if used > limit:
+        stream.trim(turn_start + (turn.index(chat.think_open_id) + 1 if opened else 0) + max(limit, 0))
+        return "open"
     last = out.token_ids[-1] if out.token_ids else None
     if last == chat.think_close_id:
         return "closed"
@@ -300,26 +323,34 @@ async def _think(stream: _Stream, chat: ChatTokens, room: int, stops: list[int])
     return "open"
 
 
+def _thinking(turn: list[int], chat: ChatTokens) -> tuple[bool, int]:
+    """(whether the turn wrote ``<think>``, its thinking tokens so far): the tokens after its
+    ``<think>`` (from the turn's start without one) up to a ``</think>`` or the end of the turn."""
+    opened = chat.think_open_id in turn
+    body = turn[turn.index(chat.think_open_id) + 1 :] if opened else turn
+    ends = [i for i, tok in enumerate(body) if tok in (chat.think_close_id, chat.eos_id)]
+    return opened, ends[0] if ends else len(body)
+
+
 async def _budgeted_turn(stream: _Stream, chat: ChatTokens, lim: _Limits) -> tuple[FinishReason, bool]:
     """One assistant turn under a thinking budget: (finish reason, whether ``</think>`` was forced).
 
-    Phase 1 thinks for at most ``budget_left`` tokens (less if the completion cap needs room for a
-    forced close and an answer), stopping at ``</think>``. If the budget (not the cap) ran out
-    with the block open, the grace window (if any is left) thinks on up to the first newline
-    token. If the model did not close the block, a ``</think>`` is forced and phase 2 answers in
-    at most ``max_answer_tokens``; if it did, the answer may use all the room left. A turn that
-    ends inside the think block has no phase 2.
+    Phase 1 thinks up to ``budget_left`` thinking tokens (fewer if the completion cap needs room
+    for a forced close and an answer), stopping at ``</think>`` (:func:`_think`). If the budget
+    (not the cap) ran out with the block open, the grace window (if any is left) thinks on up to
+    the first newline token. If the model did not close the block, a ``</think>`` is forced and
+    phase 2 answers in at most ``max_answer_tokens``; if it did, the answer may use all the room
+    left. A turn that ends inside the think block has no phase 2.
     """
     assert chat.think_close_id is not None
-    room_under_cap = lim.cap - len(stream.completion) - 1 - lim.max_answer_tokens
-    think_room = min(lim.budget_left, room_under_cap)
-    state: Literal["closed", "ended", "open"] = "open"
-    if think_room > 0:
-        state = await _think(stream, chat, think_room, [])
-    if state == "open" and lim.budget_left <= room_under_cap and lim.grace_left > 0:
-        grace_room = min(lim.grace_left, lim.cap - len(stream.completion) - 1 - lim.max_answer_tokens)
-        if grace_room > 0:
-            state = await _think(stream, chat, grace_room, list(lim.newline_ids))
+    start = len(stream.completion)
+
+    def room_cap() -> int:
+        return lim.cap - len(stream.completion) - 1 - lim.max_answer_tokens
+
+    state = await _think(stream, chat, start, lim.budget_left, room_cap(), [])
+    if state == "open" and lim.grace_left > 0 and _thinking(stream.completion[start:], chat)[1] >= lim.budget_left:
+        state = await _think(stream, chat, start, lim.budget_left + lim.grace_left, room_cap(), list(lim.newline_ids))
     needs_close, needs_answer = state == "open", state != "ended"
     finish: FinishReason = "stop"
     if needs_close:

@@ -12,8 +12,8 @@ from align.config.stages import load_stages
 from align.data.build import load_splits
 from align.data.generated import prompt_key
 from align.evaluate import make_envs
-from align.heldout import heldout_tasks, task_key, training_prompts
-from envs.base import Environment
+from align.heldout import EVAL_SEED_OFFSET, heldout_tasks, task_key, training_prompts
+from envs.base import Environment, task_source
 
 
 def _opening(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -121,3 +121,12 @@ def test_the_report_flags_an_environment_with_fewer_heldout_tasks_than_configure
         "**Held-out set short:** tool_use has 0 of its 8 configured tasks (the rest repeat training prompts); its numbers rest on "
         "fewer samples, and it is missing from the tables.",
     ]
+
+
+def test_no_prompt_is_held_out_twice() -> None:
+    """The code generator repeats prompts: the selector keeps the first of each and draws on."""
+    envs = make_envs(["code"])
+    drawn = [task_key(envs["code"], t) for t in task_source(envs["code"]).generate(150, EVAL_SEED_OFFSET + 0)]
+    assert len(set(drawn)) < len(drawn)  # what a selector without the dedup would have scored twice
+    keys = [task_key(envs["code"], t) for t in heldout_tasks(envs, {"code": 150}, set(), seed=0)]
+    assert len(keys) == 150 and len(set(keys)) == 150

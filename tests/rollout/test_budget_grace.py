@@ -10,10 +10,12 @@ in-process vLLM engine (real stop tokens, sampled text) and checks it on every t
 from __future__ import annotations
 
 import asyncio
+import random
 
 import pytest
 
 from align.config.schema import SamplingConfig
+from align.data import truncate_thinking
 from align.reasoning import ReasoningMode
 from envs.base import Task
 from rollout.batcher import engine_generate_fn
@@ -62,9 +64,10 @@ def scripted(script: list[int], prompt_len: list[int], chat: ChatTokens, answer:
     return step
 
 
-def episode(tokenizer, chat, words, fraction: float, newline_at: int | None = None, close_at: int | None = None) -> Trajectory:
+def episode(tokenizer, chat, words, fraction: float, newline_at: int | None = None, close_at: int | None = None,
+            script: list[int] | None = None) -> Trajectory:  # fmt: skip
     a, nl, answer = words
-    script = [a] * 64
+    script = list(script) if script is not None else [a] * 64
     if newline_at is not None:
         script[newline_at] = nl
     if close_at is not None:
@@ -118,6 +121,46 @@ def test_model_closing_inside_the_window_is_not_forced(tokenizer, chat, words):
     assert t.completion_ids.index(chat.think_close_id) == BUDGET + 2 and t.thinking_tokens == BUDGET + 2
 
 
+@pytest.mark.parametrize("opens", [True, False])
+def test_a_trace_of_exactly_the_budget_closes_by_itself(tokenizer, chat, words, opens):
+    """The budget counts the tokens between ``<think>`` and ``</think>``: the model gets all ``budget``
+    of them plus a slot to close (and one for the ``<think>`` it writes), and is not forced."""
+    head = [chat.think_open_id] if opens else []
+    t = episode(tokenizer, chat, words, 0.0, script=head + [words[0]] * BUDGET + [chat.think_close_id])
+    assert not t.forced_close and all(m == 1 for m in t.loss_mask) and t.thinking_tokens == BUDGET
+    assert t.completion_ids == head + [words[0]] * BUDGET + [chat.think_close_id, words[2], chat.eos_id]
+
+
+@pytest.mark.parametrize("opens", [True, False])
+def test_one_token_over_the_budget_is_dropped_and_the_close_forced_in_its_place(tokenizer, chat, words, opens):
+    head = [chat.think_open_id] if opens else []
+    t = episode(tokenizer, chat, words, 0.0, script=head + [words[0]] * (BUDGET + 1) + [chat.think_close_id])
+    assert t.forced_close and forced_at(t) == len(head) + BUDGET and t.thinking_tokens == BUDGET
+    assert t.completion_ids == head + [words[0]] * BUDGET + [chat.think_close_id, words[2], chat.eos_id]
+
+
+def test_a_close_right_after_the_grace_window_is_the_models(tokenizer, chat, words):
+    script = [chat.think_open_id] + [words[0]] * (BUDGET + 8) + [chat.think_close_id]
+    t = episode(tokenizer, chat, words, 0.5, script=script)  # window: 8 tokens after the 16
+    assert not t.forced_close and t.thinking_tokens == BUDGET + 8
+    t = episode(tokenizer, chat, words, 0.5, script=[chat.think_open_id] + [words[0]] * 64)
+    assert t.forced_close and forced_at(t) == 1 + BUDGET + 8 and t.thinking_tokens == BUDGET + 8
+
+
+def test_an_sft_trace_cut_at_the_budget_is_not_forced_in_a_rollout(tokenizer, chat, words):
+    """SFT budget data and rollouts count the budget alike: a demonstration that
+    ``truncate_thinking`` cut at 16 tokens, replayed as the policy, closes by itself at budget 16."""
+    trace = " ".join(f"{i}+{i}={2 * i}." for i in range(1, 12))
+    row = {"messages": [{"role": "user", "content": "What is 4?"}, {"role": "assistant", "content": f"<think>{trace}</think>4"}]}
+    cut = truncate_thinking(row, tokenizer, random.Random(0), budget=BUDGET)
+    assert cut is not None and cut["thinking_budget"] == BUDGET
+    content = cut["messages"][1]["content"]
+    script = tokenizer(content[: content.index("</think>") + len("</think>")], add_special_tokens=False)["input_ids"]
+    assert script[0] == chat.think_open_id and len(script) == 1 + BUDGET + 1
+    t = episode(tokenizer, chat, words, 0.0, script=script)
+    assert not t.forced_close and t.thinking_tokens == BUDGET and t.completion_ids[: len(script)] == script
+
+
 def test_grace_with_a_real_engine(tiny_checkpoint, tokenizer, chat, make_engine):
     """Random weights at temperature 1: every forced close sits at the budget + window's end, or right
     after the first newline token past the budget; thinking never exceeds budget + window."""
@@ -136,10 +179,14 @@ def test_grace_with_a_real_engine(tiny_checkpoint, tokenizer, chat, make_engine)
             continue
         i = forced_at(t)
         ids = t.completion_ids
-        assert chat.think_close_id not in ids[:i] and not newline & set(ids[BUDGET : i - 1])
-        if i == BUDGET + grace and ids[i - 1] not in newline:
+        start = ids.index(chat.think_open_id) + 1 if chat.think_open_id in ids[:i] else 0
+        j = i - start  # thinking tokens before the forced close
+        assert chat.think_close_id not in ids[:i] and not newline & set(ids[start + BUDGET : i - 1]) and j == t.thinking_tokens
+        if j == BUDGET + grace and ids[i - 1] not in newline:
             at_end += 1
-        else:
-            assert BUDGET < i <= BUDGET + grace and ids[i - 1] in newline, (i, ids[:i])
+        elif j > BUDGET:
+            assert j <= BUDGET + grace and ids[i - 1] in newline, (i, ids[:i])
             at_newline += 1
+        else:  # a <think> written late in the first sample, after other text, leaves less of the budget to think in
+            assert start > 1, (i, ids[:i])
     assert at_newline > 0 and at_end > 0, (at_newline, at_end)

@@ -274,8 +274,10 @@ def test_budget_is_enforced_with_random_weights(policy, tokenizer, chat):
             assert len(forced_at) == 1, "the forced </think> is the only token the policy did not sample"
             (i,) = forced_at
             assert t.completion_ids[i] == chat.think_close_id and t.rollout_logprobs[i] == 0.0
-            assert chat.think_close_id not in t.completion_ids[:i]
-            assert i <= 16 and len(t.completion_ids) - i - 1 <= 8  # thinking within budget, answer within its cap
+            ids = t.completion_ids
+            assert chat.think_close_id not in ids[:i]
+            start = ids.index(chat.think_open_id) + 1 if chat.think_open_id in ids[:i] else 0
+            assert i - start == t.thinking_tokens <= 16 and len(ids) - i - 1 <= 8  # thinking within budget, answer within its cap
         else:
             assert forced_at == []
     assert forced > 0, "random weights should run out of a 16-token budget"
