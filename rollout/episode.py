@@ -269,7 +269,7 @@ class _Stream:
 
     def trim(self, length: int) -> None:
         """Drop the completion's tokens past ``length`` (sampled over a thinking limit)."""
-        del self.completion[length:], self.mask[length:], self.logprobs[length:]
+        del self.completion[length:], self.mask[length:], self.logprobs[length:], self._versions[length:]
 
 
 def grace_tokens(budget: int, fraction: float) -> int:
