@@ -58,8 +58,8 @@ def scripted(script: list[int], prompt_len: list[int], chat: ChatTokens, answer:
                 tok = script[len(stream)] if len(stream) < len(script) else chat.eos_id
             out.append(tok)
             if tok in req.stop_token_ids or tok == chat.eos_id:
-                return GenOutput(out, [-1.0] * len(out), "stop")
-        return GenOutput(out, [-1.0] * len(out), "length")
+                return GenOutput(out, [-1.0] * len(out), "stop", weight_versions=[0] * len(out))
+        return GenOutput(out, [-1.0] * len(out), "length", weight_versions=[0] * len(out))
 
     return step
 
