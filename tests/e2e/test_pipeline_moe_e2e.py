@@ -19,6 +19,7 @@ def grpo_changes_over_sft(run_dir: Path) -> dict[str, PairedChange]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # the whole pipeline: past the suite's 600 s default
 def test_tiny_pipeline_on_the_moe_hybrid_ends_with_a_report(tmp_path: Path) -> None:
     assert main(["pipeline", "--recipe", "tiny-moe", f"output_dir={tmp_path}"]) == 0
     config = json.loads((tmp_path / "rl" / "final" / "config.json").read_text())
