@@ -206,8 +206,8 @@ def _pad(seqs: list[Sequence_], pad_id: int) -> dict[str, torch.Tensor]:
         dtype = torch.int8 if top < 128 else torch.int16
         experts = torch.full((len(seqs), n, *shape), -1, dtype=dtype)
         for i, s in enumerate(seqs):
-            if s.routed_experts is not None:
-                experts[i, : len(s.input_ids)] = torch.from_numpy(np.asarray(s.routed_experts, dtype=np.int16)).to(dtype)
+            if s.routed_experts is not None:  # copied: arrays from Ray are read-only (torch.from_numpy warns)
+                experts[i, : len(s.input_ids)] = torch.tensor(np.asarray(s.routed_experts, dtype=np.int16), dtype=dtype)
         out["routed_experts"] = experts
     return out
 
