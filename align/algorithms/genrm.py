@@ -98,7 +98,7 @@ def rl_stage(loaded: LoadedRecipe, train_pairs: list[dict[str, Any]]) -> LoadedR
 def run(loaded: LoadedRecipe, resume: bool = False) -> int:
     r = loaded.recipe
     s = r.rm
-    pairs = load_splits(r.data, "preference", r.seed)
+    pairs = load_splits(r.data, "helpsteer" if s.genrm.data_format == "helpsteer" else "preference", r.seed)
     rows = judgement_splits(pairs)
     rl = rl_stage(loaded, pairs.train)
     run_dir = Path(r.output_dir)

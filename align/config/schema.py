@@ -137,6 +137,8 @@ class GenRMEvalSettings(Strict):
     # job's train pairs in both orders, into <output_dir>/rl. null: SFT only.
     rl_recipe: str | None = None
     rl_overrides: list[str] = []  # dotted overrides for that recipe, e.g. ["grpo.max_steps=40"]
+    # data.path rows: preference pairs, or HelpSteer-rated responses (pairs by helpfulness, align/data/helpsteer.py).
+    data_format: Literal["preference", "helpsteer"] = "preference"
 
 
 class RMSettings(Strict):

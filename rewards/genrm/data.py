@@ -10,7 +10,8 @@ where the row says why (``pair_kind``, written by task families that know it, e.
 
 - ``padded`` (the chosen answer plus filler): 5 vs 3, "B adds filler.";
 - ``wrong``: 5 vs 1, "B is wrong.";
-- no kind (a pair from a file says which is better, not why): 5 vs 1, "B is worse.".
+- no kind (a pair from a file says which is better, not why): 5 vs 1, "B is worse.";
+- rated responses (``scores``, from HelpSteer rows, :mod:`align.data.helpsteer`): the ratings, "B is less helpful.".
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from rewards.genrm.verdict import Verdict, judge_messages, judgement
 PADDED, WORSE = Verdict(5, 3), Verdict(5, 1)
 
 
-def response_text(messages: list[dict[str, Any]]) -> str:
-    """A response given as messages (a pair's chosen or rejected side) as one text: its assistant turns."""
-    return "\n".join(m["content"] for m in messages if m["role"] == "assistant")
+def response_text(response: list[dict[str, Any]] | str) -> str:
+    """A response (a pair's chosen or rejected side: messages or plain text) as one text: its assistant turns."""
+    if isinstance(response, str):
+        return response
+    return "\n".join(m["content"] for m in response if m["role"] == "assistant")
 
 
 def pair_label(kind: str | None) -> tuple[str, Verdict]:
@@ -50,7 +53,9 @@ def judgement_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     for row in rows:
         chosen, rejected = response_text(row["chosen"]), response_text(row["rejected"])
         why, verdict = pair_label(row.get("pair_kind"))
-        trace = " ".join(t for t in (split_thinking(m["content"])[0] for m in row["chosen"] if m["role"] == "assistant") if t)
+        if row.get("scores"):  # rated responses (HelpSteer): the ratings are the verdict
+            why, verdict = "is less helpful", Verdict(*row["scores"])
+        trace = split_thinking(chosen)[0]
         lead = f"{trace}. " if trace else ""
         for order, a, b, v, worse in (("chosen_a", chosen, rejected, verdict, "B"), ("chosen_b", rejected, chosen, verdict.swapped(), "A")):
             messages = [*judge_messages(row["prompt"], a, b), {"role": "assistant", "content": judgement(f"{lead}{worse} {why}.", v)}]

@@ -83,8 +83,10 @@ def strip_thinking(text: str) -> str:
     return text.strip()
 
 
-def render_question(prompt: list[dict[str, Any]]) -> str:
+def render_question(prompt: list[dict[str, Any]] | str) -> str:
     """The conversation the answers reply to, as text: user turns as they are, other turns with their role."""
+    if isinstance(prompt, str):  # a plain-text preference pair
+        return prompt
     parts = [m["content"] if m["role"] == "user" else f"({m['role']}) {m['content']}" for m in prompt if m["role"] != "system"]
     return "\n".join(parts)
 
