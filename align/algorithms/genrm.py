@@ -46,8 +46,8 @@ def judgement_splits(pairs: RowSplits) -> RowSplits:
     return RowSplits(train, evals, stats, twice(pairs.train_refs), twice(pairs.eval_refs))
 
 
-def judge_pairs(model_path: Path, pairs: list[dict[str, Any]], max_new_tokens: int, seed: int, samples: Path | None = None) -> dict[str, float]:
-    """:func:`pair_metrics` of ``model_path`` on ``pairs`` (greedy, an in-process vLLM engine)."""
+def judge_pairs(model_path: Path, pairs: list[dict[str, Any]], max_new_tokens: int, seed: int, samples: Path | None = None) -> dict[str, Any]:
+    """:func:`pair_metrics` of ``model_path`` on ``pairs`` (greedy, an in-process vLLM engine), also per ``pair_kind``."""
     from rollout.batcher import engine_generate_fn
     from rollout.engine import VLLMEngine
 
@@ -62,7 +62,11 @@ def judge_pairs(model_path: Path, pairs: list[dict[str, Any]], max_new_tokens: i
         calls = asyncio.run(judge(items, tokenizer, engine_generate_fn(engine), max_new_tokens, temperature=0.0, seed=seed))
     finally:
         del engine
-    metrics = pair_metrics([c.verdict for c in calls[::2]], [c.verdict for c in calls[1::2]])
+    metrics: dict[str, Any] = pair_metrics([c.verdict for c in calls[::2]], [c.verdict for c in calls[1::2]])
+    kinds = sorted({str(p["pair_kind"]) for p in pairs if p.get("pair_kind")})
+    for kind in kinds:  # where the task family says why a pair's rejected answer is worse: the same metrics per kind
+        idx = [i for i, p in enumerate(pairs) if p.get("pair_kind") == kind]
+        metrics[f"by_kind/{kind}"] = {"pairs": len(idx), **pair_metrics([calls[2 * i].verdict for i in idx], [calls[2 * i + 1].verdict for i in idx])}
     metrics.update(judge_time_s=time.perf_counter() - t0, judge_tokens_per_call=sum(c.prompt_tokens + c.completion_tokens for c in calls) / len(calls))
     if samples is not None:
         with open(samples, "w") as f:
@@ -147,6 +151,9 @@ def run(loaded: LoadedRecipe, resume: bool = False) -> int:
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     for label, m in judged.items():
         if m:
-            console.print(f"judge ({label}) on {len(held_out)} held-out pairs x 2 orders: " + "  ".join(f"{k} {v:.3f}" for k, v in m.items()))
+            console.print(f"judge ({label}) on {len(held_out)} held-out pairs x 2 orders: " + "  ".join(f"{k} {v:.3f}" for k, v in m.items() if isinstance(v, float)))
+            for k, v in m.items():
+                if isinstance(v, dict):
+                    console.print(f"  {k}: " + "  ".join(f"{name} {x:.3f}" for name, x in v.items()))
     console.print(f"generative reward model: {run_dir / 'final'}")
     return 0
