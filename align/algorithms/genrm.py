@@ -32,21 +32,22 @@ from align.learner.objectives import sft_objective
 from align.models import inference_dtype, load_tokenizer
 from envs.judge.env import judge_tasks
 from rewards.genrm.data import judgement_rows, response_text
-from rewards.genrm.judge import Item, judge, pair_metrics
+from rewards.genrm.judge import Item, judge, pair_metrics, write_format
 
 
-def judgement_splits(pairs: RowSplits) -> RowSplits:
+def judgement_splits(pairs: RowSplits, show_thinking: bool = False) -> RowSplits:
     """Judgement rows for both splits; each pair's file position is kept for both of its rows."""
 
     def twice(refs: Any) -> Any:
         return None if refs is None else [ref for ref in refs for _ in range(2)]
 
-    train, evals = judgement_rows(pairs.train), judgement_rows(pairs.eval)
+    train, evals = judgement_rows(pairs.train, show_thinking), judgement_rows(pairs.eval, show_thinking)
     stats = {**pairs.stats, "judgement_train_rows": len(train), "judgement_eval_rows": len(evals)}
     return RowSplits(train, evals, stats, twice(pairs.train_refs), twice(pairs.eval_refs))
 
 
-def judge_pairs(model_path: Path, pairs: list[dict[str, Any]], max_new_tokens: int, seed: int, samples: Path | None = None) -> dict[str, Any]:
+def judge_pairs(model_path: Path, pairs: list[dict[str, Any]], max_new_tokens: int, seed: int, samples: Path | None = None,
+                show_thinking: bool = False) -> dict[str, Any]:  # fmt: skip
     """:func:`pair_metrics` of ``model_path`` on ``pairs`` (greedy, an in-process vLLM engine), also per ``pair_kind``."""
     from rollout.batcher import engine_generate_fn
     from rollout.engine import VLLMEngine
@@ -59,7 +60,7 @@ def judge_pairs(model_path: Path, pairs: list[dict[str, Any]], max_new_tokens: i
         items += [Item(p["prompt"], chosen, rejected), Item(p["prompt"], rejected, chosen)]
     t0 = time.perf_counter()
     try:
-        calls = asyncio.run(judge(items, tokenizer, engine_generate_fn(engine), max_new_tokens, temperature=0.0, seed=seed))
+        calls = asyncio.run(judge(items, tokenizer, engine_generate_fn(engine), max_new_tokens, temperature=0.0, seed=seed, show_thinking=show_thinking))
     finally:
         del engine
     metrics: dict[str, Any] = pair_metrics([c.verdict for c in calls[::2]], [c.verdict for c in calls[1::2]])
@@ -90,7 +91,7 @@ def rl_stage(loaded: LoadedRecipe, train_pairs: list[dict[str, Any]]) -> LoadedR
     rl_dir = Path(r.output_dir) / "rl"
     tasks = rl_dir / "judge_tasks.jsonl"
     rl_dir.mkdir(parents=True, exist_ok=True)
-    tasks.write_text("".join(json.dumps(t.to_dict()) + "\n" for t in judge_tasks(train_pairs)))
+    tasks.write_text("".join(json.dumps(t.to_dict()) + "\n" for t in judge_tasks(train_pairs, s.show_thinking)))
     overrides = [f"init_from={Path(r.output_dir) / 'sft' / 'final'}", f"output_dir={rl_dir}", f"seed={r.seed}", f"envs.0.data_path={tasks}"]
     rl = load_recipe(s.rl_recipe, [*overrides, *s.rl_overrides], job="rl")
     if [e.name for e in rl.recipe.envs] != ["judge"]:  # type: ignore[attr-defined]
@@ -103,7 +104,8 @@ def run(loaded: LoadedRecipe, resume: bool = False) -> int:
     r = loaded.recipe
     s = r.rm
     pairs = load_splits(r.data, "helpsteer" if s.genrm.data_format == "helpsteer" else "preference", r.seed)
-    rows = judgement_splits(pairs)
+    show = s.genrm.show_thinking
+    rows = judgement_splits(pairs, show)
     rl = rl_stage(loaded, pairs.train)
     run_dir = Path(r.output_dir)
     sft_dir = run_dir / "sft" if rl else run_dir
@@ -126,13 +128,13 @@ def run(loaded: LoadedRecipe, resume: bool = False) -> int:
     sft_dir.mkdir(parents=True, exist_ok=True)
     if rl:
         start_ray(r, rl.recipe)  # sized once, for the RL stage's engines too
-    judged = {"start": judge_pairs(model_path, held_out, s.genrm.max_new_tokens, r.seed) if held_out and s.genrm.evaluate_start and not resume else None}
+    judged = {"start": judge_pairs(model_path, held_out, s.genrm.max_new_tokens, r.seed, None, show) if held_out and s.genrm.evaluate_start and not resume else None}
     t0 = time.perf_counter()
     group, summary = train_loop(job, sft_objective, supervised_tokens, s.max_steps, s.eval_every_steps, resume)
-    final = finish(job, group, {"train loss": ("train", "loss"), "eval loss": ("eval", "loss")}, f"GenRM {loaded.name}")
+    final = finish(job, group, {"train loss": ("train", "loss"), "eval loss": ("eval", "loss")}, f"GenRM {loaded.name}", lambda f: write_format(f, show))
     group.shutdown()
     summary["train_wall_s"] = time.perf_counter() - t0
-    judged["sft"] = judge_pairs(final, held_out, s.genrm.max_new_tokens, r.seed, sft_dir / "judge_samples.jsonl") if held_out else None
+    judged["sft"] = judge_pairs(final, held_out, s.genrm.max_new_tokens, r.seed, sft_dir / "judge_samples.jsonl", show) if held_out else None
     if rl:
         console.rule(f"the judge's RL stage: align rl --recipe {s.genrm.rl_recipe}")
         t0 = time.perf_counter()
@@ -141,7 +143,8 @@ def run(loaded: LoadedRecipe, resume: bool = False) -> int:
             return code
         summary["rl_wall_s"] = time.perf_counter() - t0
         final = Path(rl.recipe.output_dir) / "final"
-        judged["rl"] = judge_pairs(final, held_out, s.genrm.max_new_tokens, r.seed, final.parent / "judge_samples.jsonl") if held_out else None
+        write_format(final, show)
+        judged["rl"] = judge_pairs(final, held_out, s.genrm.max_new_tokens, r.seed, final.parent / "judge_samples.jsonl", show) if held_out else None
         link = run_dir / "final"
         if link.is_dir() and not link.is_symlink():  # an SFT-only run's final/ in the same folder
             shutil.rmtree(link)

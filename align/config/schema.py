@@ -139,6 +139,9 @@ class GenRMEvalSettings(Strict):
     rl_overrides: list[str] = []  # dotted overrides for that recipe, e.g. ["grpo.max_steps=40"]
     # data.path rows: preference pairs, or HelpSteer-rated responses (pairs by helpfulness, align/data/helpsteer.py).
     data_format: Literal["preference", "helpsteer"] = "preference"
+    # The judge reads each response's thinking, not only its answer (rewards.genrm.verdict.shown);
+    # saved in the judge's folder (genrm.json), so the genrm reward renders its prompts the same way.
+    show_thinking: bool = False
 
 
 class RMSettings(Strict):

@@ -24,13 +24,13 @@ from rewards.genrm.data import judgement_rows
 from rewards.genrm.verdict import Verdict, judgement, parse_verdict
 
 
-def judge_tasks(pairs: list[dict[str, Any]]) -> list[Task]:
+def judge_tasks(pairs: list[dict[str, Any]], show_thinking: bool = False) -> list[Task]:
     """Two judge tasks per preference pair (``prompt``, ``chosen``, ``rejected``, optional ``id``
     and ``pair_kind``): chosen as A, then chosen as B. ``align rm`` with an RL stage writes a
     job's train pairs this way, so the judge's RL sees the pairs its SFT saw, in both orders.
     """
     tasks = []
-    for i, row in enumerate(judgement_rows(pairs)):
+    for i, row in enumerate(judgement_rows(pairs, show_thinking)):
         pair = pairs[i // 2]
         meta = {"target": row["messages"][-1]["content"], "order": row["order"], "pair_kind": pair.get("pair_kind")}
         tasks.append(Task(id=f"judge-{pair.get('id', i // 2)}-{row['order']}", env="judge", prompt=row["messages"][:-1], answer=row["label"], meta=meta))
@@ -42,6 +42,7 @@ class JudgeParams(BaseModel):
 
     source: str = "chat"  # a task family whose generate/demonstrate/corrupt give the pairs
     format_weight: float = Field(0.2, ge=0)
+    show_thinking: bool = False  # the judge reads the responses' thinking (rewards.genrm.verdict.shown)
 
 
 class JudgeEnv:
@@ -79,7 +80,7 @@ class JudgeEnv:
              "pair_kind": inner.meta.get("pair_kind"), "id": inner.id}
             for inner in src.generate(n, seed)
         ]  # fmt: skip
-        both = judge_tasks(pairs)  # chosen as A, then chosen as B, per pair
+        both = judge_tasks(pairs, self.params.show_thinking)  # chosen as A, then chosen as B, per pair
         return [both[2 * i + random.Random(f"judge:order:{p['id']}").randrange(2)] for i, p in enumerate(pairs)]
 
     def demonstrate(self, task: Task) -> list[Message]:

@@ -43,11 +43,12 @@ def pair_label(kind: str | None) -> tuple[str, Verdict]:
     return ("is wrong" if kind == "wrong" else "is worse"), WORSE
 
 
-def judgement_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+def judgement_rows(rows: Iterable[dict[str, Any]], show_thinking: bool = False) -> list[dict[str, Any]]:
     """SFT rows (``messages``) teaching the judge, two per preference row (``order``: ``chosen_a`` / ``chosen_b``).
 
     Each row keeps the pair's ``env`` and ``id`` (when present) and its ``label``: +1 when the
-    better answer is A, -1 when it is B.
+    better answer is A, -1 when it is B. ``show_thinking``: the judge reads the responses' thinking
+    too (:func:`rewards.genrm.verdict.shown`).
     """
     out = []
     for row in rows:
@@ -58,7 +59,7 @@ def judgement_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         trace = split_thinking(chosen)[0]
         lead = f"{trace}. " if trace else ""
         for order, a, b, v, worse in (("chosen_a", chosen, rejected, verdict, "B"), ("chosen_b", rejected, chosen, verdict.swapped(), "A")):
-            messages = [*judge_messages(row["prompt"], a, b), {"role": "assistant", "content": judgement(f"{lead}{worse} {why}.", v)}]
+            messages = [*judge_messages(row["prompt"], a, b, show_thinking), {"role": "assistant", "content": judgement(f"{lead}{worse} {why}.", v)}]
             extra = {k: row[k] for k in ("env", "id") if k in row}
             out.append({"messages": messages, "order": order, "label": v.preference, **extra})
     return out
