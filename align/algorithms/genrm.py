@@ -80,7 +80,7 @@ def judge_pairs(model_path: Path, pairs: list[dict[str, Any]], max_new_tokens: i
 def rl_stage(loaded: LoadedRecipe, train_pairs: list[dict[str, Any]]) -> LoadedRecipe | None:
     """The judge's RL recipe (``rm.genrm.rl_recipe``) as this job runs it, or ``None``.
 
-    Loaded before anything trains, so a bad recipe or override costs nothing. Its first
+    Loaded before anything trains, so a bad recipe or override costs nothing. Its one
     environment must be ``judge``; its tasks are this job's train pairs in both orders, written to
     ``<run>/rl/judge_tasks.jsonl``, and it starts from ``<run>/sft/final``.
     """
