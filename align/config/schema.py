@@ -128,11 +128,20 @@ class DPORecipe(DataJobBase):
 
 
 class GenRMEvalSettings(Strict):
-    """``rm.objective: genrm``: how the trained judge is evaluated (align/algorithms/genrm.py)."""
+    """``rm.objective: genrm``: the judge's RL stage and how the judge is evaluated (align/algorithms/genrm.py)."""
 
     num_eval_pairs: int = Field(200, ge=1)  # held-out pairs, each judged in both orders, greedy
     max_new_tokens: int = Field(64, ge=1)  # the judge's reasoning + verdict
     evaluate_start: bool = True  # also judge with the start checkpoint (the "before" column)
+    # After the judgement SFT: GRPO of the judge with this RL recipe (its first env: judge), on the
+    # job's train pairs in both orders, into <output_dir>/rl. null: SFT only.
+    rl_recipe: str | None = None
+    rl_overrides: list[str] = []  # dotted overrides for that recipe, e.g. ["grpo.max_steps=40"]
+    # data.path rows: preference pairs, or HelpSteer-rated responses (pairs by helpfulness, align/data/helpsteer.py).
+    data_format: Literal["preference", "helpsteer"] = "preference"
+    # The judge reads each response's thinking, not only its answer (rewards.genrm.verdict.shown);
+    # saved in the judge's folder (genrm.json), so the genrm reward renders its prompts the same way.
+    show_thinking: bool = False
 
 
 class RMSettings(Strict):

@@ -25,12 +25,14 @@ from align.data.errors import DataError, RowRef
 from align.data.loading import EVAL_SPLITS, load_checked_rows_with_refs, train_eval_split
 from align.data.reasoning_mix import apply_reasoning_mix
 from align.data.tokenize import Tokenized, tokenize_rows
+from align.data.helpsteer import helpsteer_pairs, validate_helpsteer_row
 from align.data.validate import validate_attribute_row, validate_preference_row, validate_sft_row
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-RowKind = Literal["sft", "preference", "attributes"]
+# helpsteer: HelpSteer-rated responses, loaded as the preference pairs they give (align/data/helpsteer.py).
+RowKind = Literal["sft", "preference", "attributes", "helpsteer"]
 
 
 @dataclass
@@ -55,7 +57,7 @@ class PreparedData:
 def load_splits(cfg: DataConfig, kind: RowKind, seed: int, attribute_names: Sequence[str] | None = None) -> RowSplits:
     """Checked train and eval rows of ``kind`` from ``cfg`` (see the module docstring)."""
     if cfg.path is None:
-        if kind == "attributes":
+        if kind in ("attributes", "helpsteer"):
             raise DataError("generated data has no attribute ratings; set data.path to a rated data set")
         assert cfg.generated is not None  # DataConfig requires path or generated
         train, evals = generated_rows(cfg.generated, kind)
@@ -64,16 +66,23 @@ def load_splits(cfg: DataConfig, kind: RowKind, seed: int, attribute_names: Sequ
         "sft": validate_sft_row,
         "preference": validate_preference_row,
         "attributes": functools.partial(validate_attribute_row, attribute_names=attribute_names),
+        "helpsteer": validate_helpsteer_row,
     }[kind]
     rows, refs, skipped = load_checked_rows_with_refs(cfg.path, check, split=cfg.split, on_bad_row=cfg.on_bad_row)
+    if kind == "helpsteer":  # split pairs, not rated rows: both responses of a pair stay on one side
+        rows, refs = helpsteer_pairs(rows, refs)
     if cfg.eval_path is not None:
         evals, eval_refs, eval_skipped = load_checked_rows_with_refs(cfg.eval_path, check, split=EVAL_SPLITS, on_bad_row=cfg.on_bad_row)
+        if kind == "helpsteer":
+            evals, eval_refs = helpsteer_pairs(evals, eval_refs)
         skipped += eval_skipped
         train, train_refs = rows, refs
     else:
         train_pairs, eval_pairs = train_eval_split(list(zip(rows, refs)), cfg.eval_fraction, seed)
         train, train_refs = [r for r, _ in train_pairs], [ref for _, ref in train_pairs]
         evals, eval_refs = [r for r, _ in eval_pairs], [ref for _, ref in eval_pairs]
+    if kind == "helpsteer" and not train:
+        raise DataError(f"{cfg.path}: no preference pairs for training: a pair needs two responses to the same prompt with different helpfulness")
     if not train:
         what = f"all {skipped} rows were bad and skipped (data.on_bad_row=skip)" if skipped else "it has no rows"
         raise DataError(f"{cfg.path}: no usable training rows: {what}. Point data.path at a file with {kind} rows")

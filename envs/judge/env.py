@@ -14,7 +14,7 @@ trained against, not into). ``demonstrate`` is the judgement SFT target; ``corru
 from __future__ import annotations
 
 import random
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,11 +24,25 @@ from rewards.genrm.data import judgement_rows
 from rewards.genrm.verdict import Verdict, judgement, parse_verdict
 
 
+def judge_tasks(pairs: list[dict[str, Any]], show_thinking: bool = False) -> list[Task]:
+    """Two judge tasks per preference pair (``prompt``, ``chosen``, ``rejected``, optional ``id``
+    and ``pair_kind``): chosen as A, then chosen as B. ``align rm`` with an RL stage writes a
+    job's train pairs this way, so the judge's RL sees the pairs its SFT saw, in both orders.
+    """
+    tasks = []
+    for i, row in enumerate(judgement_rows(pairs, show_thinking)):
+        pair = pairs[i // 2]
+        meta = {"target": row["messages"][-1]["content"], "order": row["order"], "pair_kind": pair.get("pair_kind")}
+        tasks.append(Task(id=f"judge-{pair.get('id', i // 2)}-{row['order']}", env="judge", prompt=row["messages"][:-1], answer=row["label"], meta=meta))
+    return tasks
+
+
 class JudgeParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     source: str = "chat"  # a task family whose generate/demonstrate/corrupt give the pairs
     format_weight: float = Field(0.2, ge=0)
+    show_thinking: bool = False  # the judge reads the responses' thinking (rewards.genrm.verdict.shown)
 
 
 class JudgeEnv:
@@ -61,15 +75,13 @@ class JudgeEnv:
 
     def generate(self, n: int, seed: int) -> list[Task]:
         src = self.source()
-        tasks = []
-        for inner in src.generate(n, seed):
-            pair = {"prompt": src.reset(inner), "chosen": src.demonstrate(inner), "rejected": src.corrupt(inner, random.Random(f"corrupt:{inner.id}")),
-                    "pair_kind": inner.meta.get("pair_kind")}  # fmt: skip
-            rows = judgement_rows([pair])  # chosen as A, then chosen as B
-            row = rows[random.Random(f"judge:order:{inner.id}").randrange(2)]
-            meta = {"target": row["messages"][-1]["content"], "order": row["order"], "pair_kind": pair["pair_kind"]}
-            tasks.append(Task(id=f"judge-{inner.id}", env=self.name, prompt=row["messages"][:-1], answer=row["label"], meta=meta))
-        return tasks
+        pairs = [
+            {"prompt": src.reset(inner), "chosen": src.demonstrate(inner), "rejected": src.corrupt(inner, random.Random(f"corrupt:{inner.id}")),
+             "pair_kind": inner.meta.get("pair_kind"), "id": inner.id}
+            for inner in src.generate(n, seed)
+        ]  # fmt: skip
+        both = judge_tasks(pairs, self.params.show_thinking)  # chosen as A, then chosen as B, per pair
+        return [both[2 * i + random.Random(f"judge:order:{p['id']}").randrange(2)] for i, p in enumerate(pairs)]
 
     def demonstrate(self, task: Task) -> list[Message]:
         return [{"role": "assistant", "content": task.meta["target"]}]

@@ -8,8 +8,10 @@ token. Only the generated tokens are decoded and parsed (:func:`rewards.genrm.ve
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from align.reasoning import ReasoningMode
@@ -18,6 +20,19 @@ from rollout.chat import ChatTokens, render_prompt_ids
 from rollout.types import GenerateFn, GenRequest
 
 THINK = ReasoningMode(thinking=True)
+# Written into a judge's folder by `align rm`: how the judge reads responses, so every user of the
+# judge (the genrm reward, the win rate) renders its prompts as it was trained.
+FORMAT_FILE = "genrm.json"
+
+
+def write_format(folder: Path, show_thinking: bool) -> None:
+    (folder / FORMAT_FILE).write_text(json.dumps({"show_thinking": show_thinking}) + "\n")
+
+
+def read_show_thinking(folder: str | Path) -> bool:
+    """The judge's ``show_thinking`` (False for a folder without :data:`FORMAT_FILE`)."""
+    path = Path(folder) / FORMAT_FILE
+    return bool(json.loads(path.read_text()).get("show_thinking", False)) if path.is_file() else False
 
 
 @dataclass(frozen=True)
@@ -40,13 +55,14 @@ class Item:
 
 
 async def judge(
-    items: Sequence[Item], tokenizer: Any, generate: GenerateFn, max_new_tokens: int, temperature: float = 0.0, seed: int = 0
+    items: Sequence[Item], tokenizer: Any, generate: GenerateFn, max_new_tokens: int, temperature: float = 0.0, seed: int = 0,
+    show_thinking: bool = False,
 ) -> list[JudgeCall]:
     """One :class:`JudgeCall` per item, in order (one batch through ``generate``)."""
     if not items:
         return []
     eos = ChatTokens.from_tokenizer(tokenizer).eos_id
-    prompts = [render_prompt_ids(tokenizer, judge_messages(it.prompt, it.a, it.b), THINK) for it in items]
+    prompts = [render_prompt_ids(tokenizer, judge_messages(it.prompt, it.a, it.b, show_thinking), THINK) for it in items]
     requests = [
         GenRequest(ids, max_new_tokens, temperature=temperature, stop_token_ids=[eos], seed=seed + i, request_id=f"judge:{seed}:{i}")
         for i, ids in enumerate(prompts)

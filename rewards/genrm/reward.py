@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rewards.base import RewardInput
 from rewards.genrm.compare import LengthControl, aggregate, comparisons
-from rewards.genrm.judge import Item, judge
+from rewards.genrm.judge import Item, judge, read_show_thinking
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,8 @@ class GenRMParams(BaseModel):
     order: Literal["both", "random"] = "both"  # both orders per pair (2G calls) or one random order (G)
     max_new_tokens: int = Field(64, ge=1)  # the judge's reasoning + verdict
     temperature: float = Field(0.0, ge=0)  # 0: greedy verdicts
+    # Does the judge read the responses' thinking? null: as it was trained (its folder's genrm.json).
+    show_thinking: bool | None = None
     length_control: LengthControl = LengthControl()
     num_engines: int = Field(1, ge=0)  # judge engine actors; 0: one engine in the calling process
     gpus_per_engine: float = Field(0.0, ge=0)
@@ -101,7 +103,9 @@ class GenRMReward:
         """Judge calls for ``items`` through the judge engines (one batch)."""
         engines = self.engines()
         seed = self._rng.randrange(2**31)
-        calls = asyncio.run(judge(items, self._tokenizer, engines.generate, self.params.max_new_tokens, self.params.temperature, seed))
+        p = self.params
+        show = read_show_thinking(p.path) if p.show_thinking is None else p.show_thinking
+        calls = asyncio.run(judge(items, self._tokenizer, engines.generate, p.max_new_tokens, p.temperature, seed, show))
         self._stats["judge_calls"] += len(calls)
         self._stats["judge_tokens"] += sum(c.prompt_tokens + c.completion_tokens for c in calls)
         self._stats["judge_parse_failures"] += sum(c.verdict is None for c in calls)

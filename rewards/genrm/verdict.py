@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from align.reasoning import THINK_CLOSE, THINK_OPEN
+from align.reasoning import THINK_CLOSE, THINK_OPEN, split_thinking
 
 MIN_SCORE, MAX_SCORE = 1, 5
 QUOTE = "| "
@@ -83,24 +83,39 @@ def strip_thinking(text: str) -> str:
     return text.strip()
 
 
-def render_question(prompt: list[dict[str, Any]]) -> str:
+def render_question(prompt: list[dict[str, Any]] | str) -> str:
     """The conversation the answers reply to, as text: user turns as they are, other turns with their role."""
+    if isinstance(prompt, str):  # a plain-text preference pair
+        return prompt
     parts = [m["content"] if m["role"] == "user" else f"({m['role']}) {m['content']}" for m in prompt if m["role"] != "system"]
     return "\n".join(parts)
 
 
-def judge_prompt(prompt: list[dict[str, Any]], response_a: str, response_b: str) -> str:
-    """The judge's user turn for one ordered pair; responses are judged on their answers (thinking stripped)."""
+def shown(response: str, show_thinking: bool = False) -> str:
+    """What the judge reads of a response: its answer (thinking stripped), or with ``show_thinking``
+    its thinking first, on lines that start ``thinking:`` (the tags dropped, so the quote holds no
+    special tokens).
+
+    >>> shown("<think>9+5=14</think>14"), shown("<think>9+5=14</think>14", True), shown("14", True)
+    ('14', 'thinking: 9+5=14\\n14', '14')
+    """
+    answer = strip_thinking(response)
+    thinking = split_thinking(response)[0] if show_thinking else None
+    return f"thinking: {thinking.strip()}\n{answer}" if thinking and thinking.strip() else answer
+
+
+def judge_prompt(prompt: list[dict[str, Any]] | str, response_a: str, response_b: str, show_thinking: bool = False) -> str:
+    """The judge's user turn for one ordered pair (each response as :func:`shown`)."""
     return "\n".join([
         HEADER,
         "Question:", quote(render_question(prompt)),
-        "Answer A:", quote(strip_thinking(response_a)),
-        "Answer B:", quote(strip_thinking(response_b)),
+        "Answer A:", quote(shown(response_a, show_thinking)),
+        "Answer B:", quote(shown(response_b, show_thinking)),
     ])  # fmt: skip
 
 
-def judge_messages(prompt: list[dict[str, Any]], response_a: str, response_b: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": judge_prompt(prompt, response_a, response_b)}]
+def judge_messages(prompt: list[dict[str, Any]] | str, response_a: str, response_b: str, show_thinking: bool = False) -> list[dict[str, str]]:
+    return [{"role": "user", "content": judge_prompt(prompt, response_a, response_b, show_thinking)}]
 
 
 def judgement(reason: str, verdict: Verdict) -> str:

@@ -1,10 +1,19 @@
-"""``rm.objective: genrm``: judgement splits from preference splits (both orders, file positions kept)."""
+"""``rm.objective: genrm``: judgement splits from preference splits (both orders, file positions kept), and the RL stage after the SFT."""
 
 from __future__ import annotations
 
-from align.algorithms.genrm import judgement_splits
+import asyncio
+import random
+from pathlib import Path
+
+import pytest
+
+from align.algorithms.common import JobError
+from align.algorithms.genrm import judgement_splits, rl_stage
 from align.config import load_recipe
 from align.data import RowSplits
+from envs.judge import JudgeEnv
+from envs.public_data import load_env_tasks
 
 
 def _pair(i: int) -> dict:
@@ -27,3 +36,25 @@ def test_recipe_selects_the_genrm_objective() -> None:
     r = load_recipe("tiny-genrm").recipe
     assert r.rm.objective == "genrm" and r.data.generated.envs == {"chat": 1.0}
     assert r.data.reasoning.no_think_fraction == 0.0  # the judge's reasoning is its target
+
+
+def test_rl_stage_trains_the_sft_judge_on_the_jobs_pairs_in_both_orders(tmp_path: Path) -> None:
+    loaded = load_recipe("tiny-genrm", [f"output_dir={tmp_path}"])
+    rl = rl_stage(loaded, [_pair(0), _pair(1)])
+    assert rl is not None and rl.recipe.job == "rl"
+    assert rl.recipe.init_from == str(tmp_path / "sft" / "final") and rl.recipe.output_dir == str(tmp_path / "rl")
+    spec = rl.recipe.envs[0]  # type: ignore[attr-defined]
+    tasks, skipped = load_env_tasks("judge", spec.data_path)
+    assert skipped == 0 and [(t.meta["order"], t.answer) for t in tasks] == [("chosen_a", 1), ("chosen_b", -1)] * 2
+    assert "| q1" in tasks[2].prompt[0]["content"]
+    env = JudgeEnv()
+    for t in tasks:  # each task's own target agrees with its label; the flipped one does not
+        assert asyncio.run(env.step(t, [], env.demonstrate(t)[0]["content"])).correct is True
+        assert asyncio.run(env.step(t, [], env.corrupt(t, random.Random(0))[0]["content"])).correct is False
+    assert rl_stage(load_recipe("tiny-genrm", [f"output_dir={tmp_path}", "rm.genrm.rl_recipe=null"]), [_pair(0)]) is None
+
+
+def test_rl_stage_needs_a_judge_recipe(tmp_path: Path) -> None:
+    loaded = load_recipe("tiny-genrm", [f"output_dir={tmp_path}", "rm.genrm.rl_recipe=tiny-rlhf"])
+    with pytest.raises(JobError, match="one environment, judge"):
+        rl_stage(loaded, [_pair(0)])
