@@ -111,7 +111,7 @@ def main() -> int:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=160)
     RUNS.mkdir(parents=True, exist_ok=True)
     ensure_start(console)
     runs_file = RUNS / "runs.json"
