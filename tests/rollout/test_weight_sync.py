@@ -168,8 +168,15 @@ def test_broadcast_push_from_zero3_learners_to_two_engines(policy, request, toke
         sync = WeightSync(learners, rollout, "broadcast", bucket_mb=1)
         assert (sync.transport, sync.backend) == ("broadcast", "gloo")
         assert len(sync._buckets) > 1, sync.describe()
-        sync.push()
+        sync.push(version=5)
         after = greedy()
+
+        async def one_by_one() -> list:  # per request over Ray, spread over both engines (the async loop's path)
+            return await asyncio.gather(*[rollout.generate_one(GenRequest(p, 16, temperature=0.0)) for p in prompts * 2])
+
+        singles = asyncio.run(one_by_one())
+        assert [o.token_ids for o in singles] == after
+        assert all(o.weight_versions == [5] * len(o.token_ids) for o in singles)
 
         hf = load_model(tiny_checkpoint, "float32").eval()
 
