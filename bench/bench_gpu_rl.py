@@ -4,6 +4,8 @@ Usage (on a GPU machine with the `gpu` extra installed, e.g. from ``make wheelho
 
     python bench/bench_gpu_rl.py [--policies llama-1b,hybrid-1b] [--sides align,trl]
         [--steps 4 --warmup 1] [--prompts 8 --generations 8 --new-tokens 512] [--repeats 1]
+    python bench/bench_gpu_rl.py --placement separate --sides align,align-async2 --lengths natural --vocab 512
+        # sync vs async GRPO on 2 GPUs, long-tailed generation lengths
     python bench/bench_gpu_rl.py --quick      # CPU smoke run of the bench itself (tiny policy)
 
 What both sides get:
@@ -44,7 +46,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +93,7 @@ class Settings:
     placement: str = "colocated"
     mode: str = "sync"  # grpo.mode; async needs --placement separate (or CPU)
     max_staleness: int = 1
+    lengths: str = "fixed"  # fixed: every completion runs to new_tokens (ignore_eos); natural: it stops at EOS
 
 
 # ----------------------------------------------------------------------------- shared inputs
@@ -176,7 +179,7 @@ rollout:
   max_model_len: {max_len}
   enforce_eager: {'false' if gpu else 'true'}
   max_turns: 1
-  sampling: {{temperature: 1.0, max_new_tokens: {s.new_tokens}, ignore_eos: true}}
+  sampling: {{temperature: 1.0, max_new_tokens: {s.new_tokens}, ignore_eos: {'true' if s.lengths == 'fixed' else 'false'}}}
 envs:
   - {{name: math, weight: 1.0, num_train: 2000, num_eval: 1}}
 rewards: []
@@ -201,6 +204,13 @@ grpo:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
+
+
+def side_settings(s: Settings, side: str) -> Settings:
+    """A side's settings: ``align`` as given, ``align-asyncN`` align's async GRPO at max staleness N, ``trl`` as given."""
+    if side.startswith("align-async"):
+        return replace(s, mode="async", max_staleness=int(side.removeprefix("align-async") or 1))
+    return s
 
 
 def run_align(ckpt: Path, policy: str, s: Settings, out: Path, timeout_s: float) -> dict[str, Any]:
@@ -302,7 +312,8 @@ def summarize(res: dict[str, Any], s: Settings, prompt_tokens: float, n_body: in
     gpus = 1 if (s.placement == "colocated" or not s.gpu) else 2
     step = med("step_times_s")
     seqs = s.prompts * s.generations
-    gen, total = seqs * s.new_tokens, seqs * (s.new_tokens + prompt_tokens)
+    length = s.new_tokens if s.lengths == "fixed" else (med("completion_tokens") or 0.0)  # natural: the measured mean
+    gen, total = seqs * length, seqs * (length + prompt_tokens)
     out = {"step_s": step, "gen_tokens_per_s_per_gpu": gen / step / gpus if step else None, "tokens_per_s_per_gpu": total / step / gpus if step else None,
            "completion_tokens": med("completion_tokens"), "peak_gpu_gib": res.get("peak_gpu_mib", 0) / 1024, "first_step_end_s": res.get("first_step_end_s")}  # fmt: skip
     for key in ("time_rollout_s", "time_score_s", "time_learner_s", "time_sync_s", "engine_idle_share", "learner_idle_share"):
@@ -317,7 +328,7 @@ def summarize(res: dict[str, Any], s: Settings, prompt_tokens: float, n_body: in
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--policies", default="llama-1b,hybrid-1b")
-    ap.add_argument("--sides", default="align,trl")
+    ap.add_argument("--sides", default="align,trl", help="align, trl, and align-asyncN: align's async GRPO at max staleness N (separate placement)")
     ap.add_argument("--placement", choices=["colocated", "separate"], default="colocated")
     ap.add_argument("--mode", choices=["sync", "async"], default="sync", help="align's grpo.mode (async: with --placement separate)")
     ap.add_argument("--max-staleness", type=int, default=1, help="align's grpo.max_staleness (async)")
@@ -326,6 +337,10 @@ def main() -> int:
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--generations", type=int, default=8)
     ap.add_argument("--new-tokens", type=int, default=512)
+    ap.add_argument("--lengths", choices=["fixed", "natural"], default="fixed",
+                    help="fixed: every completion runs to --new-tokens past EOS; natural: completions stop at EOS (a random policy "
+                         "with --vocab V stops with probability about 1/V per token: geometric, long-tailed lengths up to --new-tokens)")
+    ap.add_argument("--vocab", type=int, default=4096, help="the tokenizer's vocabulary size (natural lengths: mean about this many tokens)")
     ap.add_argument("--micro-batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=900, help="seconds per run before it is killed and recorded as an error")
@@ -337,13 +352,13 @@ def main() -> int:
         s = Settings(**json.loads((args.out / "settings.json").read_text()))
         (args.out / "result.json").write_text(json.dumps(trl_worker(args.worker, s, args.out)))
         return 0
-    if args.mode == "async" and args.placement == "colocated" and not args.quick:
+    if (args.mode == "async" or "align-async" in args.sides) and args.placement == "colocated" and not args.quick:
         ap.error("--mode async needs --placement separate: colocated engines sleep while the learner trains")
     if args.quick:
         args.policies, args.steps, args.warmup, args.prompts, args.generations, args.new_tokens, args.micro_batch = "tiny", 2, 1, 2, 4, 32, 8
     s = Settings(steps=args.steps, warmup=args.warmup, prompts=args.prompts, generations=args.generations, new_tokens=args.new_tokens,
-                 micro_batch=args.micro_batch, gpu=not args.quick, placement=args.placement, vocab_size=1024 if args.quick else 4096,
-                 mode=args.mode, max_staleness=args.max_staleness)  # fmt: skip
+                 micro_batch=args.micro_batch, gpu=not args.quick, placement=args.placement, vocab_size=1024 if args.quick else args.vocab,
+                 mode=args.mode, max_staleness=args.max_staleness, lengths=args.lengths)  # fmt: skip
     from rich.console import Console
     from rich.table import Table
 
@@ -372,16 +387,21 @@ def main() -> int:
                 out = RUNS / f"{policy}-{side}-{rep}"
                 console.print(f"[bold]{policy}[/] {side} repeat {rep + 1} (load {load1():.1f}) ...")
                 try:
-                    res = run_align(ckpt, policy, s, out, args.timeout) if side == "align" else run_trl(ckpt, s, out, rows, args.timeout)
+                    side_s = side_settings(s, side)
+                    res = run_align(ckpt, policy, side_s, out, args.timeout) if side.startswith("align") else run_trl(ckpt, s, out, rows, args.timeout)
                 except (RuntimeError, subprocess.TimeoutExpired) as e:
                     report["errors"].append({"policy": policy, "side": side, "repeat": rep, "error": str(e)[-2000:]})
                     console.print(f"[red]{policy} {side}: {str(e)[-400:]}")
                     continue
-                res["summary"] = summarize(res, s, prompt_tokens, n_body, peak)
+                res["summary"] = summarize(res, side_s, prompt_tokens, n_body, peak)
                 entry["runs"].setdefault(side, []).append(res)
         sides = {side: statistics.median(r["summary"]["step_s"] for r in runs) for side, runs in entry["runs"].items()}
         if "align" in sides and "trl" in sides:
             entry["trl_over_align_step"] = sides["trl"] / sides["align"]
+        gen_rate = {side: statistics.median(r["summary"]["gen_tokens_per_s_per_gpu"] or 0.0 for r in runs) for side, runs in entry["runs"].items()}
+        for side in gen_rate:
+            if side.startswith("align-async") and gen_rate.get("align"):
+                entry[f"{side}_over_sync_gen_tokens_per_s"] = gen_rate[side] / gen_rate["align"]
         report["policies"][policy] = entry
         for side, runs in entry["runs"].items():
             m = runs[0]["summary"]
@@ -394,6 +414,9 @@ def main() -> int:
                           f("tokens_per_s_per_gpu", "{:,.0f}"), f("learner_mfu", "{:.1%}"), f("peak_gpu_gib", "{:.1f}"), f("first_step_end_s", "{:.0f}"))  # fmt: skip
         if "trl_over_align_step" in entry:
             console.print(f"{policy}: TRL step / align step = {entry['trl_over_align_step']:.2f}")
+        for key, ratio in entry.items():
+            if key.endswith("_over_sync_gen_tokens_per_s"):
+                console.print(f"{policy}: {key.removesuffix('_over_sync_gen_tokens_per_s')} / align sync, generated tokens/s/GPU = {ratio:.2f}")
     report["load_1m_end"] = load1()
     console.print(table)
     console.print("context: NeMo-RL publishes 1,581 tokens/s/GPU for Llama-3.1-8B GRPO on 16 H100 (~1K generations); not measured here")
