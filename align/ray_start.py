@@ -33,7 +33,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # Environment the actors need to find the same caches as the driver.
 _PROPAGATED_ENV = ("TORCH_EXTENSIONS_DIR", "HF_HOME", "PIP_CACHE_DIR", "PYTHONPATH", VERBOSE_ENV, *QUIET_ENV)
 
-_early: threading.Thread | None = None
+_early: tuple[threading.Thread, threading.Event] | None = None  # the starting thread, set when ray.init returned
 _early_error: list[BaseException] = []
 
 
@@ -99,19 +99,25 @@ def begin(recipe: Any) -> None:
         return
     logging.getLogger("ray._private.worker").addFilter(_NotMainThread())
 
+    done = threading.Event()
+
     def target() -> None:
         try:
             init_ray(recipe.cluster.ray_address, num_cpus=ray_cpus(recipe))
         except BaseException as e:  # noqa: BLE001 - handed to the main thread by start_ray
             _early_error.append(e)
+        done.set()
+        # Ray starts its GCS and raylet with PR_SET_PDEATHSIG, which Linux fires when the *thread*
+        # that started them ends: this thread must live as long as the process (a daemon, it ends with it).
+        threading.Event().wait()
 
-    _early = threading.Thread(target=target, name="align-ray-start", daemon=True)
-    _early.start()
+    _early = (threading.Thread(target=target, name="align-ray-start", daemon=True), done)
+    _early[0].start()
 
 
 def _join_early() -> None:
     if _early is not None:
-        _early.join()
+        _early[1].wait()
         if _early_error:
             raise _early_error[0]
 
