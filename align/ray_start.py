@@ -2,14 +2,16 @@
 
 ``ray.init`` takes 2-3 s on a small machine (it starts the GCS and the raylet and waits for
 them); the driver meanwhile spends 3-4 s importing torch, transformers and align's modules and
-loading the data. :func:`begin` starts Ray on a background thread as soon as a job starts, before
-its driver is imported (``align.algorithms.jobs``), and :func:`start_ray` (what every driver calls) waits for that
-start instead of beginning its own. This module imports neither torch nor transformers, so that
-a job can call it before those imports.
+loading the data. :func:`begin` starts Ray on a background thread as soon as a job starts,
+before its driver is imported (``align.algorithms.jobs``), and :func:`start_ray` (what every
+driver calls) waits for that start instead of beginning its own. This module imports neither
+torch nor transformers, so that a job can call it before those imports.
 
-An error that stops the job while Ray is still starting (a missing data file, a bad checkpoint)
-waits for the start to end (:func:`finish_early_start`, at most the 2-3 s it takes), so that
-Ray's exit hook stops what it started and no Ray process outlives the job.
+A recipe that asks for GPUs of the embedded cluster starts Ray where it did before, after the
+driver has checked that the machine has them. An error that stops the job while Ray is still
+starting (a missing data file, a bad checkpoint) waits for the start to end
+(:func:`finish_early_start`, at most the 2-3 s it takes), so that Ray's exit hook stops what it
+started and no Ray process outlives the job.
 """
 
 from __future__ import annotations
@@ -97,6 +99,8 @@ def begin(recipe: Any) -> None:
     ray = sys.modules.get("ray")
     if _early is not None or (ray is not None and ray.is_initialized()):  # started already, or joined (tests, pipelines)
         return
+    if recipe.cluster.gpus_needed(with_rollout=True) > 0 and not recipe.cluster.ray_address:
+        return  # the driver first checks that this machine has the GPUs (rl's check_machine): no Ray for a job refused
     logging.getLogger("ray._private.worker").addFilter(_NotMainThread())
 
     done = threading.Event()
