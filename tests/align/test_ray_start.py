@@ -10,8 +10,10 @@ from align.config import load_recipe
 
 def test_ray_started_early_outlives_the_thread_that_started_it() -> None:
     recipe = load_recipe("tiny-sft").recipe
+    ray.shutdown()  # a session an earlier test left (sized for it) would be joined, not started here
     try:
         ray_start.begin(recipe)
+        assert ray_start._early is not None  # starting on its thread
         ray_start.start_ray(recipe)  # waits for the background start
         assert ray.is_initialized() and ray.cluster_resources()["CPU"] >= ray_start.ray_cpus(recipe)
         # Ray's GCS and raylet die with the thread that started them (PR_SET_PDEATHSIG): a starter
