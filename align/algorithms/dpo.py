@@ -40,7 +40,7 @@ class Reference:
         r = loaded.recipe
         self.kind = r.dpo.reference
         c = r.cluster
-        start_ray(r)  # sized for both groups (common.ray_cpus), before either starts
+        start_ray(r)  # sized for both groups (align.ray_start.ray_cpus), before either starts
         self.frozen = FrozenReference(self.kind, c, r.learner, model_path, r.seed, key="dpo.reference")
 
     def add_to_batch(self, policy: LearnerGroup, per_rank: list[list[MicroBatch]]) -> None:

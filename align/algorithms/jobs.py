@@ -1,5 +1,7 @@
 """The jobs a recipe can run, by ``job:`` name: each a direct function that imports its driver
 when called (so ``align --help`` and recipe errors stay fast), not a module path in a string.
+Ray starts on a background thread before that import (``align.ray_start``): the 2-3 s of
+``ray.init`` overlap the driver's imports and data loading.
 
 The pipeline runs the stage jobs listed here; ``align <job>`` adds the pipeline itself.
 """
@@ -8,33 +10,38 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from align import ray_start
 from align.config import LoadedRecipe
 
 JobFn = Callable[[LoadedRecipe, bool], int]
 
 
 def run_sft(loaded: LoadedRecipe, resume: bool) -> int:
-    from align.algorithms import sft
+    with ray_start.starting(loaded.recipe):
+        from align.algorithms import sft
 
-    return sft.run(loaded, resume=resume)
+        return sft.run(loaded, resume=resume)
 
 
 def run_dpo(loaded: LoadedRecipe, resume: bool) -> int:
-    from align.algorithms import dpo
+    with ray_start.starting(loaded.recipe):
+        from align.algorithms import dpo
 
-    return dpo.run(loaded, resume=resume)
+        return dpo.run(loaded, resume=resume)
 
 
 def run_rm(loaded: LoadedRecipe, resume: bool) -> int:
-    from align.algorithms import rm
+    with ray_start.starting(loaded.recipe):
+        from align.algorithms import rm
 
-    return rm.run(loaded, resume=resume)
+        return rm.run(loaded, resume=resume)
 
 
 def run_rl(loaded: LoadedRecipe, resume: bool) -> int:
-    from align.algorithms.rl import driver
+    with ray_start.starting(loaded.recipe):
+        from align.algorithms.rl import driver
 
-    return driver.run(loaded, resume=resume)
+        return driver.run(loaded, resume=resume)
 
 
 STAGE_JOBS: dict[str, JobFn] = {"sft": run_sft, "dpo": run_dpo, "rm": run_rm, "rl": run_rl}

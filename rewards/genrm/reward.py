@@ -10,7 +10,7 @@ The judge (an HF causal LM written by ``align rm`` with ``rm.objective: genrm``)
 its own vLLM engines: a :class:`~align.cluster.RolloutGroup` of ``num_engines`` actors, each in its
 own placement-group bundle (1 CPU, ``gpus_per_engine`` GPUs) beside the policy's learners and
 engines, so the two never share a slot (the job's Ray session is sized for them,
-:func:`align.algorithms.common.ray_cpus`). ``num_engines: 0`` runs one engine in the calling
+:func:`align.ray_start.ray_cpus`). ``num_engines: 0`` runs one engine in the calling
 process (tests; a machine with no free slot). The judge is frozen: nothing is synced to it.
 
 Per group of G responses to one prompt: G comparisons (``order: random``) or 2G (``both``), one

@@ -64,3 +64,19 @@ def test_cli_refuses_a_stale_lock_in_seconds(extensions_dir: Path, capsys: pytes
     assert time.monotonic() - t0 < 10
     err = capsys.readouterr().err
     assert "stale build lock" in err and f"rm {lock}" in err.replace("\n", "")
+
+
+@pytest.mark.slow
+def test_a_first_build_says_what_it_is_doing_and_a_second_run_is_silent(tmp_path: Path) -> None:
+    """`make install`'s step in an empty cache: a line before the 1-3 minute compile and one after;
+    then nothing to do. (The minutes of silence at the first learner start, item 1 of issue 21.)"""
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    first = subprocess.run([sys.executable, "-m", "align.learner.ds_build"], env=env, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-2000:]
+    lines = first.stderr.splitlines()
+    before = next(i for i, l in enumerate(lines) if l.startswith("building DeepSpeed's CPU comm op (first run only"))
+    after = next(i for i, l in enumerate(lines) if l.startswith("built DeepSpeed's CPU comm op in"))
+    assert before < after and (tmp_path / "deepspeed_shm_comm" / "deepspeed_shm_comm.so").is_file()
+    t0 = time.monotonic()
+    second = subprocess.run([sys.executable, "-m", "align.learner.ds_build"], env=env, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0 and "building" not in second.stderr and time.monotonic() - t0 < 60, second.stderr[-2000:]

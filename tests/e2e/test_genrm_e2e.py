@@ -30,7 +30,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_judge_and_policy_engines_share_one_ray_session(checkpoint: Path) -> None:
     import ray
 
-    from align.algorithms.common import ray_cpus
+    from align.ray_start import ray_cpus
     from align.cluster import RolloutGroup, init_ray
     from align.config import load_recipe
     from rewards.genrm.reward import GenRMParams, GenRMReward
