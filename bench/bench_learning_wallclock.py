@@ -171,13 +171,14 @@ def eval_worker(paths: list[str], n_tasks: int, seed: int, out: Path) -> None:
     import json as _json
 
     from align.config.schema import SamplingConfig
-    from align.evaluate import EvalMode, evaluate_checkpoint, heldout_tasks
+    from align.evaluate import EvalMode, evaluate_checkpoint
+    from align.heldout import heldout_tasks
     from align.reasoning import ReasoningMode
     from envs.math import MathEnv
 
     env = MathEnv()
     train = {_json.dumps(t.prompt) for t in env.generate(2000, seed)}
-    tasks = [t for t in heldout_tasks({"math": env}, {"math": 2 * n_tasks}, seed) if _json.dumps(t.prompt) not in train][:n_tasks]
+    tasks = [t for t in heldout_tasks({"math": env}, {"math": 2 * n_tasks}, set(), seed) if _json.dumps(t.prompt) not in train][:n_tasks]
     sampling = SamplingConfig(temperature=0.0, max_new_tokens=96, max_answer_tokens=32)
     scores = {}
     for p in paths:
