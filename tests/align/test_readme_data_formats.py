@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from align.data.helpsteer import validate_helpsteer_row
 from align.data.validate import check_messages, validate_attribute_row, validate_preference_row, validate_sft_row
 from envs.base import Task
 from envs.registry import ENVS
@@ -44,6 +45,7 @@ CHECKS = {
     "SFT": validate_sft_row,
     "Preferences": validate_preference_row,
     "Ratings": validate_attribute_row,
+    "HelpSteer ratings": validate_helpsteer_row,
     "RL tasks": _check_task,
 }
 
@@ -56,7 +58,7 @@ def test_the_readme_shows_one_row_per_job_and_each_passes_its_check() -> None:
 
 
 @pytest.mark.parametrize(("name", "check"), [("sft", validate_sft_row), ("preferences", validate_preference_row),
-                                             ("ratings", validate_attribute_row)])  # fmt: skip
+                                             ("ratings", validate_attribute_row), ("helpsteer", validate_helpsteer_row)])  # fmt: skip
 def test_the_example_files_the_readme_runs_are_valid(name: str, check) -> None:
     path = ROOT / "examples" / "data" / f"{name}.jsonl"
     assert f"examples/data/{name}.jsonl" in _section("Data formats")
