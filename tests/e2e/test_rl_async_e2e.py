@@ -3,13 +3,11 @@ and the prompt-id ledger shows no prompt skipped and none trained twice."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from tests.e2e.test_rl_e2e import IN_PROCESS, QUICK, ROOT, _records
+from tests.e2e.test_rl_e2e import IN_PROCESS, QUICK, ROOT, _records, kill_9_after_step
 
 STALENESS = 2
 PROMPTS = 4  # QUICK's grpo.prompts_per_step; with max_refill_rounds=0 every step takes exactly 4 groups
@@ -27,19 +25,7 @@ def test_async_rl_resumes_after_kill_9_with_no_prompt_skipped_or_repeated(tmp_pa
     args = [sys.executable, "-c", IN_PROCESS, *QUICK, "grpo.mode=async", f"grpo.max_staleness={STALENESS}", "grpo.max_steps=6",
             "grpo.eval_every_steps=100", "checkpoint.every_steps=2", f"output_dir={run_dir}"]  # fmt: skip
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 300
-        while not (run_dir / "metrics.jsonl").exists() or 3 not in _records(run_dir, "train"):
-            assert time.time() < deadline and proc.poll() is None, "the run ended or stalled before step 3"
-            time.sleep(0.2)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    kill_9_after_step(args, env, run_dir, 3, timeout_s=300)
     before = _ledger(run_dir)
     assert (run_dir / "checkpoints" / "latest").read_text() == "step_000002"
     state = json.loads((run_dir / "checkpoints" / "step_000002" / "state.json").read_text())

@@ -32,6 +32,23 @@ def _records(run_dir: Path, split: str) -> dict[int, dict]:
     return {r["step"]: r for r in rows if r["split"] == split}
 
 
+def kill_9_after_step(args: list[str], env: dict[str, str], run_dir: Path, step: int, timeout_s: float) -> None:
+    """Run ``args`` in its own session and SIGKILL the whole session once ``step`` is in its metrics."""
+    proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + timeout_s
+        while not (run_dir / "metrics.jsonl").exists() or step not in _records(run_dir, "train"):
+            assert time.time() < deadline and proc.poll() is None, f"the run ended or stalled before step {step}"
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 IN_PROCESS = """
 import sys
 from align.algorithms.rl.driver import run
@@ -145,19 +162,7 @@ def test_rl_through_ray_resumes_after_kill_9(tmp_path: Path, overlap: bool, poli
             f"grpo.curriculum.enabled={str(not overlap).lower()}", "grpo.curriculum.weighting=learnability",
             f"output_dir={run_dir}"]  # fmt: skip
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 400
-        while time.time() < deadline and not (run_dir / "metrics.jsonl").exists() or 3 not in _records(run_dir, "train"):
-            assert time.time() < deadline and proc.poll() is None, "the run ended or stalled before step 3"
-            time.sleep(0.3)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    kill_9_after_step(args, env, run_dir, 3, timeout_s=400)
     assert (run_dir / "checkpoints" / "latest").read_text() == "step_000002"
     state = json.loads((run_dir / "checkpoints" / "step_000002" / "state.json").read_text())
     assert sum(state["tasks"]["position"].values()) == 2 * 4  # two steps of 4 prompts taken from the streams
