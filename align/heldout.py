@@ -3,8 +3,9 @@ the RL driver's periodic eval and DPO's task accuracy).
 
 Every environment's generator is read from one evaluation seed stream (``EVAL_SEED_OFFSET +
 seed``); candidates whose opening messages (``env.reset(task)``, the one dedup key, shared with
-:mod:`align.data.generated`) appear in ``exclude`` are skipped. :func:`training_prompts` builds
-``exclude`` from the stages' recipes by regenerating what they train on from the same seeds.
+:mod:`align.data.generated`) appear in ``exclude`` or among the tasks already taken are
+skipped. :func:`training_prompts` builds ``exclude`` from the stages' recipes by regenerating
+what they train on from the same seeds.
 
 Limits: a stage that reads its data from a file (``data.path``, ``envs[].data_path``) is not
 regenerated here, so its prompts are not excluded; a generator with fewer than ``counts[name]``
@@ -16,11 +17,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from align.config import LoadedRecipe
-from align.data.generated import env_seed, prompt_key, split_counts
+from align.data.generated import env_seed, generated_envs, prompt_key, split_counts
 from envs.base import Environment, Task, task_source
 
 EVAL_SEED_OFFSET = 1_000_003
-CANDIDATE_FACTOR = 4
+CANDIDATE_FACTOR = 8  # the tiny world's code generator repeats prompts: 200 fresh need about 6x candidates
 
 
 def task_key(env: Environment, task: Task) -> str:
@@ -33,8 +34,14 @@ def heldout_tasks(envs: dict[str, Environment], counts: dict[str, int], exclude:
     tasks: list[Task] = []
     for name, n in counts.items():
         env = envs[name]
-        fresh = [t for t in task_source(env).generate(n * CANDIDATE_FACTOR, EVAL_SEED_OFFSET + seed) if task_key(env, t) not in exclude]
-        tasks.extend(fresh[:n])
+        seen = set(exclude)  # and every prompt already taken: no prompt is scored twice
+        fresh: list[Task] = []
+        for t in task_source(env).generate(n * CANDIDATE_FACTOR, EVAL_SEED_OFFSET + seed):
+            key = task_key(env, t)
+            if key not in seen and len(fresh) < n:
+                seen.add(key)
+                fresh.append(t)
+        tasks.extend(fresh)
     return tasks
 
 
@@ -48,7 +55,8 @@ def training_prompts(envs: dict[str, Environment], stages: Iterable[LoadedRecipe
         if gen is not None and data.path is None:
             for name, n in split_counts(gen.envs, gen.num_train).items():
                 if name in envs:
-                    keys.update(task_key(envs[name], t) for t in task_source(envs[name]).generate(n, env_seed(gen.seed, name)))
+                    source = generated_envs(gen, [name])[name]
+                    keys.update(task_key(envs[name], t) for t in source.generate(n, env_seed(gen.seed, name)))
         for spec in getattr(r, "envs", ()):
             if spec.name in envs and spec.data_path is None:
                 keys.update(task_key(envs[spec.name], t) for t in task_source(envs[spec.name]).generate(spec.num_train, r.seed))

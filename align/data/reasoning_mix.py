@@ -6,10 +6,13 @@ that applies them to a share of a data set (DESIGN.md, "Reasoning control"):
 - :func:`strip_thinking`: drop every ``<think>...</think>`` block from the assistant turns and
   mark the row ``enable_thinking=False``; the chat template then opens each assistant turn
   with an empty ``<think></think>`` (outside the loss), the same prefix rollouts use.
-- :func:`truncate_thinking`: pick a ladder budget smaller than the longest trace, cut every
-  trace longer than it to exactly that many tokens, close it with ``</think>`` (the forced
-  close a rollout makes when the budget runs out) and keep the answer after it; the row gets
-  ``thinking_budget`` = that step, so the system turn carries its budget token.
+- :func:`truncate_thinking`: pick a ladder budget the longest trace does not fit, cut every
+  trace that does not fit to exactly ``budget - TAG_ROOM`` tokens, close it with ``</think>``
+  and keep the answer after it; the row gets ``thinking_budget`` = that step, so the system
+  turn carries its budget token. ``TAG_ROOM``: a rollout's thinking phase under a budget
+  samples at most ``budget`` tokens, the ``<think>`` the policy opens with and its ``</think>``
+  included (rollout/episode.py), so a trace of ``budget - 2`` tokens is the longest the policy
+  can close by itself; a cut at ``budget`` would teach a close the rollout always forces.
 
 Limits: token counts assume ``<think>``/``</think>`` are added tokens (true of the tiny
 tokenizer and of Qwen/Nemotron-style ones), so a trace tokenizes the same alone and in
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 Row = dict[str, Any]
+TAG_ROOM = 2  # <think> and </think>, sampled inside the budget
 _BLOCK = re.compile(re.escape(THINK_OPEN) + r"(.*?)" + re.escape(THINK_CLOSE), re.DOTALL)
 
 
@@ -87,19 +91,19 @@ def _cut_to_tokens(tokenizer: PreTrainedTokenizerBase, ids: list[int], budget: i
 
 
 def truncation_budgets(row: Row, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """Ladder steps strictly below the longest trace's token count (empty: nothing to truncate)."""
+    """Ladder steps the longest trace does not fit, tags included (empty: nothing to truncate)."""
     longest = 0
     for turn in _assistant_turns(row):
         m = _BLOCK.search(turn["content"])
         if m:
             longest = max(longest, len(_encode(tokenizer, m.group(1))))
-    return [b for b in BUDGET_LADDER if b < longest]
+    return [b for b in BUDGET_LADDER if b - TAG_ROOM < longest]
 
 
 def truncate_thinking(row: Row, tokenizer: PreTrainedTokenizerBase, rng: random.Random, budget: int | None = None) -> Row | None:
     """The row with its traces cut at a ladder budget (``budget``, or one drawn with ``rng``).
 
-    None when no ladder step is below the longest trace (too short to truncate), ``budget``
+    None when the longest trace fits every ladder step (too short to truncate), ``budget``
     is not such a step, or the row asks for /no_think.
     """
     if row.get("enable_thinking") is False:
@@ -115,9 +119,9 @@ def truncate_thinking(row: Row, tokenizer: PreTrainedTokenizerBase, rng: random.
         if not m:
             continue
         ids = _encode(tokenizer, m.group(1))
-        if len(ids) <= step:
+        if len(ids) <= step - TAG_ROOM:
             continue
-        cut = _cut_to_tokens(tokenizer, ids, step)
+        cut = _cut_to_tokens(tokenizer, ids, step - TAG_ROOM)
         turn["content"] = text[: m.start()] + THINK_OPEN + cut + THINK_CLOSE + text[m.end() :]
     out["enable_thinking"] = True
     out["thinking_budget"] = step

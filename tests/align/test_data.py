@@ -34,6 +34,7 @@ from align.data import (
     validate_preference_row,
     validate_sft_row,
 )
+from align.data.reasoning_mix import TAG_ROOM
 from align.reasoning import BUDGET_LADDER, THINK_CLOSE, THINK_OPEN, budget_token
 
 LONG_TRACE = " ".join(f"step {i}: add {i} and {i + 1} to get {2 * i + 1}." for i in range(12))
@@ -125,19 +126,20 @@ def test_truncation_keeps_the_answer_and_cuts_the_trace_to_the_budget(tiny_token
     assert content.startswith(THINK_OPEN) and content.endswith(f"{THINK_CLOSE}The answer is 42.")
     trace = content[len(THINK_OPEN) : content.index(THINK_CLOSE)]
     assert LONG_TRACE.startswith(trace)
-    assert len(tiny_tokenizer.encode(trace, add_special_tokens=False)) == budget
+    assert len(tiny_tokenizer.encode(trace, add_special_tokens=False)) == budget - TAG_ROOM
     assert out["enable_thinking"] is True and out["thinking_budget"] == budget
-    # in the rendered sequence: the budget token in the system turn, exactly `budget` tokens of thinking
+    # in the rendered sequence: the budget token in the system turn, and the think block with its
+    # tags exactly `budget` tokens long (what a rollout samples before it forces a close)
     ids = tokenize_sft(out, tiny_tokenizer, 1024)["input_ids"]
     open_id, close_id = tiny_tokenizer.convert_tokens_to_ids([THINK_OPEN, THINK_CLOSE])
-    assert ids.index(close_id) - ids.index(open_id) - 1 == budget
+    assert ids.index(close_id) - ids.index(open_id) + 1 == budget
     assert tiny_tokenizer.convert_tokens_to_ids(budget_token(budget)) in ids
 
 
 def test_truncation_draws_a_ladder_step_below_the_trace_and_skips_short_traces(tiny_tokenizer):
     n_trace = len(tiny_tokenizer.encode(LONG_TRACE, add_special_tokens=False))
     budgets = {truncate_thinking(_long_row(), tiny_tokenizer, random.Random(s))["thinking_budget"] for s in range(30)}
-    assert budgets == {b for b in BUDGET_LADDER if b < n_trace}
+    assert budgets == {b for b in BUDGET_LADDER if b - TAG_ROOM < n_trace}
     assert truncate_thinking(_row(SINGLE), tiny_tokenizer, random.Random(0)) is None  # trace shorter than 16 tokens
 
 
