@@ -35,11 +35,14 @@ class ReasoningDataConfig(Strict):
 
     no_think_fraction: float = Field(0.1, ge=0, le=1)
     truncated_budget_fraction: float = Field(0.03, ge=0, le=1)
+    # Rows that get a budget their traces already fit (no cut), so a budget token does not
+    # always mean "cut short" (align/data/reasoning_mix.py, fit_budget).
+    fitted_budget_fraction: float = Field(0.0, ge=0, le=1)
 
     @model_validator(mode="after")
     def _fractions_fit(self) -> "ReasoningDataConfig":
-        if self.no_think_fraction + self.truncated_budget_fraction > 1:
-            raise ValueError("no_think_fraction + truncated_budget_fraction must be at most 1")
+        if self.no_think_fraction + self.truncated_budget_fraction + self.fitted_budget_fraction > 1:
+            raise ValueError("no_think_fraction + truncated_budget_fraction + fitted_budget_fraction must be at most 1")
         return self
 
 
