@@ -9,7 +9,8 @@ are then shuffled together. Everything is deterministic in ``GeneratedData.seed`
 
 Rows carry ``env`` and ``id`` columns besides the trained ones, for per-environment evals.
 ``GeneratedData.params`` gives an environment its params for this data (everything that
-regenerates these rows goes through :func:`generated_envs`, so they agree).
+regenerates these rows goes through :func:`generated_envs`, so they agree); params of an
+environment that ``envs`` does not list are unused, so an override of ``envs`` alone works.
 ``envs.registry`` is imported only when rows are generated.
 """
 
@@ -64,9 +65,6 @@ def generated_rows(cfg: GeneratedData, kind: RowKind) -> tuple[list[dict[str, An
     ``kind="preference"``: ``{"prompt": reset(task), "chosen": demonstrate(task), "rejected": corrupt(task, rng)}``
     with ``rng`` seeded from the task id, so a pair does not depend on which other tasks were drawn.
     """
-    unknown = sorted(set(cfg.params) - set(cfg.envs))
-    if unknown:
-        raise ValueError(f"data.generated.params names environments {unknown} that data.generated.envs does not list")
     train_counts = split_counts(cfg.envs, cfg.num_train)
     eval_counts = split_counts(cfg.envs, cfg.num_eval) if cfg.num_eval else {k: 0 for k in cfg.envs}
     train: list[dict[str, Any]] = []
