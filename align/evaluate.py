@@ -102,15 +102,21 @@ async def play(
     sampling: SamplingConfig,
     max_turns: int,
     seed: int,
+    budget_grace_fraction: float = 0.0,
 ) -> list[tuple[str, Trajectory]]:
-    """Every task in every mode, greedy, all episodes concurrent through one batcher."""
+    """Every task in every mode, greedy, all episodes concurrent through one batcher.
+
+    ``budget_grace_fraction``: the grace window after a thinking budget (:mod:`rollout.episode`);
+    evaluate with the one the policy was trained with.
+    """
     from rollout.collect import collect
     from rollout.batcher import Batcher
 
     greedy = sampling.model_copy(update={"temperature": 0.0})
     batcher = Batcher(generate)
     pairs = [(task, m.mode) for m in modes for task in tasks]
-    groups = await collect(envs, pairs, 1, tokenizer=tokenizer, generate=batcher, sampling=greedy, max_turns=max_turns, seed=seed)
+    groups = await collect(envs, pairs, 1, tokenizer=tokenizer, generate=batcher, sampling=greedy, max_turns=max_turns, seed=seed,
+                           budget_grace_fraction=budget_grace_fraction)  # fmt: skip
     labels = [m.label for m in modes for _ in tasks]
     return [(label, g[0]) for label, g in zip(labels, groups, strict=True)]
 
@@ -146,6 +152,7 @@ def evaluate_checkpoint(
     max_turns: int,
     seed: int = 0,
     samples_path: Path | None = None,
+    budget_grace_fraction: float = 0.0,
 ) -> EvalSummary:
     """Load ``model_path`` into an in-process vLLM engine, play, summarize; optionally write samples."""
     from align.models import inference_dtype, load_tokenizer
@@ -155,7 +162,7 @@ def evaluate_checkpoint(
     tokenizer = load_tokenizer(model_path)
     engine = VLLMEngine(str(model_path), seed=seed, max_model_len=1024, kv_cache_memory_bytes=256 * 2**20, dtype=inference_dtype())
     try:
-        results = asyncio.run(play(envs, tasks, modes, tokenizer, engine_generate_fn(engine), sampling, max_turns, seed))
+        results = asyncio.run(play(envs, tasks, modes, tokenizer, engine_generate_fn(engine), sampling, max_turns, seed, budget_grace_fraction))
     finally:
         del engine
     if samples_path is not None:
@@ -222,16 +229,18 @@ def cmd_eval(args: Any) -> int:
     if isinstance(r, PipelineRecipe):
         counts, budgets, seed = dict(r.eval.envs), list(r.eval.budgets), r.seed
         sampling = SamplingConfig(max_new_tokens=r.eval.max_new_tokens, max_answer_tokens=r.eval.max_answer_tokens)
-        max_turns = r.eval.max_turns
+        max_turns, grace = r.eval.max_turns, r.eval.budget_grace_fraction
         stages, _ = load_stages(r)
     elif isinstance(r, RLRecipe):
         counts, budgets, seed = {s.name: s.num_eval for s in r.envs}, list(r.reasoning.eval_budgets), r.seed
         sampling, max_turns, stages = r.rollout.sampling, r.rollout.max_turns, [loaded]
+        grace = r.reasoning.budget_grace_fraction
     else:
         raise AlignError(f"align eval takes a pipeline or rl recipe; '{loaded.name}' is a {r.job} recipe")
     envs = make_envs(list(counts))
     tasks = heldout_tasks(envs, counts, training_prompts(envs, stages), seed)
-    summary = evaluate_checkpoint(model, envs, tasks, standard_modes(budgets), sampling, max_turns, seed, samples_path=model / "eval_samples.jsonl")
+    summary = evaluate_checkpoint(model, envs, tasks, standard_modes(budgets), sampling, max_turns, seed,
+                                  samples_path=model / "eval_samples.jsonl", budget_grace_fraction=grace)  # fmt: skip
     print_table(summary, f"{model}: held-out evaluation ({len(tasks)} tasks)")
     (model / "eval.json").write_text(json.dumps(summary, indent=2))
     return 0

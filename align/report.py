@@ -1,7 +1,8 @@
 """The pipeline report: every policy stage on the same held-out tasks, compared with the one before.
 
 Markdown with tables and PNG plots (accuracy vs budget, thinking tokens vs budget, training
-curves per stage), and the same numbers as JSON.
+curves per stage), and the same numbers as JSON. Accuracies carry 95% Wilson intervals, and
+changes between stages are tested on the paired per-task outcomes (:mod:`align.stats`).
 """
 
 from __future__ import annotations
@@ -14,18 +15,38 @@ from align.config import LoadedRecipe
 from align.config.schema import PipelineRecipe, SamplingConfig
 from align.evaluate import evaluate_checkpoint, make_envs, print_table, standard_modes
 from align.heldout import heldout_tasks, training_prompts
+from align.stats import PairedChange, paired_change, wilson_interval
 
 
 def evaluate_stages(r: PipelineRecipe, finals: dict[str, Path], stages: list[LoadedRecipe]) -> dict[str, Any]:
+    """Each stage on the same held-out tasks: summaries by stage name, plus ``tasks_per_env`` and
+    ``outcomes`` (stage -> environment -> mode -> task id -> correct, for the paired tests)."""
     envs = make_envs(list(r.eval.envs))
     tasks = heldout_tasks(envs, r.eval.envs, training_prompts(envs, stages), r.seed)
     sampling = SamplingConfig(max_new_tokens=r.eval.max_new_tokens, max_answer_tokens=r.eval.max_answer_tokens)
-    out: dict[str, Any] = {"tasks_per_env": {n: sum(t.env == n for t in tasks) for n in envs}}
+    out: dict[str, Any] = {"tasks_per_env": {n: sum(t.env == n for t in tasks) for n in envs}, OUTCOMES: {}}
     for name, path in finals.items():
+        samples = Path(r.output_dir) / f"eval_{name}.jsonl"
         summary = evaluate_checkpoint(path, envs, tasks, standard_modes(r.eval.budgets), sampling, r.eval.max_turns, r.seed,
-                                      samples_path=Path(r.output_dir) / f"eval_{name}.jsonl")  # fmt: skip
+                                      samples_path=samples, budget_grace_fraction=r.eval.budget_grace_fraction)  # fmt: skip
         print_table(summary, f"stage {name}: held-out evaluation")
         out[name] = summary
+        out[OUTCOMES][name] = read_outcomes(samples)
+    return out
+
+
+OUTCOMES = "outcomes"
+_NOT_STAGES = ("tasks_per_env", OUTCOMES)
+
+
+def read_outcomes(samples_path: Path) -> dict[str, dict[str, dict[str, bool]]]:
+    """environment (and ``all``) -> mode label -> task id -> correct, from an ``eval_samples`` JSONL file."""
+    out: dict[str, dict[str, dict[str, bool]]] = {}
+    for line in samples_path.read_text().splitlines():
+        row = json.loads(line)
+        correct = bool(row["correct"])
+        out.setdefault(row["env"], {}).setdefault(row["mode"], {})[str(row["task"])] = correct
+        out.setdefault("all", {}).setdefault(row["mode"], {})[f"{row['env']}/{row['task']}"] = correct
     return out
 
 
@@ -47,9 +68,38 @@ def _fmt(x: Any) -> str:
     return "-" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
 
 
+def _with_interval(cell: dict[str, Any] | None, key: str = "accuracy") -> str:
+    """``0.714 [0.61, 0.80]``: the share and its 95% Wilson interval over the cell's tasks."""
+    if not cell or cell.get(key) is None:
+        return "-"
+    n = int(cell["n"])
+    lo, hi = wilson_interval(round(cell[key] * n), n)
+    return f"{cell[key]:.3f} [{lo:.2f}, {hi:.2f}]"
+
+
+class _Changes:
+    """Stage-to-stage accuracy changes, tested on the paired per-task outcomes when the evals have them."""
+
+    def __init__(self, evals: dict[str, Any]) -> None:
+        self.outcomes: dict[str, Any] = evals.get(OUTCOMES, {})
+
+    def change(self, env: str, mode: str, before: str, after: str) -> PairedChange | None:
+        a = self.outcomes.get(before, {}).get(env, {}).get(mode)
+        b = self.outcomes.get(after, {}).get(env, {}).get(mode)
+        return paired_change(a, b) if a and b else None
+
+    def delta(self, env: str, mode: str, before: str | None, after: str, b_value: float | None, a_value: float | None) -> str:
+        """`` (+0.036)``, with `` *`` when the change is beyond noise (McNemar p < 0.05); empty for the first stage."""
+        if before is None or a_value is None or b_value is None:
+            return ""
+        c = self.change(env, mode, before, after)
+        return f" ({a_value - b_value:+.3f}{' *' if c is not None and c.significant() else ''})"
+
+
 def write_report(run_dir: Path, r: PipelineRecipe, evals: dict[str, Any], timings: dict[str, float], stage_dirs: dict[str, Path]) -> Path:
-    stages = [s for s in evals if s != "tasks_per_env"]
+    stages = [s for s in evals if s not in _NOT_STAGES]
     heads = {s: headline(evals[s], r.eval.budgets) for s in stages}
+    changes = _Changes(evals)
     lines = ["# align pipeline report", "", f"Recipe `{r.description or 'pipeline'}`, seed {r.seed}. Held-out tasks per environment: "
              + ", ".join(f"{k} {v}" for k, v in evals["tasks_per_env"].items()) + " (greedy decoding).", ""]  # fmt: skip
     cols = list(next(iter(heads.values())).keys()) if heads else []
@@ -58,22 +108,22 @@ def write_report(run_dir: Path, r: PipelineRecipe, evals: dict[str, Any], timing
     for s in stages:
         cells = []
         for c in cols:
-            v = heads[s][c]
-            delta = "" if prev is None or v is None or heads[prev][c] is None else f" ({v - heads[prev][c]:+.3f})"
-            cells.append(_fmt(v) + delta)
+            mode = c.removeprefix("accuracy_") if c.startswith("accuracy_") else None
+            text = _with_interval(evals[s]["all"].get(mode)) if mode else _fmt(heads[s][c])
+            cells.append(text + changes.delta("all", mode or "", prev, s, heads[prev][c] if prev else None, heads[s][c]))
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
         prev = s
-    lines += ["", "Parenthesised: change from the stage before.", "", "## Accuracy per environment (/think and /no_think)", ""]
+    lines += ["", NOTE, "", "## Accuracy per environment (/think and /no_think)", ""]
     env_names = [e for e in evals[stages[0]] if e != "all"] if stages else []
     lines += ["| stage | " + " | ".join(f"{e} think | {e} no_think" for e in env_names) + " |", "|---" * (2 * len(env_names) + 1) + "|"]
+    prev = None
     for s in stages:
-        lines.append(f"| {s} | " + " | ".join(f"{_fmt(evals[s][e]['think']['accuracy'])} | {_fmt(evals[s][e]['no_think']['accuracy'])}" for e in env_names) + " |")
-    lines += ["", "## Budgets (all environments)", "", "| stage | budget | accuracy | thinking tokens | adherence | forced close |", "|---|---|---|---|---|---|"]
-    for s in stages:
-        for b in r.eval.budgets:
-            c = evals[s]["all"].get(f"budget_{b}")
-            if c:
-                lines.append(f"| {s} | {b} | {_fmt(c['accuracy'])} | {_fmt(c['thinking_tokens'])} | {_fmt(c.get('budget_adherence'))} | {_fmt(c['forced_close_rate'])} |")
+        cells = [_with_interval(evals[s][e].get(m)) + changes.delta(e, m, prev, s, evals[prev][e][m]["accuracy"] if prev else None,
+                 evals[s][e][m]["accuracy"]) for e in env_names for m in ("think", "no_think")]  # fmt: skip
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+        prev = s
+    lines += _budget_table(evals, stages, ["all", *env_names], r.eval.budgets)
+    lines += _significance_table(changes, stages, ["all", *env_names], evals)
     lines += ["", "## Wall time per stage", "", "| stage | seconds |", "|---|---|"] + [f"| {k} | {v:.0f} |" for k, v in timings.items()]
     plots = _plots(run_dir, r, evals, stages, stage_dirs)
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
@@ -81,6 +131,41 @@ def write_report(run_dir: Path, r: PipelineRecipe, evals: dict[str, Any], timing
     report.write_text("\n".join(lines) + "\n")
     (run_dir / "report.json").write_text(json.dumps({"headline": heads, "evals": evals, "timings_s": timings}, indent=2))
     return report
+
+
+NOTE = (
+    "Brackets: 95% Wilson interval. Parenthesised: change from the stage before; `*` marks an accuracy change beyond "
+    "noise, McNemar's exact test p < 0.05 on the paired tasks (every stage plays the same held-out tasks, greedy)."
+)
+
+
+def _budget_table(evals: dict[str, Any], stages: list[str], envs: list[str], budgets: list[int]) -> list[str]:
+    lines = ["", "## Budgets per environment", "", "| env | budget | stage | accuracy | thinking tokens | adherence | forced close |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for e in envs:
+        for b in budgets:
+            for s in stages:
+                c = evals[s].get(e, {}).get(f"budget_{b}")
+                if c:
+                    lines.append(f"| {e} | {b} | {s} | {_with_interval(c)} | {_fmt(c['thinking_tokens'])} | "
+                                 f"{_with_interval(c, 'budget_adherence')} | {_fmt(c['forced_close_rate'])} |")  # fmt: skip
+    return lines
+
+
+def _significance_table(changes: _Changes, stages: list[str], envs: list[str], evals: dict[str, Any]) -> list[str]:
+    """First stage vs last, per environment and mode: the paired test in full."""
+    if len(stages) < 2 or not changes.outcomes:
+        return []
+    first, last = stages[0], stages[-1]
+    lines = ["", f"## {last} vs {first}: paired changes", "", f"Gained: tasks right in {last} and wrong in {first}; lost: the reverse.", "",
+             "| env | mode | tasks | before | after | change | gained | lost | McNemar p | beyond noise |", "|---" * 10 + "|"]  # fmt: skip
+    for e in envs:
+        for mode in evals[last].get(e, {}):
+            c = changes.change(e, mode, first, last)
+            if c is not None:
+                lines.append(f"| {e} | {mode} | {c.n} | {c.before:.3f} | {c.after:.3f} | {c.delta:+.3f} | {c.gained} | {c.lost} | "
+                             f"{c.p_value:.3g} | {'yes' if c.significant() else 'no'} |")  # fmt: skip
+    return lines
 
 
 def _plots(run_dir: Path, r: PipelineRecipe, evals: dict[str, Any], stages: list[str], stage_dirs: dict[str, Path]) -> list[Path]:

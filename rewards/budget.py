@@ -19,6 +19,9 @@ class BudgetParams(BaseModel):
     overrun_penalty: float = Field(0.5, ge=0)
     # Subtracted when a /no_think trajectory thinks anyway (a non-empty think block).
     no_think_penalty: float = Field(1.0, ge=0)
+    # Subtracted from correct budgeted trajectories in proportion to the share of the budget their
+    # thinking used: min(1, thinking / budget) * this. 0: off.
+    budget_share_penalty: float = Field(0.0, ge=0)
 
 
 class ReasoningBudgetReward:
@@ -29,6 +32,11 @@ class ReasoningBudgetReward:
     * ``/think`` with a budget: a forced close costs ``forced_close_penalty``; thinking past the
       budget (possible when the rollout does not enforce it) costs up to ``overrun_penalty``.
       The budget is the ladder step the system turn carried (``round_budget``).
+    * ``/think`` with a budget and a correct answer: ``budget_share_penalty`` (off by default)
+      costs ``min(1, thinking / budget)`` of it. Among right answers the shorter thinking then
+      pays, and each token costs ``1 / budget`` of it, so the pressure is strongest where the
+      budget is small. Wrong answers are not charged: a short wrong answer must not beat a
+      long one for being short (as L1's length-controlled reward, Aggarwal & Welleck 2025).
     * ``/think`` without a budget: ``None`` (not applicable), so the combiner skips it and the
       trajectory's total is not moved by a rule that does not exist for it.
 
@@ -45,10 +53,16 @@ class ReasoningBudgetReward:
     ...     trajectory("<think>2+2=4</think>4"),
     ... ])
     [0.0, -0.5, -0.25, -1.0, 0.0, None]
+    >>> ReasoningBudgetReward(BudgetParams(budget_share_penalty=0.4)).score([
+    ...     trajectory("<think>2+2=4</think>4", budget=16, thinking_tokens=4, correct=True),
+    ...     trajectory("<think>2+2=4</think>4", budget=64, thinking_tokens=4, correct=True),
+    ...     trajectory("<think>2+2=4</think>5", budget=16, thinking_tokens=4, correct=False),
+    ... ])
+    [-0.1, -0.025, 0.0]
     """
 
     name: ClassVar[str] = "reasoning_budget"
-    description: ClassVar[str] = "Penalty for forced </think>, thinking over budget, and thinking in /no_think mode."
+    description: ClassVar[str] = "Penalty for forced </think>, thinking over budget, thinking in /no_think mode, and (optionally) budget used."
     Params: ClassVar[type[BaseModel]] = BudgetParams
 
     def __init__(self, params: BudgetParams | None = None) -> None:
@@ -65,6 +79,8 @@ class ReasoningBudgetReward:
         budget = round_budget(x.mode.budget)
         over = max(0, x.thinking_tokens - budget) / budget
         penalty = (p.forced_close_penalty if x.forced_close else 0.0) + p.overrun_penalty * min(1.0, over)
+        if x.correct:
+            penalty += p.budget_share_penalty * min(1.0, x.thinking_tokens / budget)
         return -penalty if penalty else 0.0
 
     def score(self, batch: list[RewardInput]) -> list[float | None]:

@@ -9,6 +9,7 @@ are never decoded and re-tokenized.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
@@ -35,6 +36,20 @@ class ChatTokens:
 def _single_token(tokenizer: PreTrainedTokenizerBase, text: str) -> int | None:
     ids = tokenizer.encode(text, add_special_tokens=False)
     return ids[0] if len(ids) == 1 else None
+
+
+@lru_cache(maxsize=8)
+def newline_token_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, ...]:
+    """Every non-special token whose text contains a newline: where a grace window may close thinking.
+
+    Decoded in one batch over the vocabulary, once per tokenizer (cached). "Contains" rather
+    than "is": BPE merges newlines with indentation or punctuation (``".\\n"``, ``"\\n  "``),
+    and those end a line too.
+    """
+    special = set(tokenizer.all_special_ids)
+    ids = [i for i in range(len(tokenizer)) if i not in special]
+    texts = tokenizer.batch_decode([[i] for i in ids])
+    return tuple(i for i, text in zip(ids, texts, strict=True) if "\n" in text)
 
 
 def chat_template_kwargs(mode: ReasoningMode) -> dict[str, Any]:

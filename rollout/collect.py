@@ -32,6 +32,7 @@ async def collect(
     max_turns: int,
     seed: int,
     step_timeout_s: float | None = None,
+    budget_grace_fraction: float = 0.0,
 ) -> list[list[Trajectory]]:
     """One group of ``generations_per_prompt`` trajectories per ``(task, mode)``, in input order.
 
@@ -39,7 +40,8 @@ async def collect(
     share with other concurrent collections. Each task is routed to ``env_by_name[task.env]``.
     A task listed twice gets different seeds for its second group. An environment failure
     fails only its own samples (``step_timeout_s`` bounds each environment step); an engine
-    failure cancels the other episodes and raises.
+    failure cancels the other episodes and raises. ``budget_grace_fraction``: see
+    :func:`rollout.episode.run_episode`.
     """
     if generations_per_prompt < 1:
         raise ValueError(f"generations_per_prompt must be at least 1, got {generations_per_prompt}")
@@ -56,7 +58,7 @@ async def collect(
         for index in range(generations_per_prompt):
             episode_seed = derive_seed(seed, task.id, occurrence, index)
             env = env_by_name[task.env]
-            coro = run_episode(env, task, mode, tokenizer, batcher.generate, sampling, max_turns, episode_seed, step_timeout_s)
+            coro = run_episode(env, task, mode, tokenizer, batcher.generate, sampling, max_turns, episode_seed, step_timeout_s, budget_grace_fraction)
             episodes.append(asyncio.ensure_future(coro))
     try:
         trajectories = await asyncio.gather(*episodes)

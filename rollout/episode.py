@@ -13,22 +13,32 @@ Reasoning control (see ``align/reasoning.py``): with thinking on and a budget, a
 generates at most the budget left, stopping at ``</think>``; if the budget runs out, a
 ``</think>`` is forced (loss mask 0) and the answer is generated in a second phase of at most
 ``sampling.max_answer_tokens``. The budget covers the whole episode: every turn's thinking
-counts against it, so ``thinking_tokens <= budget`` always holds.
+counts against it, so ``thinking_tokens <= budget`` always holds without a grace window.
+
+Grace window (``budget_grace_fraction`` > 0, as NVIDIA's budget control, whose NIM default is
+0.1): when the budget runs out inside the think block, thinking goes on for at most
+``ceil(fraction * budget)`` more tokens and stops at the first token that contains a newline;
+``</think>`` is then forced after it (or at the end of the window, if no newline came), so
+the thinking is cut at a line boundary rather than mid-sentence. A ``</think>`` the model writes
+itself in the window closes the block as usual (not forced). The window is an episode-wide
+allowance too, so ``thinking_tokens <= budget + ceil(fraction * budget)``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from transformers import PreTrainedTokenizerBase
 
 from align.config.schema import SamplingConfig
 from align.reasoning import THINK_CLOSE, ReasoningMode, round_budget
 from envs.base import Environment, StepResult, Task, safe_step
-from rollout.chat import ChatTokens, count_thinking, observation_ids, render_prompt_ids
+from rollout.chat import ChatTokens, count_thinking, newline_token_ids, observation_ids, render_prompt_ids
 from rollout.routing import pad_routes
 from rollout.types import FinishReason, GenOutput, GenRequest, Trajectory
 
@@ -49,6 +59,7 @@ async def run_episode(
     max_turns: int,
     seed: int,
     step_timeout_s: float | None = None,
+    budget_grace_fraction: float = 0.0,
 ) -> Trajectory:
     """Play ``task`` in ``env`` with the policy behind ``generate`` (usually ``Batcher.generate``).
 
@@ -64,6 +75,8 @@ async def run_episode(
     ``step_timeout_s`` fails a step that takes longer, so one stuck environment cannot stall a
     whole batch; it can only interrupt a ``step`` that awaits (blocking code inside an ``async
     def`` holds the event loop, and environments must run such work in a thread or process).
+    ``budget_grace_fraction``: the grace window after a thinking budget (module docstring); its
+    tokens come out of the same completion cap.
     """
     if max_turns < 1:
         raise ValueError(f"max_turns must be at least 1, got {max_turns}")
@@ -71,6 +84,8 @@ async def run_episode(
     budget = round_budget(mode.budget) if mode.thinking and mode.budget is not None else None
     if budget is not None and chat.think_close_id is None:
         raise ValueError(f"a thinking budget needs {THINK_CLOSE!r} to be one token of the tokenizer; it is not")
+    grace = grace_tokens(budget, budget_grace_fraction) if budget is not None else 0
+    newline_ids = newline_token_ids(tokenizer) if grace else ()
     try:
         messages = list(env.reset(task))
     except Exception as e:  # noqa: BLE001 - plugin code may raise anything
@@ -98,7 +113,9 @@ async def run_episode(
         if budget is None:
             finish = (await stream.sample(cap - len(completion), [chat.eos_id])).finish_reason
         else:
-            finish, forced = await _budgeted_turn(stream, chat, budget - thinking_tokens, cap, sampling.max_answer_tokens)
+            grace_left = grace - max(thinking_tokens - budget, 0)
+            limits = _Limits(budget - thinking_tokens, grace_left, newline_ids, cap, sampling.max_answer_tokens)
+            finish, forced = await _budgeted_turn(stream, chat, limits)
             forced_close = forced_close or forced
         turn_ids = completion[turn_start:]
         thinking_tokens += count_thinking(turn_ids, mask[turn_start:], chat, mode.thinking)
@@ -226,28 +243,66 @@ class _Stream:
         self.logprobs.append(0.0)
 
 
-async def _budgeted_turn(stream: _Stream, chat: ChatTokens, budget_left: int, cap: int, max_answer_tokens: int) -> tuple[FinishReason, bool]:
+def grace_tokens(budget: int, fraction: float) -> int:
+    """The grace window after ``budget``: ``ceil(fraction * budget)`` tokens.
+
+    >>> grace_tokens(16, 0.1), grace_tokens(64, 0.1), grace_tokens(64, 0.25), grace_tokens(64, 0.0)
+    (2, 7, 16, 0)
+    """
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"budget_grace_fraction must be in [0, 1], got {fraction}")
+    return math.ceil(round(fraction * budget, 9))
+
+
+@dataclass(frozen=True)
+class _Limits:
+    """What one budgeted turn may spend: thinking budget and grace window left, and the token caps."""
+
+    budget_left: int  # may be negative: earlier turns spent the budget and some grace
+    grace_left: int
+    newline_ids: tuple[int, ...]
+    cap: int
+    max_answer_tokens: int
+
+
+async def _think(stream: _Stream, chat: ChatTokens, room: int, stops: list[int]) -> Literal["closed", "ended", "open"]:
+    """Sample up to ``room`` thinking tokens: closed by the model, turn ended, or still thinking."""
+    assert chat.think_close_id is not None
+    out = await stream.sample(room, [chat.think_close_id, chat.eos_id, *stops])
+    last = out.token_ids[-1] if out.token_ids else None
+    if last == chat.think_close_id:
+        return "closed"
+    if out.finish_reason == "stop" and last not in stops:
+        return "ended"
+    return "open"
+
+
+async def _budgeted_turn(stream: _Stream, chat: ChatTokens, lim: _Limits) -> tuple[FinishReason, bool]:
     """One assistant turn under a thinking budget: (finish reason, whether ``</think>`` was forced).
 
     Phase 1 thinks for at most ``budget_left`` tokens (less if the completion cap needs room for a
-    forced close and an answer), stopping at ``</think>``. If the model did not close the block, a
-    ``</think>`` is forced and phase 2 answers in at most ``max_answer_tokens``; if it did, the
-    answer may use all the room left. A turn that ends inside phase 1 has no phase 2.
+    forced close and an answer), stopping at ``</think>``. If the budget (not the cap) ran out
+    with the block open, the grace window (if any is left) thinks on up to the first newline
+    token. If the model did not close the block, a ``</think>`` is forced and phase 2 answers in
+    at most ``max_answer_tokens``; if it did, the answer may use all the room left. A turn that
+    ends inside the think block has no phase 2.
     """
     assert chat.think_close_id is not None
-    think_room = min(budget_left, cap - len(stream.completion) - 1 - max_answer_tokens)
-    needs_close, needs_answer = True, True
-    finish: FinishReason = "stop"
+    room_under_cap = lim.cap - len(stream.completion) - 1 - lim.max_answer_tokens
+    think_room = min(lim.budget_left, room_under_cap)
+    state: Literal["closed", "ended", "open"] = "open"
     if think_room > 0:
-        out = await stream.sample(think_room, [chat.think_close_id, chat.eos_id])
-        if out.token_ids and out.token_ids[-1] == chat.think_close_id:
-            needs_close = False  # closed by the model: the answer may use all the room left
-        elif out.finish_reason == "stop":
-            needs_close = needs_answer = False  # the turn ended inside phase 1
+        state = await _think(stream, chat, think_room, [])
+    if state == "open" and lim.budget_left <= room_under_cap and lim.grace_left > 0:
+        grace_room = min(lim.grace_left, lim.cap - len(stream.completion) - 1 - lim.max_answer_tokens)
+        if grace_room > 0:
+            state = await _think(stream, chat, grace_room, list(lim.newline_ids))
+    needs_close, needs_answer = state == "open", state != "ended"
+    finish: FinishReason = "stop"
     if needs_close:
         stream.force(chat.think_close_id)
     if needs_answer:
-        room = cap - len(stream.completion)
-        answer_room = min(max_answer_tokens, room) if needs_close else room
+        room = lim.cap - len(stream.completion)
+        answer_room = min(lim.max_answer_tokens, room) if needs_close else room
         finish = (await stream.sample(answer_room, [chat.eos_id])).finish_reason if answer_room > 0 else "length"
     return finish, needs_close

@@ -188,6 +188,19 @@ class RewardSpec(Strict):
     params: dict[str, Any] = {}
 
 
+class CurriculumConfig(Strict):
+    """Sampling of RL tasks by the pass rates measured in their groups (align/algorithms/rl/curriculum.py)."""
+
+    enabled: bool = False
+    solved_streak: int = Field(1, ge=1)  # all-correct groups in a row after which a task counts as solved
+    solved_weight: float = Field(0.0, ge=0, le=1)  # 0: solved tasks leave the pool; else their weight is scaled by it
+    # uniform; learnability: p(1-p) + min_weight; easy_first: p + min_weight (p: the task's last pass rate)
+    weighting: Literal["uniform", "learnability", "easy_first"] = "uniform"
+    min_weight: float = Field(0.01, gt=0)
+    unseen_pass_rate: float = Field(0.5, ge=0, le=1)  # p of a task not sampled yet
+    histogram_bins: int = Field(5, ge=1, le=20)  # pass-rate histogram per environment in the metrics
+
+
 class GRPOSettings(Strict):
     max_steps: int = Field(50, ge=1)
     prompts_per_step: int = Field(8, ge=1)
@@ -221,6 +234,7 @@ class GRPOSettings(Strict):
     max_env_error_rate: float = Field(0.5, ge=0, le=1)  # align/guards.py: warn above this share of failed
     max_env_failing_steps: int = Field(3, ge=1)  # samples; stop after this many such steps in a row (exit 3)
     keep_reward_only_groups: bool = False  # train on groups the environment failed on (see batch.py)
+    curriculum: CurriculumConfig = CurriculumConfig()
 
 
 class RLReasoningConfig(Strict):
@@ -230,6 +244,9 @@ class RLReasoningConfig(Strict):
     budget_fraction: float = Field(0.2, ge=0, le=1)
     budgets: list[int] = [16, 32, 64]  # ladder steps drawn for budgeted prompts
     eval_budgets: list[int] = [16, 32, 64]
+    # After the budget, think on for up to ceil(fraction * budget) tokens and close at the first
+    # newline (NVIDIA's budget control; NIM uses 0.1). 0: force </think> at the budget. rollout/episode.py
+    budget_grace_fraction: float = Field(0.0, ge=0, le=1)
 
     @model_validator(mode="after")
     def _fractions_fit(self) -> "RLReasoningConfig":
@@ -301,6 +318,7 @@ class PipelineEval(Strict):
     max_new_tokens: int = Field(96, ge=1)
     max_answer_tokens: int = Field(32, ge=1)
     max_turns: int = Field(3, ge=1)
+    budget_grace_fraction: float = Field(0.0, ge=0, le=1)  # as the RL recipe's reasoning.budget_grace_fraction
 
 
 class PipelineRecipe(Strict):

@@ -96,7 +96,8 @@ def test_report_compares_each_stage_with_the_one_before(tmp_path) -> None:
     report = write_report(tmp_path, r, evals, {"sft": 12.0, "rl": 30.0}, dirs)
     text = report.read_text()
     rows = [line for line in text.splitlines() if line.startswith("| sft |") or line.startswith("| rl |")]
-    assert rows[0].startswith("| sft | 0.250 |") and rows[1].startswith("| rl | 0.750 (+0.500) |"), rows[:2]
+    # Wilson 95% intervals of 1/4 and 3/4; no per-task outcomes given, so no change is marked.
+    assert rows[0].startswith("| sft | 0.250 [0.05, 0.70] |") and rows[1].startswith("| rl | 0.750 [0.30, 0.95] (+0.500) |"), rows[:2]
     data = json.loads((tmp_path / "report.json").read_text())
     assert data["headline"]["rl"]["accuracy_think"] == 0.75 and data["timings_s"] == {"sft": 12.0, "rl": 30.0}
     for png in ("accuracy_vs_budget.png", "thinking_vs_budget.png", "training_curves.png"):

@@ -199,3 +199,45 @@ def test_combine_names_a_raising_reward_function() -> None:
 
     with pytest.raises(RewardFnError, match="reward function 'boom' \\(Boom\\) raised KeyError"):
         combine([(Boom([]), 1.0)], [trajectory("a")])
+
+
+# ------------------------------------------------------------------ shorter thinking pays under a small budget
+
+
+def test_budget_share_penalty_makes_shorter_thinking_pay_in_group_advantages() -> None:
+    """From the recipe's params to GRPO advantages: in a group of right answers at budget 16, the
+    less of the budget a trajectory thought, the higher its advantage; wrong answers are not charged."""
+    from align.algorithms.rl.batch import Scored, finalize
+    from align.config.schema import GRPOSettings
+
+    fn = make_reward("reasoning_budget", {"budget_share_penalty": 0.4})
+    batch = [trajectory("<think>a</think>4", budget=16, thinking_tokens=n, correct=True, env_reward=1.0, forced_close=n == 16)
+             for n in (4, 8, 12, 16)]  # fmt: skip
+    extra, components = combine([(fn, 1.0)], batch)
+    totals = [x.env_reward + e for x, e in zip(batch, extra)]
+    assert components["reasoning_budget"] == pytest.approx([-0.1, -0.2, -0.3, -0.9])  # the forced one: 0.5 + 0.4
+    group = finalize(Scored(trajectories=[_traj_stub() for _ in batch], rewards=totals), GRPOSettings())
+    assert group.advantages == sorted(group.advantages, reverse=True) and group.advantages[0] > 0 > group.advantages[-1]
+    # Per thinking token the cost is 1/budget of the penalty: 4x larger at 16 than at 64.
+    small, large = fn.score([trajectory("<think>a</think>4", budget=b, thinking_tokens=8, correct=True) for b in (16, 64)])
+    assert small == pytest.approx(4 * large)
+    assert fn.score([trajectory("<think>a</think>5", budget=16, thinking_tokens=12, correct=False)]) == [0.0]
+    assert ReasoningBudgetReward().score([trajectory("<think>a</think>4", budget=16, thinking_tokens=12, correct=True)]) == [0.0]
+
+
+def _traj_stub():
+    from types import SimpleNamespace
+
+    return SimpleNamespace(truncated=False)
+
+
+def test_budget_share_penalty_is_set_and_checked_from_the_recipe() -> None:
+    from align.config import load_recipe
+    from align.config.loader import RecipeError
+
+    loaded = load_recipe("nano3-multienv-tiny", ["rewards=[{name: reasoning_budget, weight: 0.5, params: {budget_share_penalty: 0.3}}]"])
+    (spec,) = loaded.recipe.rewards
+    fn = make_reward(spec.name, spec.params)
+    assert fn.params.budget_share_penalty == 0.3
+    with pytest.raises(RecipeError, match=r"rewards\.0 \(reasoning_budget\)[\s\S]*budget_share_penalty"):
+        load_recipe("nano3-multienv-tiny", ["rewards=[{name: reasoning_budget, params: {budget_share_penalty: -1}}]"])

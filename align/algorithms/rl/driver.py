@@ -93,7 +93,7 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
     rewards = [(make_reward(spec.name, spec.params), spec.weight) for spec in r.rewards]
     train_tasks = {s.name: load_tasks(s, envs[s.name], s.num_train, r.seed, "train") for s in r.envs}
     eval_tasks = [t for s in r.envs for t in load_tasks(s, envs[s.name], s.num_eval, r.seed, "eval")]
-    mixer = TaskMixer(train_tasks, {s.name: s.weight for s in r.envs}, r.seed)
+    mixer = TaskMixer(train_tasks, {s.name: s.weight for s in r.envs}, r.seed, g.curriculum)
 
     if in_process and r.cluster.num_learners != 1:
         raise JobError("in-process RL runs one learner: set cluster.num_learners=1")
@@ -130,7 +130,8 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
 
     def evaluate(step: int) -> EvalSummary:
         modes = standard_modes(r.reasoning.eval_budgets)
-        results = asyncio.run(play(envs, eval_tasks, modes, tokenizer, rollout.generate, r.rollout.sampling, r.rollout.max_turns, r.seed))
+        results = asyncio.run(play(envs, eval_tasks, modes, tokenizer, rollout.generate, r.rollout.sampling, r.rollout.max_turns, r.seed,
+                                   r.reasoning.budget_grace_fraction))  # fmt: skip
         return summarize(results)
 
     def log_eval(step: int, summary: EvalSummary) -> None:
@@ -150,13 +151,15 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
             pairs = [(t, assign_mode(t, r.reasoning, r.seed)) for t in tasks]
             t0 = time.perf_counter()
             groups = asyncio.run(collect(envs, pairs, g.generations_per_prompt, tokenizer=tokenizer, generate=rollout.generate,
-                                         sampling=r.rollout.sampling, max_turns=r.rollout.max_turns, seed=rng_seed + 7 * round_))  # fmt: skip
+                                         sampling=r.rollout.sampling, max_turns=r.rollout.max_turns, seed=rng_seed + 7 * round_,
+                                         budget_grace_fraction=r.reasoning.budget_grace_fraction))  # fmt: skip
             out.time_rollout_s += time.perf_counter() - t0
             out.rollout_tokens += sum(t.num_policy_tokens for grp in groups for t in grp)
             t0 = time.perf_counter()
             scored = [score_group(grp, rewards, r.rollout.sampling.max_new_tokens, g) for grp in groups]
             out.time_score_s += time.perf_counter() - t0
             out.all_groups += scored
+            out.curriculum = mixer.observe(groups)  # pass rates by task (grpo.curriculum); {} when off
             new_kept, new_dropped = select_groups(scored, needed - len(kept), g.dynamic_sampling, env_signal=bool(rewards) and not g.keep_reward_only_groups)
             kept += new_kept
             out.dropped += new_dropped
@@ -213,6 +216,7 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
             done = step + 1
             metrics = _step_metrics(ro.all_groups, ro.kept, train_metrics)
             metrics.update(extra)
+            metrics.update(ro.curriculum)
             metrics.update(staleness=float(staleness), time_rollout_s=ro.time_rollout_s, time_score_s=ro.time_score_s,
                            time_rollout_wait_s=t_wait, time_learner_s=t_learn, time_sync_s=t_sync,
                            time_step_s=time.perf_counter() - t_step, rollout_tokens_per_s=ro.rollout_tokens / max(ro.time_rollout_s, 1e-9),
@@ -256,6 +260,7 @@ class StepRollout:
     dropped: list[Scored] = field(default_factory=list)
     train_groups: list[Scored] = field(default_factory=list)
     tasks_state: dict[str, Any] = field(default_factory=dict)
+    curriculum: dict[str, float] = field(default_factory=dict)
     time_rollout_s: float = 0.0
     time_score_s: float = 0.0
     rollout_tokens: int = 0

@@ -3,7 +3,9 @@
 Each environment's train tasks form a stream reshuffled every pass (deterministic in the
 seed); its position is the RL data state saved in checkpoints. Every step takes its share of
 prompts from each stream (largest-remainder split of the weights), so one step mixes all
-environments.
+environments. With ``grpo.curriculum.enabled`` a :class:`~align.algorithms.rl.curriculum.Curriculum`
+chooses each environment's tasks by pass rate instead of the shuffled stream, and its state is
+saved with the positions.
 """
 
 from __future__ import annotations
@@ -11,13 +13,15 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from align.config.schema import EnvSpec, RLReasoningConfig
+from align.algorithms.rl.curriculum import Curriculum
+from align.config.schema import CurriculumConfig, EnvSpec, RLReasoningConfig
 from align.data.errors import DataError
 from align.data.generated import split_counts
 from align.heldout import heldout_tasks, task_key
 from align.reasoning import ReasoningMode
 from envs.base import Environment, Task, task_source
 from envs.public_data import load_env_tasks, split_tasks
+from rollout.types import Trajectory
 
 
 def load_tasks(spec: EnvSpec, env: Environment, n: int, seed: int, split: str) -> list[Task]:
@@ -50,12 +54,13 @@ def assign_mode(task: Task, cfg: RLReasoningConfig, seed: int) -> ReasoningMode:
 class TaskMixer:
     """Weighted, resumable mixing of per-environment task streams."""
 
-    def __init__(self, tasks: dict[str, list[Task]], weights: dict[str, float], seed: int) -> None:
+    def __init__(self, tasks: dict[str, list[Task]], weights: dict[str, float], seed: int, curriculum: CurriculumConfig | None = None) -> None:
         empty = [name for name, ts in tasks.items() if not ts]
         if empty:
             raise ValueError(f"no training tasks for environment(s) {empty}")
         self.tasks, self.weights, self.seed = tasks, weights, seed
         self.position = {name: 0 for name in tasks}
+        self.curriculum = Curriculum(curriculum, seed) if curriculum is not None and curriculum.enabled else None
 
     def _take(self, name: str) -> Task:
         ts = self.tasks[name]
@@ -68,9 +73,25 @@ class TaskMixer:
 
     def next(self, n: int) -> list[Task]:
         counts = split_counts(self.weights, n)
-        return [self._take(name) for name in self.tasks for _ in range(counts[name])]
+        if self.curriculum is None:
+            return [self._take(name) for name in self.tasks for _ in range(counts[name])]
+        out = []
+        for name in self.tasks:
+            if counts[name]:
+                out += self.curriculum.draw(name, self.tasks[name], counts[name], self.position[name])
+                self.position[name] += counts[name]  # tasks taken, as the streams count
+        return out
+
+    def observe(self, groups: list[list[Trajectory]]) -> dict[str, float]:
+        """Feed a round's groups to the curriculum; its metrics (empty without one)."""
+        if self.curriculum is None:
+            return {}
+        self.curriculum.observe(groups)
+        return self.curriculum.metrics(self.tasks)
 
     def state_dict(self) -> dict[str, Any]:
+        if self.curriculum is not None:
+            return {"position": dict(self.position), "curriculum": self.curriculum.state_dict()}
         return {"position": dict(self.position)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -78,3 +99,5 @@ class TaskMixer:
         if unknown:
             raise ValueError(f"checkpoint has task streams for environments not in this recipe: {sorted(unknown)}")
         self.position.update(state["position"])
+        if self.curriculum is not None:
+            self.curriculum.load_state_dict(state.get("curriculum", {}))

@@ -1,0 +1,138 @@
+"""The report's statistics: Wilson intervals, McNemar's exact test, and where the report marks a change."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from align.evaluate import summarize
+from align.reasoning import ReasoningMode
+from align.report import OUTCOMES, read_outcomes, write_report
+from align.stats import mcnemar_exact, paired_change, wilson_interval
+from tests.align.test_evaluate import T
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "lo", "hi"),
+    [
+        # By hand: center (p + z^2/2n) / (1 + z^2/n), half-width z sqrt(p(1-p)/n + z^2/4n^2) / (1 + z^2/n), z = 1.95996.
+        (5, 10, 0.2366, 0.7634),
+        (0, 10, 0.0, 0.2775),
+        (10, 10, 0.7225, 1.0),
+        (24, 48, 0.3639, 0.6361),
+        (1, 4, 0.0456, 0.6994),
+    ],
+)
+def test_wilson_interval_matches_hand_computed_values(k: int, n: int, lo: float, hi: float) -> None:
+    got = wilson_interval(k, n)
+    assert got == pytest.approx((lo, hi), abs=1e-4)
+
+
+def test_wilson_interval_edge_cases() -> None:
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError, match="successes"):
+        wilson_interval(5, 4)
+
+
+@pytest.mark.parametrize(
+    ("b", "c", "p"),
+    [
+        (0, 6, 2 / 64),  # 2 * P(X <= 0), X ~ Bin(6, 1/2)
+        (0, 5, 2 / 32),
+        (1, 9, 2 * (1 + 10) / 1024),
+        (2, 8, 2 * (1 + 10 + 45) / 1024),
+        (5, 3, 2 * (1 + 8 + 28 + 56) / 256),
+        (3, 3, 1.0),
+        (0, 0, 1.0),
+    ],
+)
+def test_mcnemar_exact_matches_the_binomial_tail(b: int, c: int, p: float) -> None:
+    assert mcnemar_exact(b, c) == pytest.approx(p) and mcnemar_exact(c, b) == pytest.approx(p)
+
+
+def test_paired_change_counts_discordant_tasks_only() -> None:
+    before = {f"t{i}": i < 10 for i in range(20)}
+    after = {f"t{i}": i < 16 for i in range(20)}  # 6 gained, none lost
+    c = paired_change(before, after)
+    assert (c.n, c.before, c.after, c.gained, c.lost) == (20, 0.5, 0.8, 6, 0)
+    assert c.p_value == pytest.approx(1 / 32) and c.significant()
+    # The same change read as two independent samples is not beyond noise: the intervals overlap.
+    assert wilson_interval(10, 20)[1] > wilson_interval(16, 20)[0]
+
+
+# ---------------------------------------------------------------- the report
+
+THINK, OFF, B16 = ReasoningMode(True), ReasoningMode(False), ReasoningMode(True, 16)
+
+
+def _stage(right: dict[str, int], n: int) -> tuple[dict, dict]:
+    """(summary, outcomes) of a stage where, per environment, the first right[env] of n tasks are right in every mode."""
+    rows, outcomes = [], {"all": {}}
+    for env, k in right.items():
+        for label, mode in (("think", THINK), ("no_think", OFF), ("budget_16", B16)):
+            verdicts = {f"{env}-{i}": i < k for i in range(n)}
+            rows += [(label, T(env, mode, ok, float(ok), thinking_tokens=8, budget=mode.budget)) for ok in verdicts.values()]
+            outcomes.setdefault(env, {})[label] = verdicts
+            outcomes["all"].setdefault(label, {}).update({f"{env}/{t}": ok for t, ok in verdicts.items()})
+    return summarize(rows), outcomes
+
+
+def _report(tmp_path: Path, with_outcomes: bool = True) -> str:
+    from align.config import load_recipe
+
+    r = load_recipe("tiny", [f"output_dir={tmp_path}", "eval.budgets=[16]"]).recipe
+    # math: 10 -> 16 of 20 right, the same 10 still right (6 gained, 0 lost: p = 0.031).
+    # code: 10 -> 12, but as 5 gained and 3 lost (p = 0.73): not beyond noise.
+    sft, sft_out = _stage({"math": 10, "code": 10}, 20)
+    rl, rl_out = _stage({"math": 16, "code": 12}, 20)
+    for mode in rl_out["code"]:
+        shuffled = {f"code-{i}": (i < 7 or 10 <= i < 15) for i in range(20)}  # 12 right: 7 kept, 3 lost, 5 gained
+        rl_out["code"][mode] = shuffled
+        rl_out["all"][mode].update({f"code/{t}": ok for t, ok in shuffled.items()})
+    evals = {"tasks_per_env": {"math": 20, "code": 20}, "sft": sft, "rl": rl}
+    if with_outcomes:
+        evals[OUTCOMES] = {"sft": sft_out, "rl": rl_out}
+    return write_report(tmp_path, r, evals, {"sft": 1.0, "rl": 2.0}, {"sft": tmp_path / "sft", "rl": tmp_path / "rl"}).read_text()
+
+
+def test_report_marks_only_changes_beyond_noise(tmp_path: Path) -> None:
+    text = _report(tmp_path)
+    env_rows = text.split("## Accuracy per environment")[1].split("##")[0]
+    header = next(line for line in env_rows.splitlines() if line.startswith("| stage |"))
+    rl_row = next(line for line in env_rows.splitlines() if line.startswith("| rl |"))
+    cells = dict(zip((c.strip() for c in header.strip("|").split("|")), (c.strip() for c in rl_row.strip("|").split("|"))))
+    assert cells["math think"] == cells["math no_think"] == "0.800 [0.58, 0.92] (+0.300 *)", cells
+    assert cells["code think"] == "0.600 [0.39, 0.78] (+0.100)", cells
+    assert "| math | think | 20 | 0.500 | 0.800 | +0.300 | 6 | 0 | 0.0312 | yes |" in text
+    assert "| code | think | 20 | 0.500 | 0.600 | +0.100 | 5 | 3 | 0.727 | no |" in text
+    # Over all 40 tasks: 11 gained, 3 lost, p = 2 * P(X <= 3), X ~ Bin(14, 1/2) = 0.057: not marked.
+    assert "| all | think | 40 | 0.500 | 0.700 | +0.200 | 11 | 3 | 0.0574 | no |" in text
+    head = next(line for line in text.split("## Headline")[1].splitlines() if line.startswith("| rl |"))
+    assert "0.700 [0.55, 0.82] (+0.200) |" in head and "*" not in head
+
+
+def test_report_without_per_task_outcomes_marks_nothing(tmp_path: Path) -> None:
+    text = _report(tmp_path, with_outcomes=False)
+    assert "(+0.300)" in text and " *)" not in text and "paired changes" not in text
+
+
+def test_report_has_budgets_per_environment_with_intervals(tmp_path: Path) -> None:
+    text = _report(tmp_path)
+    # Every budgeted trajectory thought 8 tokens within its 16 without forcing: adherence 20/20.
+    assert "| math | 16 | rl | 0.800 [0.58, 0.92] | 8.000 | 1.000 [0.84, 1.00] | 0.000 |" in text
+    assert "| code | 16 | sft | 0.500 [0.30, 0.70] | 8.000 | 1.000 [0.84, 1.00] | 0.000 |" in text
+    assert "| all | 16 | rl | 0.700 [0.55, 0.82] |" in text
+
+
+def test_read_outcomes_from_eval_samples(tmp_path: Path) -> None:
+    rows = [{"mode": "think", "env": "math", "task": "m1", "correct": True}, {"mode": "think", "env": "code", "task": 7, "correct": None},
+            {"mode": "no_think", "env": "math", "task": "m1", "correct": False}]  # fmt: skip
+    path = tmp_path / "eval_sft.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert read_outcomes(path) == {
+        "math": {"think": {"m1": True}, "no_think": {"m1": False}},
+        "code": {"think": {"7": False}},
+        "all": {"think": {"math/m1": True, "code/7": False}, "no_think": {"math/m1": False}},
+    }
