@@ -7,14 +7,11 @@ that applies them to a share of a data set (DESIGN.md, "Reasoning control"):
   mark the row ``enable_thinking=False``; the chat template then opens each assistant turn
   with an empty ``<think></think>`` (outside the loss), the same prefix rollouts use.
 - :func:`truncate_thinking`: pick a ladder budget the longest trace does not fit, cut every
-  trace that does not fit to exactly ``budget - TAG_ROOM`` tokens, close it with ``</think>``
-  and keep the answer after it; the row gets ``thinking_budget`` = that step, so the system
-  turn carries its budget token. ``TAG_ROOM``: a rollout's thinking phase under a budget
-  samples at most ``budget`` tokens, the ``<think>`` the policy opens with and its ``</think>``
-  included (rollout/episode.py), so a trace of ``budget - 2`` tokens is the longest the policy
-  can close by itself; a cut at ``budget`` would teach a close the rollout always forces. The
-  cut leaves up to a quarter of the budget unused (drawn per row), so the policy learns to
-  close with a margin rather than at one exact count.
+  trace that does not fit to at most ``budget`` tokens (the thinking tokens between the tags,
+  as a rollout counts them: rollout/episode.py), close it with ``</think>`` and keep the answer
+  after it; the row gets ``thinking_budget`` = that step, so the system turn carries its budget
+  token. The cut leaves up to a quarter of the budget unused (drawn per row), so the policy
+  learns to close with a margin rather than at one exact count.
 - :func:`fit_budget`: give the row the smallest ladder step its traces fit, or the next one,
   without cutting anything, so a budget token also appears where nothing had to be cut.
 
@@ -39,7 +36,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 Row = dict[str, Any]
-TAG_ROOM = 2  # <think> and </think>, sampled inside the budget
 _BLOCK = re.compile(re.escape(THINK_OPEN) + r"(.*?)" + re.escape(THINK_CLOSE), re.DOTALL)
 
 
@@ -104,18 +100,18 @@ def _longest_trace(row: Row, tokenizer: PreTrainedTokenizerBase) -> int:
 
 
 def truncation_budgets(row: Row, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """Ladder steps the longest trace does not fit, tags included (empty: nothing to truncate)."""
+    """Ladder steps below the longest trace's token count (empty: nothing to truncate)."""
     longest = _longest_trace(row, tokenizer)
-    return [b for b in BUDGET_LADDER if b - TAG_ROOM < longest]
+    return [b for b in BUDGET_LADDER if b < longest]
 
 
 def fit_budget(row: Row, tokenizer: PreTrainedTokenizerBase, rng: random.Random) -> Row | None:
-    """The row with ``thinking_budget`` = the smallest ladder step its longest trace fits (tags
-    included) or the next one, traces unchanged; None for /no_think rows and rows without thinking.
+    """The row with ``thinking_budget`` = the smallest ladder step its longest trace fits or
+    the next one, traces unchanged; None for /no_think rows and rows without thinking.
     """
     if row.get("enable_thinking") is False or not has_thinking(row):
         return None
-    need = _longest_trace(row, tokenizer) + TAG_ROOM
+    need = _longest_trace(row, tokenizer)
     fitting = [b for b in BUDGET_LADDER if b >= need]
     if not fitting:
         return None
@@ -144,7 +140,7 @@ def truncate_thinking(row: Row, tokenizer: PreTrainedTokenizerBase, rng: random.
         if not m:
             continue
         ids = _encode(tokenizer, m.group(1))
-        keep = step - TAG_ROOM - rng.randint(0, step // 4)
+        keep = step - rng.randint(0, step // 4)
         if len(ids) <= keep:
             continue
         cut = _cut_to_tokens(tokenizer, ids, keep)

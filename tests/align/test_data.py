@@ -34,7 +34,7 @@ from align.data import (
     validate_preference_row,
     validate_sft_row,
 )
-from align.data.reasoning_mix import TAG_ROOM, fit_budget
+from align.data.reasoning_mix import fit_budget
 from align.reasoning import BUDGET_LADDER, THINK_CLOSE, THINK_OPEN, budget_token
 
 LONG_TRACE = " ".join(f"step {i}: add {i} and {i + 1} to get {2 * i + 1}." for i in range(12))
@@ -127,13 +127,13 @@ def test_truncation_keeps_the_answer_and_cuts_the_trace_to_the_budget(tiny_token
     trace = content[len(THINK_OPEN) : content.index(THINK_CLOSE)]
     assert LONG_TRACE.startswith(trace)
     kept = len(tiny_tokenizer.encode(trace, add_special_tokens=False))
-    assert budget - TAG_ROOM - budget // 4 <= kept <= budget - TAG_ROOM
+    assert budget - budget // 4 <= kept <= budget
     assert out["enable_thinking"] is True and out["thinking_budget"] == budget
-    # in the rendered sequence: the budget token in the system turn, and the think block with its
-    # tags at most `budget` tokens long (what a rollout samples before it forces a close)
+    # in the rendered sequence: the budget token in the system turn, and at most `budget` tokens
+    # between the tags (what a rollout lets the policy think before it forces a close)
     ids = tokenize_sft(out, tiny_tokenizer, 1024)["input_ids"]
     open_id, close_id = tiny_tokenizer.convert_tokens_to_ids([THINK_OPEN, THINK_CLOSE])
-    assert ids.index(close_id) - ids.index(open_id) + 1 == kept + TAG_ROOM <= budget
+    assert ids.index(close_id) - ids.index(open_id) - 1 == kept <= budget
     cuts = {len(truncate_thinking(row, tiny_tokenizer, random.Random(s), budget=budget)["messages"][1]["content"]) for s in range(20)}
     assert len(cuts) > 1  # the margin is drawn per row: the policy learns to close early, not at one count
     assert tiny_tokenizer.convert_tokens_to_ids(budget_token(budget)) in ids
@@ -142,13 +142,13 @@ def test_truncation_keeps_the_answer_and_cuts_the_trace_to_the_budget(tiny_token
 def test_truncation_draws_a_ladder_step_below_the_trace_and_skips_short_traces(tiny_tokenizer):
     n_trace = len(tiny_tokenizer.encode(LONG_TRACE, add_special_tokens=False))
     budgets = {truncate_thinking(_long_row(), tiny_tokenizer, random.Random(s))["thinking_budget"] for s in range(30)}
-    assert budgets == {b for b in BUDGET_LADDER if b - TAG_ROOM < n_trace}
+    assert budgets == {b for b in BUDGET_LADDER if b < n_trace}
     assert truncate_thinking(_row(SINGLE), tiny_tokenizer, random.Random(0)) is None  # trace shorter than 16 tokens
 
 
 def test_fitted_budget_tags_a_step_the_trace_fits_and_cuts_nothing(tiny_tokenizer):
     row = _row(SINGLE)
-    need = len(tiny_tokenizer.encode("2 plus 3 is 5", add_special_tokens=False)) + TAG_ROOM
+    need = len(tiny_tokenizer.encode("2 plus 3 is 5", add_special_tokens=False))
     smallest = min(b for b in BUDGET_LADDER if b >= need)
     steps = {fit_budget(row, tiny_tokenizer, random.Random(s))["thinking_budget"] for s in range(30)}
     assert steps == {smallest, BUDGET_LADDER[BUDGET_LADDER.index(smallest) + 1]}
