@@ -174,7 +174,7 @@ description: bench_gpu_rl {policy}, math prompts, fixed {s.new_tokens}-token gen
 seed: {s.seed}
 output_dir: {out}
 init_from: {ckpt}
-model: {{arch: {POLICIES[policy]['arch']}, dtype: {'bfloat16' if gpu else 'float32'}}}
+model: {{arch: {POLICIES[policy]['arch']}, dtype: {'bfloat16' if gpu else 'float32'}, tiny: {{max_position_embeddings: {max(4096, max_len)}}}}}
 cluster: {{num_learners: 1, gpus_per_learner: {learner_gpu}, num_rollout_engines: 1, gpus_per_rollout_engine: {engine_gpu}}}
 learner: {{micro_batch_size_per_device: {s.micro_batch}, lr: {s.lr}, lr_schedule: constant, warmup_steps: 0, precision: {'bf16' if gpu else 'fp32'}, gradient_checkpointing: false, max_seq_len: {max_len}, compile: {str(s.compile).lower()}}}
 checkpoint: {{every_steps: {s.steps + 1}, keep_last: 1}}
