@@ -260,7 +260,7 @@ class RolloutGroup(_Group):
         kwargs = dict(model_path=str(model_path), gpu_memory_utilization=rollout.gpu_memory_utilization, max_model_len=rollout.max_model_len,
                       enforce_eager=rollout.enforce_eager, dtype=dtype, return_routed_experts=rollout.return_routed_experts,
                       kv_cache_memory_bytes=rollout.kv_cache_memory_mb * 2**20 if rollout.kv_cache_memory_mb else None,
-                      recompute_kv_on_update=rollout.recompute_kv_on_update)  # fmt: skip
+                      recompute_kv_on_update=rollout.recompute_kv_on_update, max_num_seqs=rollout.max_num_seqs)  # fmt: skip
         if in_process:
             self._spawn_local(VLLMEngine(seed=seed, **kwargs))
         else:

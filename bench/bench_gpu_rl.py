@@ -94,6 +94,7 @@ class Settings:
     mode: str = "sync"  # grpo.mode; async needs --placement separate (or CPU)
     max_staleness: int = 1
     lengths: str = "fixed"  # fixed: every completion runs to new_tokens (ignore_eos); natural: it stops at EOS
+    compile: bool = False  # align's learner.compile (side align-compile)
 
 
 # ----------------------------------------------------------------------------- shared inputs
@@ -105,8 +106,12 @@ def start_checkpoint(policy: str, s: Settings) -> Path:
     from align.init_checkpoint import prepare_initial_checkpoint
 
     spec = POLICIES[policy]
-    cfg = ModelConfig(arch=spec["arch"], tiny=TinyModelConfig(**spec["tiny"]), dtype="bfloat16" if s.gpu else "float32")
-    return prepare_initial_checkpoint(cfg, TokenizerConfig(vocab_size=s.vocab_size), RUNS / "init" / f"{policy}-v{s.vocab_size}", seed=s.seed)
+    tiny = dict(spec["tiny"])
+    if "max_position_embeddings" in tiny:  # room for long generations (--new-tokens 16384)
+        tiny["max_position_embeddings"] = max(tiny["max_position_embeddings"], 256 + s.new_tokens)
+    cfg = ModelConfig(arch=spec["arch"], tiny=TinyModelConfig(**tiny), dtype="bfloat16" if s.gpu else "float32")
+    name = f"{policy}-v{s.vocab_size}" + (f"-p{tiny['max_position_embeddings']}" if tiny.get("max_position_embeddings", 0) > 4096 else "")
+    return prepare_initial_checkpoint(cfg, TokenizerConfig(vocab_size=s.vocab_size), RUNS / "init" / name, seed=s.seed)
 
 
 def prompts(ckpt: Path, s: Settings) -> list[dict[str, Any]]:
@@ -169,9 +174,9 @@ description: bench_gpu_rl {policy}, math prompts, fixed {s.new_tokens}-token gen
 seed: {s.seed}
 output_dir: {out}
 init_from: {ckpt}
-model: {{arch: {POLICIES[policy]['arch']}, dtype: {'bfloat16' if gpu else 'float32'}}}
+model: {{arch: {POLICIES[policy]['arch']}, dtype: {'bfloat16' if gpu else 'float32'}, tiny: {{max_position_embeddings: {max(4096, max_len)}}}}}
 cluster: {{num_learners: 1, gpus_per_learner: {learner_gpu}, num_rollout_engines: 1, gpus_per_rollout_engine: {engine_gpu}}}
-learner: {{micro_batch_size_per_device: {s.micro_batch}, lr: {s.lr}, lr_schedule: constant, warmup_steps: 0, precision: {'bf16' if gpu else 'fp32'}, gradient_checkpointing: false, max_seq_len: {max_len}}}
+learner: {{micro_batch_size_per_device: {s.micro_batch}, lr: {s.lr}, lr_schedule: constant, warmup_steps: 0, precision: {'bf16' if gpu else 'fp32'}, gradient_checkpointing: false, max_seq_len: {max_len}, compile: {str(s.compile).lower()}}}
 checkpoint: {{every_steps: {s.steps + 1}, keep_last: 1}}
 rollout:
   gpu_memory_utilization: {0.35 if gpu else 0.1}
@@ -207,7 +212,10 @@ grpo:
 
 
 def side_settings(s: Settings, side: str) -> Settings:
-    """A side's settings: ``align`` as given, ``align-asyncN`` align's async GRPO at max staleness N, ``trl`` as given."""
+    """A side's settings: ``align`` as given, ``align-asyncN`` align's async GRPO at max staleness N, ``align-compile``
+    align with ``learner.compile``, ``trl`` as given."""
+    if side == "align-compile":
+        return replace(s, compile=True)
     if side.startswith("align-async"):
         return replace(s, mode="async", max_staleness=int(side.removeprefix("align-async") or 1))
     return s
@@ -328,7 +336,7 @@ def summarize(res: dict[str, Any], s: Settings, prompt_tokens: float, n_body: in
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--policies", default="llama-1b,hybrid-1b")
-    ap.add_argument("--sides", default="align,trl", help="align, trl, and align-asyncN: align's async GRPO at max staleness N (separate placement)")
+    ap.add_argument("--sides", default="align,trl", help="align, trl, align-compile (learner.compile), and align-asyncN: align's async GRPO at max staleness N (separate placement)")
     ap.add_argument("--placement", choices=["colocated", "separate"], default="colocated")
     ap.add_argument("--mode", choices=["sync", "async"], default="sync", help="align's grpo.mode (async: with --placement separate)")
     ap.add_argument("--max-staleness", type=int, default=1, help="align's grpo.max_staleness (async)")
@@ -400,8 +408,8 @@ def main() -> int:
             entry["trl_over_align_step"] = sides["trl"] / sides["align"]
         gen_rate = {side: statistics.median(r["summary"]["gen_tokens_per_s_per_gpu"] or 0.0 for r in runs) for side, runs in entry["runs"].items()}
         for side in gen_rate:
-            if side.startswith("align-async") and gen_rate.get("align"):
-                entry[f"{side}_over_sync_gen_tokens_per_s"] = gen_rate[side] / gen_rate["align"]
+            if side.startswith("align-") and gen_rate.get("align"):
+                entry[f"{side}_over_align_gen_tokens_per_s"] = gen_rate[side] / gen_rate["align"]
         report["policies"][policy] = entry
         for side, runs in entry["runs"].items():
             m = runs[0]["summary"]
@@ -415,8 +423,8 @@ def main() -> int:
         if "trl_over_align_step" in entry:
             console.print(f"{policy}: TRL step / align step = {entry['trl_over_align_step']:.2f}")
         for key, ratio in entry.items():
-            if key.endswith("_over_sync_gen_tokens_per_s"):
-                console.print(f"{policy}: {key.removesuffix('_over_sync_gen_tokens_per_s')} / align sync, generated tokens/s/GPU = {ratio:.2f}")
+            if key.endswith("_over_align_gen_tokens_per_s"):
+                console.print(f"{policy}: {key.removesuffix('_over_align_gen_tokens_per_s')} / align, generated tokens/s/GPU = {ratio:.2f}")
     report["load_1m_end"] = load1()
     console.print(table)
     console.print("context: NeMo-RL publishes 1,581 tokens/s/GPU for Llama-3.1-8B GRPO on 16 H100 (~1K generations); not measured here")

@@ -57,6 +57,7 @@ class VLLMEngine:
         enable_prefix_caching: bool | None = None,
         return_routed_experts: bool = False,
         recompute_kv_on_update: bool = False,
+        max_num_seqs: int | None = None,
     ) -> None:
         """Load ``model_path`` (an HF folder).
 
@@ -81,6 +82,10 @@ class VLLMEngine:
         ``recompute_kv_on_update``: a weight update preempts the running requests, so vLLM
         recomputes their KV cache with the new weights (their prompt and tokens so far are
         prefilled again); off, they continue on the KV cache the old weights computed.
+
+        ``max_num_seqs`` caps the sequences decoded at once (vLLM's default when None). A hybrid
+        Mamba model holds one Mamba cache block per decoding sequence; when vLLM's CUDA graphs find
+        fewer blocks than ``max_num_seqs``, the error names ``rollout.max_num_seqs``.
 
         ``enable_sleep_mode`` lets ``sleep``/``wake`` free accelerator memory while the learner
         trains; it is ignored on CPU, where there is nothing to free.
@@ -114,6 +119,8 @@ class VLLMEngine:
             extra["enable_prefix_caching"] = enable_prefix_caching
         if kv_cache_memory_bytes is not None:
             extra["kv_cache_memory_bytes"] = kv_cache_memory_bytes
+        if max_num_seqs is not None:
+            extra["max_num_seqs"] = max_num_seqs
         self._native_routes = return_routed_experts and not current_platform.is_cpu()
         self._moe_layers = moe_layer_indices(model_path) if self._native_routes else None
         if self._native_routes:  # vLLM records them itself off CPU (its V1 GPU model runner)
@@ -129,7 +136,12 @@ class VLLMEngine:
             use_tqdm_on_load=verbose(),  # a loading bar at every engine start (align.quiet)
             **extra,
         )
-        self._loop = StepLoop(lambda: vllm.LLM(**llm_kwargs))
+        try:
+            self._loop = StepLoop(lambda: vllm.LLM(**llm_kwargs))
+        except ValueError as e:
+            if "Mamba cache" not in str(e):
+                raise
+            raise ValueError(f"{e} (align: set rollout.max_num_seqs to at most that many blocks, or raise rollout.gpu_memory_utilization)") from e
         self.llm = self._loop.llm
         self.recompute_kv_on_update = recompute_kv_on_update
         self._sampling_params_cls = vllm.SamplingParams

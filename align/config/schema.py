@@ -197,6 +197,11 @@ class RolloutConfig(Strict):
     # cache with the new weights (their tokens so far are prefilled again); off, they go on with
     # the KV cache the old weights computed.
     recompute_kv_on_update: bool = False
+    # Sequences one engine decodes at once (vLLM's max_num_seqs). null: vLLM's default on CPU; on
+    # GPUs the sequences an RL step gives an engine (prompts x generations x (1 + max_staleness in
+    # async mode) / engines), at most 256. Hybrids hold one Mamba cache block per decoding sequence,
+    # and vLLM's CUDA graphs refuse to start when max_num_seqs exceeds the blocks that fit.
+    max_num_seqs: int | None = Field(None, ge=1)
 
 
 class EnvSpec(Strict):

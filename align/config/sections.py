@@ -124,6 +124,9 @@ class LearnerConfig(Strict):
     # auto: bf16 where the device supports it (CUDA with bf16), float32 on CPU.
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     gradient_checkpointing: bool = False
+    # torch.compile the model's forward (nn.Module.compile, dynamic shapes; DeepSpeed's optimizer
+    # stays outside). CUDA only; the learner logs which path it took. Measured: bench/README.md 7.
+    compile: bool = False
     lora: LoraConfig | None = None
     max_seq_len: int = Field(512, ge=8)
     # MoE layers (align/learner/moe.py). auto: grouped_mm on CUDA, eager on CPU. freeze_router null:

@@ -127,6 +127,10 @@ class Learner:
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
             model.config.use_cache = False
+        if torch.cuda.is_available():  # the forward path taken, in the job's log (CPU: always eager, padded)
+            if cfg.compile:
+                model.compile(dynamic=True)  # in place: parameter names (checkpoints, weight sync) are unchanged
+            print(f"learner {self.rank}: forward {'torch.compile' if cfg.compile else 'eager'}, {'packed' if self.packing else 'padded'} rows", flush=True)
         if cfg.lora is not None:
             from peft import LoraConfig as PeftLora
             from peft import get_peft_model

@@ -5,6 +5,7 @@
   learner's new weights, and ``auto`` picks the transport the placement calls for.
 - The RL learner's GRPO loss and per-token log-probs on GPU (bf16 and float32) against the CPU
   learner (float32) on the same weights and batch.
+- ``learner.compile``: the compiled learner's log-probs and loss equal the eager one's.
 - ``align rl --recipe nano3-multienv-tiny`` for two steps on one GPU (colocated), as a user runs it.
 
 Needs vllm (GPU build), ray, deepspeed and a CUDA GPU; the NCCL test needs two.
@@ -110,16 +111,25 @@ def _push_and_compare(checkpoint: Path, gpus: tuple[float, float], want: tuple[s
             rollout.shutdown()
 
 
+# The first train_step of a hybrid learner compiles (and autotunes) mamba_ssm's Triton kernels:
+# 100-200 s on an H200 with an empty Triton cache, far beyond the suite's default 600 s budget
+# once the engine start and the other tests' share are added.
+FIRST_USE_S = 900
+
+
+@pytest.mark.timeout(FIRST_USE_S)
 def test_cuda_ipc_push_on_one_gpu(checkpoint, ray_session) -> None:
     _push_and_compare(checkpoint, (0.5, 0.4), ("cuda_ipc", ""), bucket_mb=1)
 
 
 @pytest.mark.multi_gpu
+@pytest.mark.timeout(FIRST_USE_S)
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 def test_nccl_broadcast_push_between_two_gpus(checkpoint, ray_session) -> None:
     _push_and_compare(checkpoint, (1.0, 1.0), ("broadcast", "nccl"), bucket_mb=1)
 
 
+@pytest.mark.timeout(FIRST_USE_S)
 def test_grpo_loss_on_gpu_matches_cpu(checkpoint, ray_session) -> None:
     """The same weights and RL micro-batch on a CPU learner (fp32) and GPU learners (fp32, bf16)."""
     from align.algorithms.rl.objective import GRPOObjective, TokenLogprobs
@@ -156,6 +166,33 @@ def test_grpo_loss_on_gpu_matches_cpu(checkpoint, ray_session) -> None:
         assert abs(got["loss"] - cpu["loss"]) < tol_loss + 1e-2 * abs(cpu["loss"])
 
 
+@pytest.mark.timeout(FIRST_USE_S)
+def test_compiled_learner_matches_eager(checkpoint, ray_session) -> None:
+    """``learner.compile``: the same log-probs and GRPO loss as the eager learner (float32), and the log says which path ran."""
+    from align.algorithms.rl.objective import GRPOObjective, TokenLogprobs
+    from align.cluster import LearnerGroup
+    from align.config.schema import ClusterConfig, LearnerConfig
+    from align.models import load_tokenizer
+
+    mb = _batches(len(load_tokenizer(checkpoint)), rows=8, seed=3)[0]
+    mask = (mb["labels"][:, 1:] != -100).float()
+    got: dict[bool, tuple[torch.Tensor, float]] = {}
+    for compiled in (False, True):
+        group = LearnerGroup(ClusterConfig(num_learners=1, cpus_per_learner=1, gpus_per_learner=1.0))
+        try:
+            group.setup(str(checkpoint), LearnerConfig(zero_stage=0, micro_batch_size_per_device=8, precision="fp32", compile=compiled), 10, seed=0)
+            logp = group.compute([[dict(mb)]], TokenLogprobs(1.0))[0][0] * mask
+            rl = dict(mb, loss_mask=mask, old_logprobs=logp, rollout_logprobs=logp, advantages=torch.linspace(-1, 1, 8))
+            got[compiled] = (logp, group.train_step([[rl]], GRPOObjective(0.2, 0.28, "token", 2.0))["loss"])
+        finally:
+            group.shutdown()
+    diff = (got[True][0] - got[False][0]).abs().max().item()
+    print(f"compiled vs eager: max |logp diff| {diff:.2e}, loss {got[True][1]:.6f} vs {got[False][1]:.6f}")
+    assert diff < 1e-3
+    assert abs(got[True][1] - got[False][1]) < 1e-4 + 1e-3 * abs(got[False][1])
+
+
+@pytest.mark.timeout(FIRST_USE_S + 100)  # its subprocess gets FIRST_USE_S
 def test_align_rl_two_steps_on_one_gpu(tmp_path) -> None:
     """``align rl --recipe nano3-multienv-tiny`` as a user runs it, placed on one GPU (learner and engine share it)."""
     run_dir = tmp_path / "run"
@@ -167,7 +204,7 @@ def test_align_rl_two_steps_on_one_gpu(tmp_path) -> None:
     ]  # fmt: skip
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.run([sys.executable, "-m", "align.cli", "rl", "--recipe", "nano3-multienv-tiny", *overrides], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
+                          capture_output=True, text=True, timeout=FIRST_USE_S)  # fmt: skip
     print(proc.stdout[-4000:])
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "weight sync: cuda_ipc" in proc.stdout

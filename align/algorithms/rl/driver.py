@@ -33,7 +33,7 @@ from align.algorithms.common import FrozenReference, JobError, console, publish_
 from align.algorithms.rl.async_loop import AsyncProducer
 from align.algorithms.rl.batch import Scored, StepRollout, fill, finalize, mask_mismatched, mean_k3, micro_batches, select_groups, to_sequences
 from align.algorithms.rl.objective import GRPOObjective, TokenLogprobs
-from align.algorithms.rl.schedule import EngineQueue
+from align.algorithms.rl.schedule import EngineQueue, engine_max_num_seqs
 from align.algorithms.rl.stream import PromptLedger, PromptStream
 from align.algorithms.rl.tasks import TaskMixer, assign_mode, load_tasks
 from align.cluster import LearnerGroup, RolloutGroup
@@ -120,13 +120,14 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
     # in-process ones too, as before (they build synchronously).
     colocated = 0 < r.cluster.gpus_per_rollout_engine < 1
     dtype = inference_dtype(r.learner.precision)
+    engine_cfg = engine_max_num_seqs(r)  # rollout.max_num_seqs resolved for GPU engines
     with clock.part("engines"):
-        rollout = None if colocated or in_process else RolloutGroup(r.cluster, r.rollout, str(model_path), r.seed, in_process, dtype, wait=False)
+        rollout = None if colocated or in_process else RolloutGroup(r.cluster, engine_cfg, str(model_path), r.seed, in_process, dtype, wait=False)
         with clock.part("learners"):  # to the end of their set-up when colocated, else until their set-up calls are sent
             learners.setup(str(model_path), learner_cfg, g.max_steps * g.epochs_per_step, r.seed, wait=colocated)
         clock.watch("learners set-up", learners.pending_refs)
         if rollout is None:
-            rollout = RolloutGroup(r.cluster, r.rollout, str(model_path), r.seed, in_process, dtype, wait=False)
+            rollout = RolloutGroup(r.cluster, engine_cfg, str(model_path), r.seed, in_process, dtype, wait=False)
         reference = FrozenReference(g.reference, r.cluster, learner_cfg, model_path, r.seed, "grpo.reference", in_process) if use_reference else None
         rollout.wait_ready()
     learners.wait_ready()

@@ -20,7 +20,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from align.config.schema import RLRecipe, RolloutConfig
 
 T = TypeVar("T")
 
@@ -62,3 +65,18 @@ class EngineQueue:
         """Drop jobs not started yet and wait for the running one (a rollout cannot be cut short)."""
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def engine_max_num_seqs(r: RLRecipe) -> RolloutConfig:
+    """``r.rollout`` with ``max_num_seqs`` resolved for GPU engines.
+
+    Unset on GPUs, it becomes the sequences one RL step gives an engine (``prompts_per_step x
+    generations_per_prompt``, times ``1 + max_staleness`` in async mode, over the engines), at most
+    vLLM's default of 256. A hybrid engine then asks for no more Mamba cache blocks than it decodes
+    at once, and vLLM captures CUDA graphs only up to that batch. CPU engines keep vLLM's default.
+    """
+    ro, g = r.rollout, r.grpo
+    if ro.max_num_seqs is not None or r.cluster.gpus_per_rollout_engine <= 0:
+        return ro
+    per_step = g.prompts_per_step * g.generations_per_prompt * (1 + g.max_staleness if g.mode == "async" else 1)
+    return ro.model_copy(update={"max_num_seqs": min(256, -(-per_step // r.cluster.num_rollout_engines))})
