@@ -7,6 +7,8 @@ Usage (on a GPU machine with the `gpu` extra installed, e.g. from ``make wheelho
     python bench/bench_gpu_rl.py --placement separate --sides align,align-async2 --lengths natural --vocab 512
         # sync vs async GRPO on 2 GPUs, long-tailed generation lengths
     python bench/bench_gpu_rl.py --quick      # CPU smoke run of the bench itself (tiny policy)
+    python bench/bench_gpu_rl.py --policies llama-8b --gpus 8 --zero 3 --placement separate --sides align
+        # one node: 4 ZeRO-3 learners + 4 engines (NCCL); --gpus 8 colocated: 8 learners, each beside an engine
 
 What both sides get:
 - the same start checkpoint, random weights built from a config (``align.models``) and saved
@@ -74,6 +76,9 @@ POLICIES: dict[str, dict[str, Any]] = {
                                                        ssm_state_size=128, mamba_n_groups=8, mamba_chunk_size=128, n_routed_experts=64,
                                                        num_experts_per_tok=6, n_shared_experts=1, moe_intermediate_size=768,
                                                        moe_shared_expert_intermediate_size=1856, max_position_embeddings=4096)},
+    # Llama-3.1-8B's shape (the bench's tokenizer, so a far smaller vocabulary): for --gpus 2 and up with --zero 3.
+    "llama-8b": {"arch": "llama", "tiny": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                                                 intermediate_size=14336, max_position_embeddings=4096)},
     "tiny": {"arch": "nemotron_h", "tiny": {}},  # the tiny world's policy: --quick on CPU
 }  # fmt: skip
 
@@ -95,6 +100,18 @@ class Settings:
     max_staleness: int = 1
     lengths: str = "fixed"  # fixed: every completion runs to new_tokens (ignore_eos); natural: it stops at EOS
     compile: bool = False  # align's learner.compile (side align-compile)
+    gpus: int = 1  # colocated: a learner and an engine on each; separate: half learners, half engines
+    zero: int = 0  # the learners' ZeRO stage (align learner.zero_stage; TRL through accelerate's DeepSpeed plugin)
+
+    @property
+    def engines(self) -> int:
+        """vLLM engines, and learners: one per GPU colocated, half the GPUs each separate (one each on CPU)."""
+        return max(1, self.gpus if self.placement == "colocated" else self.gpus // 2)
+
+    @property
+    def prompts_per_step(self) -> int:
+        """``prompts`` is per engine, so each GPU does the same work at every ``gpus`` (weak scaling)."""
+        return self.prompts * self.engines
 
 
 # ----------------------------------------------------------------------------- shared inputs
@@ -116,7 +133,7 @@ def start_checkpoint(policy: str, s: Settings) -> Path:
 
 def prompts(ckpt: Path, s: Settings) -> list[dict[str, Any]]:
     """Math prompts in align's task-stream order, rendered as align's rollout renders them."""
-    return grpo_prompts(TrlSettings(prompts_per_step=s.prompts, seed=s.seed), s.steps, ckpt)
+    return grpo_prompts(TrlSettings(prompts_per_step=s.prompts_per_step, seed=s.seed), s.steps, ckpt)
 
 
 def param_counts(ckpt: Path) -> tuple[int, int]:
@@ -175,8 +192,8 @@ seed: {s.seed}
 output_dir: {out}
 init_from: {ckpt}
 model: {{arch: {POLICIES[policy]['arch']}, dtype: {'bfloat16' if gpu else 'float32'}, tiny: {{max_position_embeddings: {max(4096, max_len)}}}}}
-cluster: {{num_learners: 1, gpus_per_learner: {learner_gpu}, num_rollout_engines: 1, gpus_per_rollout_engine: {engine_gpu}}}
-learner: {{micro_batch_size_per_device: {s.micro_batch}, lr: {s.lr}, lr_schedule: constant, warmup_steps: 0, precision: {'bf16' if gpu else 'fp32'}, gradient_checkpointing: false, max_seq_len: {max_len}, compile: {str(s.compile).lower()}}}
+cluster: {{num_learners: {s.engines}, gpus_per_learner: {learner_gpu}, num_rollout_engines: {s.engines}, gpus_per_rollout_engine: {engine_gpu}}}
+learner: {{zero_stage: {s.zero}, micro_batch_size_per_device: {s.micro_batch}, lr: {s.lr}, lr_schedule: constant, warmup_steps: 0, precision: {'bf16' if gpu else 'fp32'}, gradient_checkpointing: false, max_seq_len: {max_len}, compile: {str(s.compile).lower()}}}
 checkpoint: {{every_steps: {s.steps + 1}, keep_last: 1}}
 rollout:
   gpu_memory_utilization: {0.35 if gpu else 0.1}
@@ -191,7 +208,7 @@ rewards: []
 reasoning: {{no_think_fraction: 0.0, budget_fraction: 0.0, eval_budgets: []}}
 grpo:
   max_steps: {s.steps}
-  prompts_per_step: {s.prompts}
+  prompts_per_step: {s.prompts_per_step}
   generations_per_prompt: {s.generations}
   baseline: mean_std
   clip_low: 0.2
@@ -255,7 +272,7 @@ def trl_worker(ckpt: Path, s: Settings, out: Path) -> dict[str, Any]:
     tok = AutoTokenizer.from_pretrained(ckpt)
     dtype = torch.bfloat16 if s.gpu else torch.float32
     model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=dtype)
-    per_step = s.prompts * s.generations
+    per_step = s.prompts_per_step * s.generations // trl_processes(s)  # sequences per TRL process and step
     vllm_kw: dict[str, Any] = {}
     if s.gpu:
         vllm_kw = dict(use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=0.35, vllm_max_model_length=256 + s.new_tokens,
@@ -280,6 +297,10 @@ def trl_worker(ckpt: Path, s: Settings, out: Path) -> dict[str, Any]:
     return {"side": "trl", "step_times_s": timer.steps, "first_step_end_s": (timer.first_end or 0.0), "completion_tokens": lengths}
 
 
+def trl_processes(s: Settings) -> int:
+    return s.gpus if s.gpu else 1
+
+
 def run_trl(ckpt: Path, s: Settings, out: Path, rows: list[dict[str, str]], timeout_s: float) -> dict[str, Any]:
     if out.exists():
         shutil.rmtree(out)
@@ -289,6 +310,10 @@ def run_trl(ckpt: Path, s: Settings, out: Path, rows: list[dict[str, str]], time
     log = out.with_suffix(".log")
     t0 = time.time()
     cmd = [PY, str(Path(__file__).resolve()), "--worker", str(ckpt), "--out", str(out)]
+    if trl_processes(s) > 1:  # one TRL process per GPU, each with its own colocated vLLM (tensor parallel 1)
+        launch = ["--num_processes", str(s.gpus), "--num_machines", "1", "--mixed_precision", "bf16", "--dynamo_backend", "no"]
+        launch += ["--use_deepspeed", "--zero_stage", str(s.zero)] if s.zero else ["--multi_gpu"]
+        cmd = [PY, "-m", "accelerate.commands.launch", *launch, *cmd[1:]]
     with GpuMemory() as mem, open(log, "w") as f:
         proc = subprocess.run(cmd, cwd=ROOT, env=job_env(), stdout=f, stderr=subprocess.STDOUT, timeout=timeout_s)
     result = out / "result.json"
@@ -317,9 +342,9 @@ def summarize(res: dict[str, Any], s: Settings, prompt_tokens: float, n_body: in
         xs = res.get(key, [])[w:] or res.get(key, [])
         return statistics.median(xs) if xs else None
 
-    gpus = 1 if (s.placement == "colocated" or not s.gpu) else 2
+    gpus = s.gpus if s.gpu else 1
     step = med("step_times_s")
-    seqs = s.prompts * s.generations
+    seqs = s.prompts_per_step * s.generations
     length = s.new_tokens if s.lengths == "fixed" else (med("completion_tokens") or 0.0)  # natural: the measured mean
     gen, total = seqs * length, seqs * (length + prompt_tokens)
     out = {"step_s": step, "gen_tokens_per_s_per_gpu": gen / step / gpus if step else None, "tokens_per_s_per_gpu": total / step / gpus if step else None,
@@ -329,8 +354,22 @@ def summarize(res: dict[str, Any], s: Settings, prompt_tokens: float, n_body: in
             out[key.removeprefix("time_")] = med(key)
     learner = out.get("learner_s")
     if learner and peak:
-        out["learner_mfu"] = 6 * n_body * total / learner / peak
+        out["learner_mfu"] = 6 * n_body * total / learner / (peak * s.engines)  # per learner GPU
     return out
+
+
+def scaling(entries: dict[str, Any], gpu_counts: list[int]) -> list[dict[str, Any]]:
+    """Per policy and side: tokens/s/GPU at the most GPUs over that at the fewest (1.0 = linear scaling)."""
+    if len(gpu_counts) < 2:
+        return []
+    lo, hi, lines = min(gpu_counts), max(gpu_counts), []
+    for policy in dict.fromkeys(k.rsplit("@", 1)[0] for k in entries):
+        a, b = entries.get(f"{policy}@{lo}", {}).get("runs", {}), entries.get(f"{policy}@{hi}", {}).get("runs", {})
+        for side in a.keys() & b.keys():
+            rate = [statistics.median(r["summary"]["tokens_per_s_per_gpu"] or 0.0 for r in runs[side]) for runs in (a, b)]
+            if rate[0]:
+                lines.append({"policy": policy, "side": side, "gpus": [lo, hi], "tokens_per_s_per_gpu": rate, "efficiency": rate[1] / rate[0]})
+    return lines
 
 
 def main() -> int:
@@ -338,6 +377,9 @@ def main() -> int:
     ap.add_argument("--policies", default="llama-1b,hybrid-1b")
     ap.add_argument("--sides", default="align,trl", help="align, trl, align-compile (learner.compile), and align-asyncN: align's async GRPO at max staleness N (separate placement)")
     ap.add_argument("--placement", choices=["colocated", "separate"], default="colocated")
+    ap.add_argument("--gpus", default="", help="GPUs of this node to use, or a list run in turn for scaling (2,4,8); default 1 colocated, "
+                    "2 separate; --prompts is per engine")
+    ap.add_argument("--zero", type=int, choices=[0, 1, 2, 3], default=0, help="the learners' ZeRO stage (both sides; 3 for the 8B policy)")
     ap.add_argument("--mode", choices=["sync", "async"], default="sync", help="align's grpo.mode (async: with --placement separate)")
     ap.add_argument("--max-staleness", type=int, default=1, help="align's grpo.max_staleness (async)")
     ap.add_argument("--steps", type=int, default=4)
@@ -358,14 +400,21 @@ def main() -> int:
     args = ap.parse_args()
     if args.worker:
         s = Settings(**json.loads((args.out / "settings.json").read_text()))
-        (args.out / "result.json").write_text(json.dumps(trl_worker(args.worker, s, args.out)))
+        result = trl_worker(args.worker, s, args.out)
+        if os.environ.get("RANK", "0") == "0":  # under accelerate launch, one result file
+            (args.out / "result.json").write_text(json.dumps(result))
         return 0
     if (args.mode == "async" or "align-async" in args.sides) and args.placement == "colocated" and not args.quick:
         ap.error("--mode async needs --placement separate: colocated engines sleep while the learner trains")
+    gpu_counts = [int(g) for g in args.gpus.split(",") if g] or [2 if args.placement == "separate" else 1]
+    if args.placement == "separate" and any(g < 2 or g % 2 for g in gpu_counts):
+        ap.error("--placement separate needs an even --gpus of 2 or more: half learners, half engines")
+    if args.placement == "separate" and "trl" in args.sides.split(","):
+        ap.error("TRL runs colocated here (vllm_mode=colocate); drop trl from --sides with --placement separate")
     if args.quick:
         args.policies, args.steps, args.warmup, args.prompts, args.generations, args.new_tokens, args.micro_batch = "tiny", 2, 1, 2, 4, 32, 8
     s = Settings(steps=args.steps, warmup=args.warmup, prompts=args.prompts, generations=args.generations, new_tokens=args.new_tokens,
-                 micro_batch=args.micro_batch, gpu=not args.quick, placement=args.placement, vocab_size=1024 if args.quick else args.vocab,
+                 micro_batch=args.micro_batch, gpu=not args.quick, placement=args.placement, gpus=gpu_counts[0], zero=args.zero, vocab_size=1024 if args.quick else args.vocab,
                  mode=args.mode, max_staleness=args.max_staleness, lengths=args.lengths)  # fmt: skip
     from rich.console import Console
     from rich.table import Table
@@ -376,10 +425,11 @@ def main() -> int:
 
     peak, _ = peak_flops(name)
     report: dict[str, Any] = {**run_header(), "gpu": name, "settings": asdict(s), "load_1m_start": load1(), "policies": {}, "errors": []}
-    table = Table(title=f"GRPO on {name}, {s.placement}, {s.mode}{f' N={s.max_staleness}' if s.mode == 'async' else ''}: {s.prompts} prompts x {s.generations}, {s.new_tokens} new tokens, medians of steps {s.warmup + 1}-{s.steps}")
-    for col in ("policy", "params", "side", "step s", "rollout", "learner", "sync", "engine idle", "gen tok/s/GPU", "tok/s/GPU", "MFU", "peak GiB", "1st step end s"):
+    table = Table(title=f"GRPO on {name}, {s.placement}, ZeRO-{s.zero}, {s.mode}{f' N={s.max_staleness}' if s.mode == 'async' else ''}: {s.prompts} prompts per engine x {s.generations}, {s.new_tokens} new tokens, medians of steps {s.warmup + 1}-{s.steps}")
+    for col in ("policy", "GPUs", "params", "side", "step s", "rollout", "learner", "sync", "engine idle", "gen tok/s/GPU", "tok/s/GPU", "MFU", "peak GiB", "1st step end s"):
         table.add_column(col)
-    for policy in args.policies.split(","):
+    for policy, s in [(p, replace(s, gpus=g)) for p in args.policies.split(",") for g in gpu_counts]:
+        key = policy if len(gpu_counts) == 1 else f"{policy}@{s.gpus}"
         ckpt = start_checkpoint(policy, s)
         rows = prompts(ckpt, s)
         from align.models import load_tokenizer
@@ -387,12 +437,12 @@ def main() -> int:
         tok = load_tokenizer(ckpt)
         prompt_tokens = statistics.mean(len(tok(r["prompt"], add_special_tokens=False)["input_ids"]) for r in rows)
         n_all, n_body = param_counts(ckpt)
-        entry: dict[str, Any] = {"params": n_all, "params_non_embedding": n_body, "prompt_tokens_mean": prompt_tokens, "runs": {}}
+        entry: dict[str, Any] = {"gpus": s.gpus, "params": n_all, "params_non_embedding": n_body, "prompt_tokens_mean": prompt_tokens, "runs": {}}
         for rep in range(args.repeats):
             order = args.sides.split(",")
             order = order if rep % 2 == 0 else order[::-1]
             for side in order:
-                out = RUNS / f"{policy}-{side}-{rep}"
+                out = RUNS / f"{key}-{side}-{rep}"
                 console.print(f"[bold]{policy}[/] {side} repeat {rep + 1} (load {load1():.1f}) ...")
                 try:
                     side_s = side_settings(s, side)
@@ -410,7 +460,7 @@ def main() -> int:
         for side in gen_rate:
             if side.startswith("align-") and gen_rate.get("align"):
                 entry[f"{side}_over_align_gen_tokens_per_s"] = gen_rate[side] / gen_rate["align"]
-        report["policies"][policy] = entry
+        report["policies"][key] = entry
         for side, runs in entry["runs"].items():
             m = runs[0]["summary"]
 
@@ -418,13 +468,16 @@ def main() -> int:
                 v = m.get(key)
                 return fmt.format(v) if v is not None else "-"
 
-            table.add_row(policy, f"{n_all / 1e9:.3f}B", side, f("step_s"), f("rollout_s"), f("learner_s"), f("sync_s"), f("engine_idle_share"), f("gen_tokens_per_s_per_gpu", "{:,.0f}"),
+            table.add_row(policy, str(s.gpus), f"{n_all / 1e9:.3f}B", side, f("step_s"), f("rollout_s"), f("learner_s"), f("sync_s"), f("engine_idle_share"), f("gen_tokens_per_s_per_gpu", "{:,.0f}"),
                           f("tokens_per_s_per_gpu", "{:,.0f}"), f("learner_mfu", "{:.1%}"), f("peak_gpu_gib", "{:.1f}"), f("first_step_end_s", "{:.0f}"))  # fmt: skip
         if "trl_over_align_step" in entry:
-            console.print(f"{policy}: TRL step / align step = {entry['trl_over_align_step']:.2f}")
-        for key, ratio in entry.items():
-            if key.endswith("_over_align_gen_tokens_per_s"):
-                console.print(f"{policy}: {key.removesuffix('_over_align_gen_tokens_per_s')} / align, generated tokens/s/GPU = {ratio:.2f}")
+            console.print(f"{key}: TRL step / align step = {entry['trl_over_align_step']:.2f}")
+        for key_, ratio in entry.items():
+            if key_.endswith("_over_align_gen_tokens_per_s"):
+                console.print(f"{policy}: {key_.removesuffix('_over_align_gen_tokens_per_s')} / align, generated tokens/s/GPU = {ratio:.2f}")
+    report["scaling"] = scaling(report["policies"], gpu_counts)
+    for line in report["scaling"]:
+        console.print(f"{line['policy']} {line['side']}: tokens/s/GPU at {line['gpus'][-1]} GPUs over {line['gpus'][0]} = {line['efficiency']:.2f}")
     report["load_1m_end"] = load1()
     console.print(table)
     console.print("context: NeMo-RL publishes 1,581 tokens/s/GPU for Llama-3.1-8B GRPO on 16 H100 (~1K generations); not measured here")

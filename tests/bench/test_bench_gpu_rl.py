@@ -1,0 +1,45 @@
+"""bench_gpu_rl's layouts: the recipe it writes for N GPUs passes align's own recipe checks."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import bench_gpu_rl as bench  # noqa: E402
+
+from align.config import load_recipe  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    ("placement", "gpus", "zero", "learners", "gpu_shares", "prompts"),
+    [
+        ("colocated", 1, 0, 1, (0.5, 0.4), 8),
+        ("colocated", 8, 3, 8, (0.5, 0.4), 64),  # a learner and an engine on each GPU
+        ("separate", 2, 0, 1, (1.0, 1.0), 8),
+        ("separate", 8, 3, 4, (1.0, 1.0), 32),  # 4 learners, 4 engines
+    ],
+)  # fmt: skip
+def test_node_layouts(tmp_path, placement, gpus, zero, learners, gpu_shares, prompts) -> None:
+    s = bench.Settings(placement=placement, gpus=gpus, zero=zero)
+    path = bench.align_recipe(tmp_path / "ckpt", "llama-8b", s, tmp_path / "run")
+    r = load_recipe(str(path), [], job="rl").recipe
+    assert (r.cluster.num_learners, r.cluster.num_rollout_engines) == (learners, learners)
+    assert (r.cluster.gpus_per_learner, r.cluster.gpus_per_rollout_engine) == gpu_shares
+    assert r.learner.zero_stage == zero
+    assert r.grpo.prompts_per_step == prompts == s.prompts_per_step  # the same prompts per engine at every size
+
+
+def _entry(rate: float) -> dict:
+    return {"runs": {"align": [{"summary": {"tokens_per_s_per_gpu": rate}}], "trl": [{"summary": {"tokens_per_s_per_gpu": rate / 2}}]}}
+
+
+def test_scaling_efficiency_by_hand() -> None:
+    entries = {"llama-8b@2": _entry(1000.0), "llama-8b@4": _entry(950.0), "llama-8b@8": _entry(850.0)}
+    got = {line["side"]: line["efficiency"] for line in bench.scaling(entries, [2, 4, 8])}
+    assert got == pytest.approx({"align": 0.85, "trl": 0.85})
+    assert bench.scaling({"llama-8b": _entry(1.0)}, [8]) == []  # one size: nothing to compare
