@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from align.algorithms.rl import driver
-from align.algorithms.common import Job, JobError, console, finish, start_checkpoint, start_ray, supervised_tokens, train_loop
+from align.algorithms.common import Job, JobError, check_batch_fits, console, finish, start_checkpoint, start_ray, supervised_tokens, train_loop
 from align.config import LoadedRecipe, load_recipe
 from align.data import RowSplits, iter_texts, load_splits, prepare_data
 from align.learner.objectives import sft_objective
@@ -33,6 +33,9 @@ from align.models import inference_dtype, load_tokenizer
 from envs.judge.env import judge_tasks
 from rewards.genrm.data import judgement_rows, response_text
 from rewards.genrm.judge import Item, judge, pair_metrics, write_format
+
+
+JUDGEMENT_ROWS = "judgement rows (each pair in both orders)"
 
 
 def judgement_splits(pairs: RowSplits, show_thinking: bool = False) -> RowSplits:
@@ -106,6 +109,7 @@ def run(loaded: LoadedRecipe, resume: bool = False) -> int:
     pairs = load_splits(r.data, "helpsteer" if s.genrm.data_format == "helpsteer" else "preference", r.seed)
     show = s.genrm.show_thinking
     rows = judgement_splits(pairs, show)
+    check_batch_fits(loaded, len(rows.train), rows.stats, JUDGEMENT_ROWS)
     rl = rl_stage(loaded, pairs.train)
     run_dir = Path(r.output_dir)
     sft_dir = run_dir / "sft" if rl else run_dir
@@ -119,6 +123,7 @@ def run(loaded: LoadedRecipe, resume: bool = False) -> int:
     model_path = start_checkpoint(loaded, texts)
     tokenizer = load_tokenizer(model_path)
     data = prepare_data(r.data, "sft", tokenizer, r.learner.max_seq_len, r.seed, rows=rows)
+    check_batch_fits(loaded, len(data.train.examples), data.stats, JUDGEMENT_ROWS)
     job = Job(loaded, sft_dir, model_path, tokenizer, data, dict(data.stats))
     stages = "judgement SFT, both orders" + (f", then GRPO ({s.genrm.rl_recipe})" if rl else "")
     console.print(f"[bold]align rm[/] {loaded.name}: genrm ({stages}); " + ", ".join(f"{k} {v}" for k, v in job.stats.items()))
