@@ -21,6 +21,7 @@ import asyncio
 import json
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from align.data import RowSplits, iter_texts, load_splits, prepare_data
 from align.learner.objectives import sft_objective
 from align.models import inference_dtype, load_tokenizer
 from envs.judge.env import judge_tasks
-from rewards.genrm.data import judgement_rows, response_text
+from rewards.genrm.data import judgement_rows, kept_pairs, response_text
 from rewards.genrm.judge import Item, judge, pair_metrics, write_format
 
 
@@ -108,6 +109,10 @@ def run(loaded: LoadedRecipe, resume: bool = False) -> int:
     s = r.rm
     pairs = load_splits(r.data, "helpsteer" if s.genrm.data_format == "helpsteer" else "preference", r.seed)
     show = s.genrm.show_thinking
+    if s.genrm.train_pair_kinds:
+        keep = kept_pairs([p.get("pair_kind") for p in pairs.train], s.genrm.train_pair_kinds, r.seed)
+        refs = None if pairs.train_refs is None else [pairs.train_refs[i] for i in keep]
+        pairs = replace(pairs, train=[pairs.train[i] for i in keep], train_refs=refs, stats={**pairs.stats, "train_rows_kept": len(keep)})
     rows = judgement_splits(pairs, show)
     check_batch_fits(loaded, len(rows.train), rows.stats, JUDGEMENT_ROWS)
     rl = rl_stage(loaded, pairs.train)
