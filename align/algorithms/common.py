@@ -77,6 +77,7 @@ def prepare_job(loaded: LoadedRecipe, kind: RowKind, attribute_names: tuple[str,
     r, clock = loaded.recipe, StartupClock()
     clock.lap("imports")
     splits = load_splits(r.data, kind, r.seed, attribute_names or None)
+    check_batch_fits(loaded, len(splits.train), splits.stats)
 
     def texts() -> Any:
         from align.tiny.world import world_texts
@@ -87,6 +88,7 @@ def prepare_job(loaded: LoadedRecipe, kind: RowKind, attribute_names: tuple[str,
     model_path = start_checkpoint(loaded, texts)
     tokenizer = load_tokenizer(model_path)
     data = prepare_data(r.data, kind, tokenizer, r.learner.max_seq_len, r.seed, attribute_names=attribute_names, rows=splits)
+    check_batch_fits(loaded, len(data.train.examples), data.stats)
     clock.lap("data")
     return Job(loaded, Path(r.output_dir), model_path, tokenizer, data, dict(data.stats), clock)
 
@@ -94,6 +96,20 @@ def prepare_job(loaded: LoadedRecipe, kind: RowKind, attribute_names: tuple[str,
 def global_batch_size(loaded: LoadedRecipe) -> int:
     r = loaded.recipe
     return r.learner.micro_batch_size_per_device * r.learner.gradient_accumulation_steps * r.cluster.num_learners
+
+
+def check_batch_fits(loaded: LoadedRecipe, n: int, stats: dict[str, int], what: str = "training examples") -> None:
+    """Exit 2 (:class:`JobError`) before any actor starts when ``n`` train rows or examples cannot fill one global batch."""
+    r, size = loaded.recipe, global_batch_size(loaded)
+    if n >= size:
+        return
+    lr, learners = r.learner, r.cluster.num_learners
+    rows = f"{stats['file_rows']} rows" if "file_rows" in stats else f"data.generated.num_train={stats.get('train_rows')}"
+    fits = n // (lr.gradient_accumulation_steps * learners)
+    todo = f"set learner.micro_batch_size_per_device={fits} (or lower)" if fits else "lower learner.gradient_accumulation_steps"
+    raise JobError(f"{r.data.path or 'generated data'}: {rows} gave {n} {what}, fewer than one global batch of {size} "
+                   f"(learner.micro_batch_size_per_device={lr.micro_batch_size_per_device} x learner.gradient_accumulation_steps="
+                   f"{lr.gradient_accumulation_steps} x cluster.num_learners={learners}); {todo}, or add rows")  # fmt: skip
 
 
 def start_learners(loaded: LoadedRecipe, model_path: Path, total_steps: int, model_kind: str = "causal_lm", num_labels: int = 1) -> LearnerGroup:

@@ -21,18 +21,22 @@ import asyncio
 import json
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from align.algorithms.rl import driver
-from align.algorithms.common import Job, JobError, console, finish, start_checkpoint, start_ray, supervised_tokens, train_loop
+from align.algorithms.common import Job, JobError, check_batch_fits, console, finish, start_checkpoint, start_ray, supervised_tokens, train_loop
 from align.config import LoadedRecipe, load_recipe
 from align.data import RowSplits, iter_texts, load_splits, prepare_data
 from align.learner.objectives import sft_objective
 from align.models import inference_dtype, load_tokenizer
 from envs.judge.env import judge_tasks
-from rewards.genrm.data import judgement_rows, response_text
+from rewards.genrm.data import judgement_rows, kept_pairs, response_text
 from rewards.genrm.judge import Item, judge, pair_metrics, write_format
+
+
+JUDGEMENT_ROWS = "judgement rows (each pair in both orders)"
 
 
 def judgement_splits(pairs: RowSplits, show_thinking: bool = False) -> RowSplits:
@@ -105,7 +109,12 @@ def run(loaded: LoadedRecipe, resume: bool = False) -> int:
     s = r.rm
     pairs = load_splits(r.data, "helpsteer" if s.genrm.data_format == "helpsteer" else "preference", r.seed)
     show = s.genrm.show_thinking
+    if s.genrm.train_pair_kinds:
+        keep = kept_pairs([p.get("pair_kind") for p in pairs.train], s.genrm.train_pair_kinds, r.seed)
+        refs = None if pairs.train_refs is None else [pairs.train_refs[i] for i in keep]
+        pairs = replace(pairs, train=[pairs.train[i] for i in keep], train_refs=refs, stats={**pairs.stats, "train_rows_kept": len(keep)})
     rows = judgement_splits(pairs, show)
+    check_batch_fits(loaded, len(rows.train), rows.stats, JUDGEMENT_ROWS)
     rl = rl_stage(loaded, pairs.train)
     run_dir = Path(r.output_dir)
     sft_dir = run_dir / "sft" if rl else run_dir
@@ -119,6 +128,7 @@ def run(loaded: LoadedRecipe, resume: bool = False) -> int:
     model_path = start_checkpoint(loaded, texts)
     tokenizer = load_tokenizer(model_path)
     data = prepare_data(r.data, "sft", tokenizer, r.learner.max_seq_len, r.seed, rows=rows)
+    check_batch_fits(loaded, len(data.train.examples), data.stats, JUDGEMENT_ROWS)
     job = Job(loaded, sft_dir, model_path, tokenizer, data, dict(data.stats))
     stages = "judgement SFT, both orders" + (f", then GRPO ({s.genrm.rl_recipe})" if rl else "")
     console.print(f"[bold]align rm[/] {loaded.name}: genrm ({stages}); " + ", ".join(f"{k} {v}" for k, v in job.stats.items()))

@@ -147,6 +147,9 @@ class GenRMEvalSettings(Strict):
     # The judge reads each response's thinking, not only its answer (rewards.genrm.verdict.shown);
     # saved in the judge's folder (genrm.json), so the genrm reward renders its prompts the same way.
     show_thinking: bool = False
+    # Pair kind -> share of the train pairs of that kind kept (seeded), e.g. {padded: 0.25}: the steps
+    # go to the kinds the judge finds hard (rewards.genrm.data.kept_pairs). Kinds not named: all kept.
+    train_pair_kinds: dict[str, Annotated[float, Field(gt=0, le=1)]] = {}
 
 
 class RMSettings(Strict):

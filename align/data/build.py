@@ -69,6 +69,7 @@ def load_splits(cfg: DataConfig, kind: RowKind, seed: int, attribute_names: Sequ
         "helpsteer": validate_helpsteer_row,
     }[kind]
     rows, refs, skipped = load_checked_rows_with_refs(cfg.path, check, split=cfg.split, on_bad_row=cfg.on_bad_row)
+    file_rows = len(rows)  # usable rows of data.path (HelpSteer: rated responses, before pairing)
     if kind == "helpsteer":  # split pairs, not rated rows: both responses of a pair stay on one side
         rows, refs = helpsteer_pairs(rows, refs)
     if cfg.eval_path is not None:
@@ -86,7 +87,8 @@ def load_splits(cfg: DataConfig, kind: RowKind, seed: int, attribute_names: Sequ
     if not train:
         what = f"all {skipped} rows were bad and skipped (data.on_bad_row=skip)" if skipped else "it has no rows"
         raise DataError(f"{cfg.path}: no usable training rows: {what}. Point data.path at a file with {kind} rows")
-    return RowSplits(train, evals, {"train_rows": len(train), "eval_rows": len(evals), "bad_rows_skipped": skipped}, train_refs, eval_refs)
+    stats = {"file_rows": file_rows, "train_rows": len(train), "eval_rows": len(evals), "bad_rows_skipped": skipped}
+    return RowSplits(train, evals, stats, train_refs, eval_refs)
 
 
 def prepare_data(

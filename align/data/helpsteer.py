@@ -20,7 +20,7 @@ from collections import defaultdict
 from typing import Any
 
 from align.data.errors import DataError, RowRef
-from align.data.validate import check_messages
+from align.data.validate import check_prompt_response
 
 ATTRIBUTES = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
 MIN_RATING, MAX_RATING = 0, 4
@@ -41,14 +41,7 @@ def validate_helpsteer_row(row: Any) -> None:
     if missing:
         raise DataError(f"missing field {', '.join(map(repr, missing))} (a HelpSteer row has prompt, response and {', '.join(ATTRIBUTES)}; "
                         f"columns present: {', '.join(sorted(row)) or 'none'})")  # fmt: skip
-    prompt = row["prompt"]
-    if isinstance(prompt, str):
-        if not prompt.strip():
-            raise DataError("field 'prompt' is empty")
-    else:
-        check_messages(prompt, "prompt")
-    if not isinstance(row["response"], str) or not row["response"].strip():
-        raise DataError(f"field 'response' is {row['response']!r}, expected a non-empty string")
+    check_prompt_response(row)
     for name in ATTRIBUTES:
         value = row[name]
         whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())

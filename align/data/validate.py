@@ -165,6 +165,26 @@ def validate_preference_row(row: Any) -> None:
     pair_parts(row)
 
 
+def check_prompt_response(row: dict[str, Any]) -> None:
+    """A rated row's ``prompt`` (text or messages) and ``response`` (text) are present and not empty.
+
+    Shared by attribute rows and HelpSteer rows (:mod:`align.data.helpsteer`).
+
+    >>> check_prompt_response({"prompt": "q", "response": " "})
+    Traceback (most recent call last):
+    ...
+    align.data.errors.DataError: response is ' ', expected a non-empty string
+    """
+    prompt = row["prompt"]
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise DataError("prompt is empty")
+    else:
+        check_messages(prompt, "prompt")
+    if not isinstance(row["response"], str) or not row["response"].strip():
+        raise DataError(f"response is {row['response']!r}, expected a non-empty string")
+
+
 def validate_attribute_row(row: Any, attribute_names: Sequence[str] | None = None) -> None:
     """Raise :class:`DataError` unless ``row`` has a prompt, a response and finite ratings.
 
@@ -174,14 +194,7 @@ def validate_attribute_row(row: Any, attribute_names: Sequence[str] | None = Non
     for key in ("prompt", "response", "attributes"):
         if row.get(key) is None:
             raise DataError(f"missing '{key}' (columns present: {', '.join(sorted(row)) or 'none'})")
-    prompt = row["prompt"]
-    if isinstance(prompt, str):
-        if not prompt.strip():
-            raise DataError("prompt is empty")
-    else:
-        check_messages(prompt, "prompt")
-    if not isinstance(row["response"], str) or not row["response"].strip():
-        raise DataError(f"response is {row['response']!r}, expected a non-empty string")
+    check_prompt_response(row)
     attrs = row["attributes"]
     if not isinstance(attrs, dict):
         raise DataError(f"attributes is a {_type(attrs)}, expected an object of name -> number")

@@ -19,6 +19,7 @@ where the row says why (``pair_kind``, written by task families that know it, e.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable
 from typing import Any
 
@@ -44,6 +45,25 @@ def pair_label(kind: str | None) -> tuple[str, Verdict]:
     if kind == "padded":
         return "adds filler", PADDED
     return ("is wrong" if kind == "wrong" else "is worse"), WORSE
+
+
+def kept_pairs(kinds: list[str | None], shares: dict[str, float], seed: int) -> list[int]:
+    """Indices of the pairs kept when only ``shares[kind]`` of each named kind stays (seeded, in order).
+
+    On the tiny world the judge gets padded-vs-concise pairs right from the start and loses only on
+    wrong-vs-right ones; keeping a quarter of the padded pairs gives those steps to the wrong ones.
+
+    >>> kinds = ["padded"] * 8 + ["wrong", None]
+    >>> keep = kept_pairs(kinds, {"padded": 0.25}, seed=0)
+    >>> [kinds[i] for i in keep].count("padded"), keep[-2:], keep == sorted(keep)
+    (2, [8, 9], True)
+    """
+    drop: set[int] = set()
+    for kind, share in shares.items():
+        idx = [i for i, k in enumerate(kinds) if k == kind]
+        kept = set(random.Random(f"genrm-pairs:{seed}:{kind}").sample(idx, round(share * len(idx))))
+        drop |= set(idx) - kept
+    return [i for i in range(len(kinds)) if i not in drop]
 
 
 def judgement_rows(rows: Iterable[dict[str, Any]], show_thinking: bool = False) -> list[dict[str, Any]]:

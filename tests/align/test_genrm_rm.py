@@ -36,6 +36,7 @@ def test_recipe_selects_the_genrm_objective() -> None:
     r = load_recipe("tiny-genrm").recipe
     assert r.rm.objective == "genrm" and r.data.generated.envs == {"chat": 1.0}
     assert r.data.reasoning.no_think_fraction == 0.0  # the judge's reasoning is its target
+    assert r.rm.genrm.train_pair_kinds == {"padded": 0.25}
 
 
 def test_rl_stage_trains_the_sft_judge_on_the_jobs_pairs_in_both_orders(tmp_path: Path) -> None:

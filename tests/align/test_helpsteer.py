@@ -61,7 +61,9 @@ def test_pairs_stay_whole_across_the_eval_split(tmp_path: Path) -> None:
         ({"verbosity": 2.5}, "field 'verbosity' is 2.5"),
         ({"complexity": "high"}, "field 'complexity' is 'high'"),
         ({"helpfulness": None}, "missing field 'helpfulness'"),
-        ({"response": ""}, "field 'response' is ''"),
+        ({"response": ""}, "response is '', expected a non-empty string"),
+        ({"prompt": " "}, "prompt is empty"),
+        ({"prompt": [{"role": "robot", "content": "q"}]}, "prompt"),
     ],
 )
 def test_malformed_rows_name_file_row_line_and_field(tmp_path: Path, bad: dict, named: str) -> None:
@@ -87,3 +89,19 @@ def test_cli_exits_2_in_seconds_naming_the_bad_row(tmp_path: Path) -> None:
     assert f"row 1 of {path} (line 2): field 'helpfulness' is 9" in proc.stderr + proc.stdout
     assert time.perf_counter() - t0 < 30
     assert not (tmp_path / "run" / "init").exists()  # nothing was built
+
+
+def test_a_file_too_small_for_one_batch_exits_2_naming_file_rows_and_key(tmp_path: Path) -> None:
+    """The example file's 8 rated rows give 3 pairs, 6 judgement rows: fewer than tiny-genrm's batch of 16.
+    It was a ValueError traceback from BatchPlan (exit 1) after Ray had started; now it is found before the
+    start checkpoint is even loaded (so this test needs no trained checkpoint)."""
+    cmd = [sys.executable, "-m", "align.cli", "rm", "--recipe", "tiny-genrm", f"data.path={EXAMPLE}", "data.eval_fraction=0.0",
+           "rm.genrm.data_format=helpsteer", f"output_dir={tmp_path / 'run'}", f"init_from={tmp_path / 'none'}"]  # fmt: skip
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    out = " ".join((proc.stderr + proc.stdout).split())  # rich wraps long lines
+    assert proc.returncode == 2, out[-2000:]
+    assert "Traceback" not in out
+    assert f"{EXAMPLE}: 8 rows gave 6 judgement rows" in out and "fewer than one global batch of 16" in out
+    assert "set learner.micro_batch_size_per_device=6" in out
+    assert time.perf_counter() - t0 < 30

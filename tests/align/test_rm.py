@@ -254,3 +254,19 @@ def test_an_rl_recipe_names_the_reward_model_like_any_reward(trained_folder: Pat
     assert loaded.recipe.rewards[0].name == "reward_model" and loaded.recipe.rewards[0].params["num_actors"] == 0
     with pytest.raises(RecipeError, match="batch_size"):
         load_recipe("nano3-multienv-tiny", [spec.replace("num_actors: 0", "batch_size: 8")])
+
+
+def test_bradley_terry_on_a_file_too_small_for_one_batch_exits_2(tmp_path: Path) -> None:
+    """The check every supervised job shares (``prepare_job``): named file, its rows, and the key to lower; no traceback."""
+    import subprocess
+    import sys
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "data" / "preferences.jsonl"
+    n = sum(1 for line in example.read_text().splitlines() if line.strip())
+    cmd = [sys.executable, "-m", "align.cli", "rm", "--recipe", "tiny-rm", f"data.path={example}", "data.eval_fraction=0.0",
+           "learner.micro_batch_size_per_device=64", f"output_dir={tmp_path / 'run'}", f"init_from={tmp_path / 'none'}"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=example.parents[2])
+    out = " ".join((proc.stderr + proc.stdout).split())
+    assert proc.returncode == 2 and "Traceback" not in out, out[-2000:]
+    assert f"{example}: {n} rows gave {n} training examples, fewer than one global batch of 64" in out
+    assert f"set learner.micro_batch_size_per_device={n} (or lower)" in out

@@ -35,7 +35,10 @@ def test_align_rm_runs_sft_then_rl_of_the_judge(tmp_path: Path) -> None:
     assert (out / "sft" / "final" / "config.json").is_file() and (out / "rl" / "final" / "config.json").is_file()
     assert (out / "final").resolve() == (out / "rl" / "final").resolve()  # the judge to serve: the RL stage's
     tasks = [json.loads(line) for line in (out / "rl" / "judge_tasks.jsonl").read_text().splitlines()]
-    assert len(tasks) == 2 * 24 and {t["meta"]["order"] for t in tasks} == {"chosen_a", "chosen_b"}  # the SFT's pairs, both orders
+    data = next(r for r in map(json.loads, (out / "sft" / "metrics.jsonl").read_text().splitlines()) if r["split"] == "data")
+    kept = int(data["train_rows_kept"])  # tiny-genrm keeps a quarter of the padded pairs and every wrong one
+    assert 12 <= kept < 24 and data["judgement_train_rows"] == 2 * kept
+    assert len(tasks) == 2 * kept and {t["meta"]["order"] for t in tasks} == {"chosen_a", "chosen_b"}  # the SFT's pairs, both orders
     rows = [json.loads(line) for line in (out / "rl" / "metrics.jsonl").read_text().splitlines() if line]
     step = next(r for r in rows if r["split"] == "train" and r["step"] == 1)
     assert "judge/reward" in step  # the judge environment scored the sampled judgements

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from rewards.genrm import compare, verdict
+from rewards.genrm import compare, data, verdict, winrate
 from rewards.genrm.compare import Comparison, LengthControl, aggregate, circular_pairs, comparisons
 from rewards.genrm.judge import read_show_thinking, write_format
 from rewards.genrm.verdict import Verdict, judge_prompt, parse_verdict
@@ -15,7 +15,7 @@ from rewards.genrm.verdict import Verdict, judge_prompt, parse_verdict
 PROMPT = [{"role": "user", "content": "What is 43-15?"}]
 
 
-@pytest.mark.parametrize("module", [verdict, compare])
+@pytest.mark.parametrize("module", [verdict, compare, data, winrate])
 def test_doctests(module) -> None:
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
@@ -173,3 +173,28 @@ def test_length_control_by_hand() -> None:
     assert wide.bonus == [0.0, 0.0, 0.5, 0.0]
     # The penalty is zero-centred over the group.
     assert sum(aggregate(4, calls, verdicts, lengths, LengthControl(length_penalty=1.0)).bonus) == pytest.approx(0.0)
+
+
+def test_win_rate_by_hand_with_its_interval() -> None:
+    """Final vs start on 4 prompts, each judged in both orders by a judge that scores the answer text."""
+    from types import SimpleNamespace as NS
+
+    from rewards.genrm.judge import JudgeCall
+
+    def answer(task: str, text: str, tokens: int, correct: bool) -> NS:
+        return NS(task=NS(id=task, prompt=PROMPT), completion=text, num_policy_tokens=tokens, correct=correct)
+
+    score = {"good": 5, "ok": 3, "bad": 1}
+
+    def judge_items(items: list) -> list:
+        # "junk" on either side: a malformed verdict; t3 has one in each order, so it is left out.
+        return [JudgeCall(None if "junk" in (it.a, it.b) else Verdict(score[it.a], score[it.b]), "", 10, 5) for it in items]
+
+    start = [answer("t0", "bad", 10, False), answer("t1", "good", 10, True), answer("t2", "ok", 20, True), answer("t3", "junk", 8, False)]
+    final = [answer("t0", "good", 6, True), answer("t1", "ok", 8, True), answer("t2", "ok", 10, True), answer("t3", "good", 4, True)]
+    out = winrate.win_rate(judge_items, start, final)
+    # t0 win (1), t1 loss (0), t2 tie (0.5), t3 unjudged: 1.5 / 3; outcomes [1, 0, 0.5]: sd 0.5, se 0.2887, half-width 0.5658.
+    assert out["win_rate"] == 0.5 and out["prompts"] == 4 and out["prompts_unjudged"] == 1 and out["ties"] == 1
+    assert out["win_rate_ci95_low"] == pytest.approx(0.5 - 0.5658, abs=1e-4) and out["win_rate_ci95_high"] == pytest.approx(1.0658, abs=1e-4)
+    assert (out["length_start"], out["length_final"]) == (12.0, 7.0)
+    assert (out["verifier_accuracy_start"], out["verifier_accuracy_final"]) == (0.5, 1.0)
