@@ -128,8 +128,11 @@ def test_bradley_terry_rm_skips_bad_rows_and_beats_chance(start: Path, tmp_path:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["data"]["bad_rows_skipped"] == 3 and summary["data"]["train_rows"] == 480
     assert "bad_rows_skipped 3" in capsys.readouterr().out
-    last = _evals(out)[-1]
-    assert last["step"] == 100 and last["accuracy"] >= 0.65, last
+    last, n = _evals(out)[-1], summary["data"]["eval_rows"]
+    # Beyond chance, beyond noise: the 95% interval's lower end (normal approximation over the
+    # held-out pairs; about 110 once pairs that training also has are dropped) is above 0.5.
+    low = last["accuracy"] - 1.96 * (last["accuracy"] * (1 - last["accuracy"]) / n) ** 0.5
+    assert last["step"] == 100 and n >= 80 and low > 0.5, (last, n)
     info = json.loads((out / "final" / "reward_head.json").read_text())
     assert info["attribute_names"] == ["reward"] and (out / "final" / "model.safetensors").is_file()
 
