@@ -129,7 +129,7 @@ def make_envs(names: Sequence[str], params: dict[str, dict[str, Any]] | None = N
 
 def tasks_for_rows(rows: Sequence[dict[str, Any]], envs: dict[str, Environment], generated: Any) -> list[Task]:
     """The generated tasks behind data rows (rows carry ``env`` and ``id``): regenerate and match ids."""
-    from align.data.generated import env_seed, split_counts
+    from align.data.generated import env_seed, generated_envs, split_counts
 
     wanted: dict[str, set[str]] = defaultdict(set)
     for row in rows:
@@ -138,7 +138,7 @@ def tasks_for_rows(rows: Sequence[dict[str, Any]], envs: dict[str, Environment],
     eval_counts = split_counts(generated.envs, generated.num_eval)
     tasks = []
     for name, ids in wanted.items():
-        produced = task_source(envs[name]).generate(train_counts[name] + eval_counts[name], env_seed(generated.seed, name))
+        produced = generated_envs(generated, [name])[name].generate(train_counts[name] + eval_counts[name], env_seed(generated.seed, name))
         tasks.extend(t for t in produced if t.id in ids)
     return tasks
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from align.config import LoadedRecipe
-from align.data.generated import env_seed, prompt_key, report_overlap, split_counts
+from align.data.generated import env_seed, generated_envs, prompt_key, report_overlap, split_counts
 from envs.base import Environment, Task, task_source
 
 EVAL_SEED_OFFSET = 1_000_003
@@ -65,7 +65,8 @@ def training_prompts(envs: dict[str, Environment], stages: Iterable[LoadedRecipe
         if gen is not None and data.path is None:
             for name, n in split_counts(gen.envs, gen.num_train).items():
                 if name in envs:
-                    keys.update(task_key(envs[name], t) for t in task_source(envs[name]).generate(n, env_seed(gen.seed, name)))
+                    source = generated_envs(gen, [name])[name]
+                    keys.update(task_key(envs[name], t) for t in source.generate(n, env_seed(gen.seed, name)))
         for spec in getattr(r, "envs", ()):
             if spec.name in envs and spec.data_path is None:
                 keys.update(task_key(envs[spec.name], t) for t in task_source(envs[spec.name]).generate(spec.num_train, r.seed))

@@ -9,6 +9,9 @@ environment's drop. Rows of all environments
 are then shuffled together. Everything is deterministic in ``GeneratedData.seed``.
 
 Rows carry ``env`` and ``id`` columns besides the trained ones, for per-environment evals.
+``GeneratedData.params`` gives an environment its params for this data (everything that
+regenerates these rows goes through :func:`generated_envs`, so they agree); params of an
+environment that ``envs`` does not list are unused, so an override of ``envs`` alone works.
 ``envs.registry`` is imported only when rows are generated.
 """
 
@@ -66,6 +69,14 @@ def report_overlap(what: str, asked: dict[str, int], kept: dict[str, int]) -> li
     return lines
 
 
+def generated_envs(cfg: GeneratedData, names: Any = None) -> dict[str, Any]:
+    """The task sources behind ``cfg`` (all of ``cfg.envs``, or ``names``), with ``cfg.params``."""
+    from envs.base import task_source
+    from envs.registry import make_env  # written alongside; imported late on purpose
+
+    return {name: task_source(make_env(name, cfg.params.get(name))) for name in (cfg.envs if names is None else names)}
+
+
 def generated_rows(cfg: GeneratedData, kind: RowKind) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(train rows, eval rows) from the environments in ``cfg.envs``.
 
@@ -73,9 +84,6 @@ def generated_rows(cfg: GeneratedData, kind: RowKind) -> tuple[list[dict[str, An
     ``kind="preference"``: ``{"prompt": reset(task), "chosen": demonstrate(task), "rejected": corrupt(task, rng)}``
     with ``rng`` seeded from the task id, so a pair does not depend on which other tasks were drawn.
     """
-    from envs.base import task_source
-    from envs.registry import make_env  # written alongside; imported late on purpose
-
     train_counts = split_counts(cfg.envs, cfg.num_train)
     eval_counts = split_counts(cfg.envs, cfg.num_eval) if cfg.num_eval else {k: 0 for k in cfg.envs}
     train: list[dict[str, Any]] = []
@@ -85,7 +93,7 @@ def generated_rows(cfg: GeneratedData, kind: RowKind) -> tuple[list[dict[str, An
         n_train, n_eval = train_counts[name], eval_counts[name]
         if n_train + n_eval == 0:
             continue
-        env = task_source(make_env(name, None))
+        env = generated_envs(cfg, [name])[name]
         tasks = env.generate(n_train + n_eval, env_seed(cfg.seed, name))
         if len(tasks) < n_train + n_eval:
             raise ValueError(f"environment {name!r} generated {len(tasks)} tasks, {n_train + n_eval} were asked for")

@@ -6,10 +6,14 @@ that applies them to a share of a data set (DESIGN.md, "Reasoning control"):
 - :func:`strip_thinking`: drop every ``<think>...</think>`` block from the assistant turns and
   mark the row ``enable_thinking=False``; the chat template then opens each assistant turn
   with an empty ``<think></think>`` (outside the loss), the same prefix rollouts use.
-- :func:`truncate_thinking`: pick a ladder budget smaller than the longest trace, cut every
-  trace longer than it to exactly that many tokens, close it with ``</think>`` (the forced
-  close a rollout makes when the budget runs out) and keep the answer after it; the row gets
-  ``thinking_budget`` = that step, so the system turn carries its budget token.
+- :func:`truncate_thinking`: pick a ladder budget the longest trace does not fit, cut every
+  trace that does not fit to at most ``budget`` tokens (the thinking tokens between the tags,
+  as a rollout counts them: rollout/episode.py), close it with ``</think>`` and keep the answer
+  after it; the row gets ``thinking_budget`` = that step, so the system turn carries its budget
+  token. The cut leaves up to a quarter of the budget unused (drawn per row), so the policy
+  learns to close with a margin rather than at one exact count.
+- :func:`fit_budget`: give the row the smallest ladder step its traces fit, or the next one,
+  without cutting anything, so a budget token also appears where nothing had to be cut.
 
 Limits: token counts assume ``<think>``/``</think>`` are added tokens (true of the tiny
 tokenizer and of Qwen/Nemotron-style ones), so a trace tokenizes the same alone and in
@@ -86,20 +90,41 @@ def _cut_to_tokens(tokenizer: PreTrainedTokenizerBase, ids: list[int], budget: i
     return ""
 
 
-def truncation_budgets(row: Row, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """Ladder steps strictly below the longest trace's token count (empty: nothing to truncate)."""
+def _longest_trace(row: Row, tokenizer: PreTrainedTokenizerBase) -> int:
     longest = 0
     for turn in _assistant_turns(row):
         m = _BLOCK.search(turn["content"])
         if m:
             longest = max(longest, len(_encode(tokenizer, m.group(1))))
+    return longest
+
+
+def truncation_budgets(row: Row, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Ladder steps below the longest trace's token count (empty: nothing to truncate)."""
+    longest = _longest_trace(row, tokenizer)
     return [b for b in BUDGET_LADDER if b < longest]
+
+
+def fit_budget(row: Row, tokenizer: PreTrainedTokenizerBase, rng: random.Random) -> Row | None:
+    """The row with ``thinking_budget`` = the smallest ladder step its longest trace fits or
+    the next one, traces unchanged; None for /no_think rows and rows without thinking.
+    """
+    if row.get("enable_thinking") is False or not has_thinking(row):
+        return None
+    need = _longest_trace(row, tokenizer)
+    fitting = [b for b in BUDGET_LADDER if b >= need]
+    if not fitting:
+        return None
+    out = copy.deepcopy(row)
+    out["enable_thinking"] = True
+    out["thinking_budget"] = rng.choice(fitting[:2])
+    return out
 
 
 def truncate_thinking(row: Row, tokenizer: PreTrainedTokenizerBase, rng: random.Random, budget: int | None = None) -> Row | None:
     """The row with its traces cut at a ladder budget (``budget``, or one drawn with ``rng``).
 
-    None when no ladder step is below the longest trace (too short to truncate), ``budget``
+    None when the longest trace fits every ladder step (too short to truncate), ``budget``
     is not such a step, or the row asks for /no_think.
     """
     if row.get("enable_thinking") is False:
@@ -115,9 +140,10 @@ def truncate_thinking(row: Row, tokenizer: PreTrainedTokenizerBase, rng: random.
         if not m:
             continue
         ids = _encode(tokenizer, m.group(1))
-        if len(ids) <= step:
+        keep = step - rng.randint(0, step // 4)
+        if len(ids) <= keep:
             continue
-        cut = _cut_to_tokens(tokenizer, ids, step)
+        cut = _cut_to_tokens(tokenizer, ids, keep)
         turn["content"] = text[: m.start()] + THINK_OPEN + cut + THINK_CLOSE + text[m.end() :]
     out["enable_thinking"] = True
     out["thinking_budget"] = step
@@ -127,42 +153,39 @@ def truncate_thinking(row: Row, tokenizer: PreTrainedTokenizerBase, rng: random.
 def apply_reasoning_mix(
     rows: Sequence[Row], cfg: ReasoningDataConfig, tokenizer: PreTrainedTokenizerBase, seed: int
 ) -> tuple[list[Row], dict[str, int]]:
-    """Turn ``cfg.no_think_fraction`` of the rows to /no_think and ``cfg.truncated_budget_fraction`` to truncated traces.
+    """Turn ``cfg.no_think_fraction`` of the rows to /no_think, ``cfg.truncated_budget_fraction``
+    to truncated traces and ``cfg.fitted_budget_fraction`` to budgets their traces fit.
 
     Shares are of all rows; only rows with thinking (and not already /no_think) are
     candidates, so with too few candidates fewer are transformed: the counts report what was
     asked (``*_requested``) next to what was done. Rows are visited in a seeded random order,
-    truncation first (its candidates are scarcer); positions in the list do not change.
+    truncation first (its candidates are scarcer), then fitted budgets, then /no_think;
+    positions in the list do not change.
     """
     n = len(rows)
-    want_trunc = round(n * cfg.truncated_budget_fraction)
-    want_off = round(n * cfg.no_think_fraction)
+    want = {"truncated_budget": round(n * cfg.truncated_budget_fraction), "fitted_budget": round(n * cfg.fitted_budget_fraction),
+            "no_think": round(n * cfg.no_think_fraction)}  # fmt: skip
+    done = dict.fromkeys(want, 0)
     out = list(rows)
-    done_trunc = done_off = 0
     order = list(range(n))
     random.Random(f"reasoning-mix:{seed}").shuffle(order)
     for i in order:
-        if done_trunc >= want_trunc and done_off >= want_off:
+        if done == want:
             break
         row = rows[i]
         if row.get("enable_thinking") is False or not has_thinking(row):
             continue
-        if done_trunc < want_trunc:
-            new = truncate_thinking(row, tokenizer, random.Random(f"reasoning-budget:{seed}:{i}"))
-            if new is not None:
+        rng = random.Random(f"reasoning-budget:{seed}:{i}")
+        transforms = {
+            "truncated_budget": lambda: truncate_thinking(row, tokenizer, rng),  # noqa: B023 - called in this iteration
+            "fitted_budget": lambda: fit_budget(row, tokenizer, rng),  # noqa: B023
+            "no_think": lambda: strip_thinking(row),  # noqa: B023
+        }
+        for kind, transform in transforms.items():
+            if done[kind] < want[kind] and (new := transform()) is not None:
                 out[i] = new
-                done_trunc += 1
-                continue
-        if done_off < want_off:
-            new = strip_thinking(row)
-            if new is not None:
-                out[i] = new
-                done_off += 1
-    counts = {
-        "no_think": done_off,
-        "truncated_budget": done_trunc,
-        "unchanged": n - done_off - done_trunc,
-        "no_think_requested": want_off,
-        "truncated_budget_requested": want_trunc,
-    }
+                done[kind] += 1
+                break
+    counts = {**done, "unchanged": n - sum(done.values())}
+    counts.update({f"{k}_requested": v for k, v in want.items()})
     return out, counts

@@ -12,10 +12,11 @@ import asyncio
 import random
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from envs.base import Message, SelfCheck, StepResult, Task
 from envs.code import generate
+from envs.grades import GRADE_WEIGHTS_FIELD, check_grade_weights
 from envs.code.harness import build_runs, corrupt_program, count_passed, extract_code, failure_reason
 from envs.sandbox import SandboxConfig, SandboxPool, SandboxResult, shared_pool
 
@@ -28,6 +29,12 @@ class CodeParams(BaseModel):
     memory_mb: int = Field(default=512, ge=64, description="address-space limit per execution")
     max_concurrency: int | None = Field(default=None, ge=1, description="sandbox executions at once (default: CPU cores)")
     allow_rlimits_only: bool = Field(default=False, description="run without bwrap if it cannot start (no isolation; warns)")
+    grade_weights: dict[int, float] = GRADE_WEIGHTS_FIELD
+
+    @model_validator(mode="after")
+    def _grades(self) -> "CodeParams":
+        check_grade_weights("code", self.grade_weights, generate.GRADES)
+        return self
 
 
 class CodeEnv:
@@ -83,7 +90,7 @@ class CodeEnv:
         return StepResult(reward=reward, done=True, correct=correct, info=info)
 
     def generate(self, n: int, seed: int) -> list[Task]:
-        return generate.tiny_tasks(n, seed)
+        return generate.tiny_tasks(n, seed, self.params.grade_weights)
 
     def demonstrate(self, task: Task) -> list[Message]:
         if task.answer is None:

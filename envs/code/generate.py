@@ -1,5 +1,9 @@
 """Tiny-world code tasks: one-line functions a sub-million-parameter model can learn to write.
 
+Three grades (``meta["grade"]``, envs/grades.py): 1, one operation (``x+3``, ``max(a, b)``);
+2, two operations or two constants (``x*3+4``, ``xs.count(5)``); 3, a filter or a clamp over
+the input, with a longer plan in the think block (``sum(v for v in xs if v>4)``).
+
 Every task is "Write f(...) returning ..." (or a two-line stdin/stdout program) with a reference
 solution, a few wrong but plausible programs (for preference pairs) and 4 asserts. Prompts and
 solutions stay under 40 tokens of the tiny tokenizer. Expected values are computed by running
@@ -14,11 +18,12 @@ import argparse
 import json
 import random
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from envs.base import Task
+from envs.grades import draw_grade
 
 FENCE = "```"
 
@@ -42,7 +47,8 @@ def _ints(rng: random.Random) -> list[int]:
 
 @dataclass(frozen=True)
 class Family:
-    """One kind of task. ``{k}`` in the texts is a per-task constant drawn from ``k_range``."""
+    """One kind of task. ``{k}`` in the texts is a per-task constant drawn from ``k_range``;
+    ``{j}`` one drawn from 1..9, ``{k1}`` is ``k+1``."""
 
     name: str
     prompt: str
@@ -52,6 +58,7 @@ class Family:
     wrong: tuple[str, ...]
     inputs: Callable[[random.Random], tuple[Any, ...]]
     k_range: tuple[int, int] = (1, 9)
+    grade: int = 1
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -69,7 +76,32 @@ FAMILIES: tuple[Family, ...] = (
     Family("sum_list", "Write f(xs) returning the sum of xs.", "sum", "xs", "return sum(xs)", ("return max(xs)", "return len(xs)"), lambda r: (_ints(r),)),
     Family("len_list", "Write f(xs) returning the length of xs.", "length", "xs", "return len(xs)", ("return sum(xs)", "return len(xs)+1"), lambda r: (_ints(r),)),
     Family("first", "Write f(xs) returning the first item of xs.", "index 0", "xs", "return xs[0]", ("return xs[-1]", "return xs[1:]"), lambda r: (_ints(r),)),
+    # grade 2: two operations
+    Family("mul_add", "Write f(x) returning x*{k}+{j}.", "multiply by {k}, then add {j}", "x", "return x*{k}+{j}",
+           ("return x*{k}", "return x+{k}+{j}", "return x*{k}-{j}"), lambda r: (_int(r),), (2, 9), 2),
+    Family("add_mul", "Write f(x) returning (x+{j})*{k}.", "add {j}, then multiply by {k}", "x", "return (x+{j})*{k}",
+           ("return x+{j}*{k}", "return x*{k}+{j}"), lambda r: (_int(r),), (2, 9), 2),
+    Family("count_k", "Write f(xs) returning how many items of xs equal {k}.", "count the items equal to {k}", "xs", "return xs.count({k})",
+           ("return len(xs)", "return int({k} in xs)"), lambda r: (_ints(r) + [r.randint(0, 9)] * r.randint(0, 2),), (0, 9), 2),
+    Family("diff2", "Write f(a, b) returning a-b times {k}.", "subtract b from a, then multiply by {k}", "a, b", "return (a-b)*{k}",
+           ("return a-b*{k}", "return (b-a)*{k}"), lambda r: (_int(r), _int(r)), (2, 19), 2),
+    Family("weighted", "Write f(a, b) returning a*{k}+b*{j}.", "multiply a by {k} and b by {j}, then add", "a, b", "return a*{k}+b*{j}",
+           ("return a*{k}-b*{j}", "return a+b*{j}"), lambda r: (_int(r), _int(r)), (2, 9), 2),
+    # grade 3: a filter or a clamp, longer code and a longer plan
+    Family("sum_gt", "Write f(xs) returning the sum of the items of xs above {k}.",
+           "keep each item v of xs with v>{k}, then add the kept items up", "xs", "return sum(v for v in xs if v>{k})",
+           ("return sum(xs)", "return sum(v for v in xs if v<{k})", "return sum(1 for v in xs if v>{k})"), lambda r: (_ints(r),), (1, 8), 3),
+    Family("count_gt", "Write f(xs) returning how many items of xs are above {k}.",
+           "go over xs, count 1 for each item v with v>{k}, then add the counts", "xs", "return sum(1 for v in xs if v>{k})",
+           ("return len(xs)", "return sum(1 for v in xs if v<{k})", "return sum(v for v in xs if v>{k})"), lambda r: (_ints(r),), (1, 8), 3),
+    Family("clamp", "Write f(x) returning x clamped to {j}..{k}.",
+           "if x is below {j} use {j}, if x is above {k} use {k}, else keep x", "x", "return min(max(x, {j}), {k})",
+           ("return max(x, {j})", "return min(x, {k})"), lambda r: (r.randint(-9, 50),), (10, 40), 3),
+    Family("max_minus_min", "Write f(xs) returning the largest item of xs minus the smallest.",
+           "find the largest item of xs, find the smallest, then subtract the smallest", "xs", "return max(xs)-min(xs)",
+           ("return max(xs)", "return max(xs)+min(xs)"), lambda r: (_ints(r) + [r.randint(0, 9)],), (1, 9), 3),
 )
+GRADES: tuple[int, ...] = tuple(sorted({f.grade for f in FAMILIES}))
 
 N_ASSERTS = 4
 # One-argument families also vary the argument's name, so held-out prompts exist at all: with x
@@ -112,7 +144,7 @@ def _task(family: Family, rng: random.Random, task_id: str) -> Task:
     if family.args == "x":
         family = _rename(family, rng.choice(ARG_NAMES))
     k = rng.randint(*family.k_range)
-    fill = {"k": k, "k1": k + 1}
+    fill = {"k": k, "k1": k + 1, "j": rng.randint(1, 9)}
     solution = _program(family.args, family.body.format(**fill))
     wrong_all = [_program(family.args, w.format(**fill)) for w in family.wrong]
     # Inputs that tell every wrong program apart from the reference (redraw otherwise).
@@ -133,6 +165,7 @@ def _task(family: Family, rng: random.Random, task_id: str) -> Task:
         answer=solution,
         meta={
             "family": family.name,
+            "grade": family.grade,
             "think": family.think.format(**fill),
             "wrong": wrong_all,
             "tests": {"kind": "asserts", "asserts": asserts},
@@ -140,12 +173,20 @@ def _task(family: Family, rng: random.Random, task_id: str) -> Task:
     )
 
 
-def tiny_tasks(n: int, seed: int) -> list[Task]:
-    """``n`` tasks, families in rotation from a seeded shuffle; deterministic in ``seed``."""
+def tiny_tasks(n: int, seed: int, grade_weights: Mapping[int, float] | None = None) -> list[Task]:
+    """``n`` tasks; each draws its grade (``grade_weights``, empty: uniform), then rotates through
+    that grade's families in a seeded shuffle; deterministic in ``seed``."""
     rng = random.Random(seed)
-    order = list(FAMILIES)
-    rng.shuffle(order)
-    return [_task(order[i % len(order)], rng, f"code-{seed}-{i}") for i in range(n)]
+    rotation: dict[int, list[Family]] = {g: [f for f in FAMILIES if f.grade == g] for g in GRADES}
+    for families in rotation.values():
+        rng.shuffle(families)
+    used = dict.fromkeys(GRADES, 0)
+    tasks = []
+    for i in range(n):
+        g = draw_grade(rng, GRADES, grade_weights or {})
+        tasks.append(_task(rotation[g][used[g] % len(rotation[g])], rng, f"code-{seed}-{i}"))
+        used[g] += 1
+    return tasks
 
 
 def io_example() -> Task:

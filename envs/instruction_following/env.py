@@ -11,12 +11,13 @@ import random
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from align.reasoning import THINK_CLOSE, THINK_OPEN, split_thinking
 from envs.base import Message, SelfCheck, StepResult, Task
 from envs.instruction_following.constraints import parse_constraints, score
-from envs.instruction_following.generator import TEMPLATES, Template, make_spec
+from envs.grades import GRADE_WEIGHTS_FIELD, check_grade_weights, draw_grade
+from envs.instruction_following.generator import GRADES, TEMPLATES, Template, make_graded_spec, templates_of_grade
 
 EXAMPLES_PATH = Path(__file__).parent / "data" / "examples.jsonl"
 
@@ -35,6 +36,16 @@ class InstructionFollowingParams(BaseModel):
 
     # Generated tasks are drawn uniformly from these templates (envs/instruction_following/generator.py).
     templates: tuple[Template, ...] = Field(TEMPLATES, min_length=1)
+    grade_weights: dict[int, float] = GRADE_WEIGHTS_FIELD
+
+    @model_validator(mode="after")
+    def _grades(self) -> "InstructionFollowingParams":
+        check_grade_weights("instruction_following", self.grade_weights, offered_grades(self.templates))
+        return self
+
+
+def offered_grades(templates: tuple[str, ...]) -> list[int]:
+    return [g for g in GRADES if templates_of_grade(g, templates)]
 
 
 class InstructionFollowingEnv:
@@ -46,6 +57,7 @@ class InstructionFollowingEnv:
 
     def __init__(self, params: InstructionFollowingParams | None = None) -> None:
         self.params = params or InstructionFollowingParams()
+        self.grades = offered_grades(self.params.templates)
 
     def reset(self, task: Task) -> list[Message]:
         return list(task.prompt)
@@ -67,8 +79,9 @@ class InstructionFollowingEnv:
         rng = random.Random(seed)
         tasks = []
         for i in range(n):
-            spec = make_spec(rng.choice(self.params.templates), rng)
-            meta = {"template": spec.template, "plan": spec.plan, "demonstration": spec.good, "corruptions": list(spec.bad)}
+            grade = draw_grade(rng, self.grades, self.params.grade_weights) if len(self.grades) > 1 else 1
+            spec = make_graded_spec(rng.choice(templates_of_grade(grade, self.params.templates)), grade, rng)
+            meta = {"template": spec.template, "grade": grade, "plan": spec.plan, "demonstration": spec.good, "corruptions": list(spec.bad)}
             prompt = [{"role": "user", "content": spec.prompt}]
             tasks.append(Task(id=f"if-s{seed}-{i}", env=self.name, prompt=prompt, answer=spec.constraints, meta=meta))
         return tasks

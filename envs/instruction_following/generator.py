@@ -4,13 +4,19 @@ Every template gives a prompt under 25 tokens, a list of constraints (the gold),
 plan for the think block, a correct answer and a wrong one. Wrong answers break one or two
 constraints the way a careless model would (one item too few, commas where none were allowed,
 the case left unchanged), so preference pairs differ in what the constraint checks.
+
+Grades (``meta["grade"]``, envs/grades.py) count the constraints stacked on a template: grade 1
+is the template alone; grades 2 and 3 add one and two modifiers (start with a word, end with a
+word, wrap the reply in quotes), each with its own constraint, a longer plan, and one more
+wrong answer (the reply without that modifier). Every stacked spec is checked on the spot: its
+answer meets all constraints and each wrong one breaks at least one, else another draw is made.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, get_args
 
 Template = Literal["repeat", "lowercase", "uppercase", "bullets", "no_commas", "json", "ends_with", "forbidden", "word_count"]
@@ -136,3 +142,58 @@ def make_spec(template: str, rng: random.Random) -> Spec:
             (" ".join(fill), " ".join(good + [_other(rng, WORDS, key)])),
         )
     raise ValueError(f"unknown instruction_following template {template!r}; known: {', '.join(TEMPLATES)}")
+
+
+GRADES: tuple[int, ...] = (1, 2, 3)
+# The modifiers each template can take without breaking its own constraints (an extra word breaks
+# item and word counts, quotes break JSON, bullets and a leading/trailing word).
+MODIFIERS: dict[str, tuple[str, ...]] = {
+    "lowercase": ("starts_with", "ends_with", "quoted"),
+    "uppercase": ("starts_with", "ends_with", "quoted"),
+    "ends_with": ("starts_with",),
+    "no_commas": ("quoted",),
+    "forbidden": ("quoted",),
+    "word_count": ("quoted",),
+}
+
+
+def templates_of_grade(grade: int, templates: tuple[str, ...] = TEMPLATES) -> list[str]:
+    """The templates of ``templates`` that reach ``grade`` (grade 1: all)."""
+    return [t for t in templates if grade == 1 or len(MODIFIERS.get(t, ())) >= grade - 1]
+
+
+def _modify(spec: Spec, modifier: str, rng: random.Random) -> Spec:
+    """``spec`` with one more constraint; the unmodified answer becomes one more wrong answer."""
+    word = rng.choice(WORDS)
+    word = word.upper() if spec.template == "uppercase" else word
+
+    def apply(text: str) -> str:
+        return {"starts_with": f"{word} {text}", "ends_with": f"{text} {word}", "quoted": f'"{text}"'}[modifier]
+
+    extra = {
+        "starts_with": (f" Start with {word}.", {"kind": "starts_with", "phrase": word}, f"start with {word}"),
+        "ends_with": (f" End with {word}.", {"kind": "ends_with", "phrase": word}, f"end with {word}"),
+        "quoted": (" Use quotes.", {"kind": "quoted"}, "in quotes"),
+    }[modifier]
+    return Spec(spec.template, spec.prompt + extra[0], [*spec.constraints, extra[1]], f"{spec.plan}; {extra[2]}",
+                apply(spec.good), (*(apply(b) for b in spec.bad), spec.good))  # fmt: skip
+
+
+def _valid(spec: Spec) -> bool:
+    from envs.instruction_following.constraints import parse_constraints, score
+
+    constraints = parse_constraints(spec.constraints)
+    return all(score(spec.good, constraints)) and not any(all(score(b, constraints)) for b in spec.bad)
+
+
+def make_graded_spec(template: str, grade: int, rng: random.Random) -> Spec:
+    """A spec of ``template`` with ``grade - 1`` modifiers stacked (redrawn until it checks out)."""
+    if template not in templates_of_grade(grade):
+        raise ValueError(f"instruction_following: template {template!r} has no grade {grade} (grades are {GRADES})")
+    for _ in range(100):
+        spec = make_spec(template, rng)
+        for modifier in rng.sample(MODIFIERS.get(template, ()), grade - 1):
+            spec = _modify(spec, modifier, rng)
+        if _valid(spec):
+            return replace(spec, bad=tuple(dict.fromkeys(spec.bad)))
+    raise RuntimeError(f"instruction_following: no valid grade-{grade} spec of template {template!r} in 100 draws")

@@ -14,11 +14,12 @@ import random
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from align.reasoning import THINK_CLOSE, THINK_OPEN
 from envs.base import Message, SelfCheck, StepResult, Task
-from envs.math.generator import make_problem, prompt_text, solve, worked_trace
+from envs.grades import GRADE_WEIGHTS_FIELD, check_grade_weights, draw_grade
+from envs.math.generator import LEVELS, make_problem, prompt_text, solve, worked_trace
 from envs.math.verify import DEFAULT_TIMEOUT_S, fast_grade, grade, plain_number
 
 EXAMPLES_PATH = Path(__file__).parent / "data" / "examples.jsonl"
@@ -36,10 +37,17 @@ def _solution(trace: str, answer: object) -> list[Message]:
 class MathParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # Generated tasks are drawn uniformly from these levels (see envs/math/generator.py).
-    difficulty: tuple[Literal[1, 2, 3], ...] = Field((1, 2, 3), min_length=1)
+    # Generated tasks are drawn from these levels (see envs/math/generator.py), weighted by
+    # grade_weights (a level is a grade; empty: uniform).
+    difficulty: tuple[Literal[1, 2, 3, 4], ...] = Field(LEVELS, min_length=1)
+    grade_weights: dict[int, float] = GRADE_WEIGHTS_FIELD
     # Per-answer limit for the math-verify tier; a comparison that runs over scores 0.
     verify_timeout_s: float = Field(DEFAULT_TIMEOUT_S, gt=0)
+
+    @model_validator(mode="after")
+    def _grades(self) -> "MathParams":
+        check_grade_weights("math", self.grade_weights, self.difficulty)
+        return self
 
 
 class MathEnv:
@@ -69,7 +77,7 @@ class MathEnv:
         rng = random.Random(seed)
         tasks = []
         for i in range(n):
-            meta = make_problem(rng.choice(self.params.difficulty), rng)
+            meta = make_problem(draw_grade(rng, self.params.difficulty, self.params.grade_weights), rng)
             prompt = [{"role": "user", "content": prompt_text(meta)}]
             tasks.append(Task(id=f"math-s{seed}-{i}", env=self.name, prompt=prompt, answer=str(solve(meta)), meta=meta))
         return tasks

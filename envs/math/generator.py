@@ -1,14 +1,18 @@
-"""The tiny world's math tasks: small arithmetic and one-step linear equations with worked traces.
+"""The tiny world's math tasks: arithmetic and one-step linear equations with worked traces.
 
 Sized for the tiny policy (a ~0.5M-parameter model whose tokenizer splits digits one per
-token): prompts stay under 25 tokens and traces under 40. Traces work column by column from
+token): prompts stay under 25 tokens; traces run from a few tokens (level 1) to about 50
+(level 4), so they span the budget ladder 16/32/64. Traces work column by column from
 the ones digit, the way the model has to produce digits, e.g. ``47+38: 7+8=15, 4+3+1=8. 85``.
 
 Difficulty levels:
 
 1. one-digit ``a+b``, ``a-b`` (a >= b) and ``a*b``;
 2. two-digit ``a+b`` and ``a-b`` (a >= b), and two-digit times one-digit ``a*b``;
-3. ``ax+b=c`` with a whole-number solution.
+3. ``ax+b=c`` with a whole-number solution;
+4. two steps, ``a+b+c`` or ``a+b-c`` with two-digit terms and ``a+b < 100`` (each step worked by columns).
+
+A task's level is its grade (``meta["grade"]``, envs/grades.py).
 
 Wrong solutions (for preference pairs) make the mistakes people and small models make: a
 dropped carry or borrow, one column off by one, subtracting instead of dividing. The trace is
@@ -23,7 +27,16 @@ from typing import Any
 Meta = dict[str, Any]
 
 
+LEVELS = (1, 2, 3, 4)
+
+
 def make_problem(level: int, rng: random.Random) -> Meta:
+    meta = _problem(level, rng)
+    meta["grade"] = level
+    return meta
+
+
+def _problem(level: int, rng: random.Random) -> Meta:
     if level == 1:
         op = rng.choice("+-*")
         a, b = rng.randint(0, 9), rng.randint(0, 9)
@@ -41,12 +54,20 @@ def make_problem(level: int, rng: random.Random) -> Meta:
     if level == 3:
         a, x, b = rng.randint(2, 9), rng.randint(1, 12), rng.randint(1, 20)
         return {"level": 3, "op": "linear", "a": a, "b": b, "c": a * x + b}
-    raise ValueError(f"math difficulty levels are 1, 2 and 3, got {level}")
+    if level == 4:
+        # a+b stays two-digit, so the trace (both steps by columns) stays under about 50 tokens.
+        a, op2 = rng.randint(10, 89), rng.choice("+-")
+        b = rng.randint(10, 99 - a)
+        c = rng.randint(10, min(99, a + b)) if op2 == "-" else rng.randint(10, 99)
+        return {"level": 4, "op": "two_step", "a": a, "b": b, "op2": op2, "c": c}
+    raise ValueError(f"math difficulty levels are {LEVELS}, got {level}")
 
 
 def prompt_text(meta: Meta) -> str:
     if meta["op"] == "linear":
         return f"Solve {meta['a']}x+{meta['b']}={meta['c']} for x."
+    if meta["op"] == "two_step":
+        return f"What is {meta['a']}+{meta['b']}{meta['op2']}{meta['c']}?"
     return f"What is {meta['a']}{meta['op']}{meta['b']}?"
 
 
@@ -54,6 +75,8 @@ def solve(meta: Meta) -> int:
     a, b, op = meta["a"], meta["b"], meta["op"]
     if op == "linear":
         return (meta["c"] - b) // a
+    if op == "two_step":
+        return solve(_second(meta))
     return {"+": a + b, "-": a - b, "*": a * b}[op]
 
 
@@ -115,8 +138,26 @@ def _columns(meta: Meta, slip: tuple[int, int] | None, drop_carry: bool) -> tupl
     return steps, int(out)
 
 
+def _first(meta: Meta) -> Meta:
+    return {"op": "+", "a": meta["a"], "b": meta["b"]}
+
+
+def _second(meta: Meta, first: int | None = None) -> Meta:
+    total = meta["a"] + meta["b"] if first is None else first
+    return {"op": meta["op2"], "a": total, "b": meta["c"]}
+
+
 def worked_trace(meta: Meta, rng: random.Random | None = None) -> tuple[str, int]:
     """(trace, answer); with ``rng``, a plausible mistake is made and the answer is wrong."""
+    if meta["op"] == "two_step":
+        # The mistake (if any) goes into one of the two steps; the other is worked correctly.
+        wrong_first = rng is not None and rng.random() < 0.5
+        t1, s1 = worked_trace(_first(meta), rng if wrong_first else None)
+        second = _second(meta, s1)
+        if second["op"] == "-" and second["a"] < second["b"]:
+            second = _second(meta)
+        t2, s2 = worked_trace(second, None if wrong_first else rng)
+        return f"{t1}; {t2}", s2
     if meta["op"] == "linear":
         a, b, c = meta["a"], meta["b"], meta["c"]
         x = (c - b) // a

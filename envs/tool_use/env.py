@@ -23,10 +23,11 @@ import random
 from collections.abc import Awaitable
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from align.reasoning import split_thinking
 from envs.base import Message, SelfCheck, StepResult, Task
+from envs.grades import GRADE_WEIGHTS_FIELD, check_grade_weights
 from envs.tool_use import function_calling, generate
 from envs.tool_use.tools import (
     TOOL_ARGS,
@@ -49,11 +50,21 @@ class ToolUseParams(BaseModel):
     correct_weight: float = Field(default=0.8, ge=0)
     format_weight: float = Field(default=0.2, ge=0)
     max_observation_chars: int = Field(default=500, ge=16)
-    kinds: tuple[str, ...] = Field(default=("calculator", "lookup"), description="task kinds generate() draws from: calculator, lookup, python")
+    kinds: tuple[str, ...] = Field(
+        default=("calculator", "lookup", "lookup_calc", "lookup2_calc"),
+        description="task kinds generate() draws from: calculator, lookup, python (grade 1), lookup_calc (2), lookup2_calc (3)",
+    )
+    grade_weights: dict[int, float] = GRADE_WEIGHTS_FIELD
     python_timeout_s: float = Field(default=5.0, gt=0)
     python_memory_mb: int = Field(default=256, ge=64)
     max_concurrency: int | None = Field(default=None, ge=1, description="python-tool sandboxes at once (default: CPU cores)")
     allow_rlimits_only: bool = False
+
+    @model_validator(mode="after")
+    def _grades(self) -> "ToolUseParams":
+        offered = [generate.GRADE_OF_KIND[k] for k in self.kinds if k in generate.GRADE_OF_KIND]
+        check_grade_weights("tool_use", self.grade_weights, offered)
+        return self
 
 
 class ToolUseEnv:
@@ -136,11 +147,13 @@ class ToolUseEnv:
     # -- tiny-world data -----------------------------------------------------------------
 
     def generate(self, n: int, seed: int) -> list[Task]:
-        return generate.tiny_tasks(n, seed, self.params.kinds)
+        return generate.tiny_tasks(n, seed, self.params.kinds, self.params.grade_weights)
 
     def demonstrate(self, task: Task) -> list[Message]:
         if "functions" in task.meta:
             return function_calling.reference_turn(task)
+        if "keys" in task.meta:  # a lookup chain (grades 2 and 3)
+            return _chain_episode(task, generate.chain_turns(task.meta, task.meta["keys"]))
         name, args = task.meta["call"]["name"], task.meta["call"]["arguments"]
         result = str(task.answer) if name == "python" else run_tool(task, ToolCall(name, args))
         return _episode(task.meta.get("think", "use the tool"), format_call(name, args), result, str(task.answer))
@@ -148,6 +161,10 @@ class ToolUseEnv:
     def corrupt(self, task: Task, rng: random.Random) -> list[Message]:
         """A wrong episode of the same shape: a wrong final answer after a right call, a call
         with wrong arguments answered from its (wrong) result, or a malformed call and a guess."""
+        if "keys" in task.meta:  # a chain: a wrong first lookup followed through, or a wrong final answer
+            if rng.random() < 0.5:
+                return _chain_episode(task, generate.chain_turns(task.meta, generate.wrong_keys(task, rng)))
+            return _chain_episode(task, (task.meta["turns"], generate.wrong_answer(task, rng)))
         name, args = task.meta["call"]["name"], task.meta["call"]["arguments"]
         think = task.meta.get("think", "use the tool")
         wrong = generate.wrong_answer(task, rng)
@@ -212,6 +229,19 @@ def _episode(think: str, call_text: str, result: str, answer: str) -> list[Messa
         {"role": "tool", "content": result},
         {"role": "assistant", "content": f"<think></think>\\boxed{{{answer}}}"},
     ]
+
+
+def _chain_episode(task: Task, chain: tuple[list[list[dict[str, Any]]], str]) -> list[Message]:
+    """Assistant turns of calls (the think block in the first), each followed by its tool
+    results, then the boxed answer."""
+    turns, answer = chain
+    messages: list[Message] = []
+    for i, calls in enumerate(turns):
+        think = task.meta.get("think", "use the tools") if i == 0 else ""
+        messages.append({"role": "assistant", "content": f"<think>{think}</think>" + "".join(format_call(c["name"], c["arguments"]) for c in calls)})
+        messages += [{"role": "tool", "content": run_tool(task, ToolCall(c["name"], c["arguments"]))} for c in calls]
+    messages.append({"role": "assistant", "content": f"<think></think>\\boxed{{{answer}}}"})
+    return messages
 
 
 def _clip(text: str, limit: int) -> str:

@@ -1,12 +1,19 @@
-"""Tiny-world tool-use tasks: one call, one result, one boxed answer.
+"""Tiny-world tool-use tasks: chains of 1 to 3 calls, then one boxed answer.
+
+Grade 1, one call (``meta["grade"]``, envs/grades.py):
 
 - calculator: "Use the calculator: 37*41" (gold: the product).
 - lookup: "Look up the capital of Zorbia." with a 3-row table of invented places in the task
   (the answer is only reachable through the tool, never in the prompt).
 - python: "Use python to sum 1..12." (gold: 78), run in the code sandbox.
 
-``task.meta["call"]`` is the reference call, so demonstrations and wrong variants can be built
-from a task read back from JSONL.
+Grade 2, ``lookup_calc``: "Look up the code of Zorbia, then multiply it by 7." (a lookup, then a
+calculator call on its result). Grade 3, ``lookup2_calc``: "Add the codes of Zorbia and Quelra."
+(two lookups in one turn, then a calculator call on both results).
+
+``task.meta["turns"]`` is the reference chain (a list of turns, each a list of calls) and
+``meta["call"]`` its first call, so demonstrations and wrong variants can be built from a task
+read back from JSONL.
 
     python -m envs.tool_use -n 24 --seed 0 > envs/tool_use/data/examples.jsonl
 """
@@ -17,11 +24,14 @@ import argparse
 import json
 import random
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from envs.base import Task
+from envs.grades import draw_grade
 
-KINDS = ("calculator", "lookup", "python")
+KINDS = ("calculator", "lookup", "python", "lookup_calc", "lookup2_calc")
+GRADE_OF_KIND = {"calculator": 1, "lookup": 1, "python": 1, "lookup_calc": 2, "lookup2_calc": 3}
 
 _OPS = {"+": "add", "-": "subtract", "*": "multiply"}
 _SYLLABLES = ("zor", "bi", "quel", "tan", "mo", "ra", "vek", "lu", "dar", "ix", "pel", "on")
@@ -31,18 +41,21 @@ def _name(rng: random.Random, parts: int) -> str:
     return "".join(rng.choice(_SYLLABLES) for _ in range(parts)).capitalize()
 
 
+def _call(name: str, **arguments: str) -> dict[str, Any]:
+    return {"name": name, "arguments": arguments}
+
+
+def _single(task_id: str, content: str, answer: str, kind: str, think: str, call: dict[str, Any], **meta: Any) -> Task:
+    meta = {"kind": kind, "grade": GRADE_OF_KIND[kind], "tools": [call["name"]], "think": think, "call": call, "turns": [[call]], **meta}
+    return Task(id=task_id, env="tool_use", prompt=[{"role": "user", "content": content}], answer=answer, meta=meta)
+
+
 def _calculator(rng: random.Random, task_id: str) -> Task:
     op = rng.choice(list(_OPS))
     a, b = rng.randint(2, 99), rng.randint(2, 99)
     expression = f"{a}{op}{b}"
     value = {"+": a + b, "-": a - b, "*": a * b}[op]
-    return Task(
-        id=task_id,
-        env="tool_use",
-        prompt=[{"role": "user", "content": f"Use the calculator: {expression}"}],
-        answer=str(value),
-        meta={"kind": "calculator", "tools": ["calculator"], "think": _OPS[op], "call": {"name": "calculator", "arguments": {"expression": expression}}},
-    )
+    return _single(task_id, f"Use the calculator: {expression}", str(value), "calculator", _OPS[op], _call("calculator", expression=expression))
 
 
 def _lookup(rng: random.Random, task_id: str) -> Task:
@@ -52,38 +65,78 @@ def _lookup(rng: random.Random, task_id: str) -> Task:
         if country not in table and capital not in table.values():
             table[country] = capital
     country = rng.choice(list(table))
-    return Task(
-        id=task_id,
-        env="tool_use",
-        prompt=[{"role": "user", "content": f"Look up the capital of {country}."}],
-        answer=table[country],
-        meta={"kind": "lookup", "tools": ["lookup"], "think": "look up", "table": table, "call": {"name": "lookup", "arguments": {"key": country}}},
-    )
+    return _single(task_id, f"Look up the capital of {country}.", table[country], "lookup", "look up", _call("lookup", key=country), table=table)
 
 
 def _python(rng: random.Random, task_id: str) -> Task:
     n = rng.randint(3, 30)
-    return Task(
-        id=task_id,
-        env="tool_use",
-        prompt=[{"role": "user", "content": f"Use python to sum 1..{n}."}],
-        answer=str(n * (n + 1) // 2),
-        meta={
-            "kind": "python",
-            "tools": ["python"],
-            "think": "sum with python",
-            "call": {"name": "python", "arguments": {"code": f"print(sum(range({n + 1})))"}},
-        },
-    )
+    call = _call("python", code=f"print(sum(range({n + 1})))")
+    return _single(task_id, f"Use python to sum 1..{n}.", str(n * (n + 1) // 2), "python", "sum with python", call)
+
+
+def _codes(rng: random.Random) -> dict[str, str]:
+    names: list[str] = []
+    while len(names) < 3:
+        name = _name(rng, 2)
+        names += [name] if name not in names else []
+    return {name: str(v) for name, v in zip(names, rng.sample(range(2, 41), 3))}
+
+
+def chain_turns(meta: dict[str, Any], keys: list[str]) -> tuple[list[list[dict[str, Any]]], str]:
+    """The calls of a lookup chain for ``keys`` (the right ones, or wrong ones for a corruption),
+    and the answer they lead to: one turn of lookups, one calculator call on their results."""
+    from envs.tool_use.tools import run_calculator, run_lookup
+
+    values = [run_lookup(meta["table"], k) for k in keys]
+    expression = f"{values[0]}*{meta['factor']}" if meta["kind"] == "lookup_calc" else meta["op"].join(values)
+    return [[_call("lookup", key=k) for k in keys], [_call("calculator", expression=expression)]], run_calculator(expression)
+
+
+def _chain(kind: str, rng: random.Random, task_id: str) -> Task:
+    table = _codes(rng)
+    if kind == "lookup_calc":
+        keys, factor = [rng.choice(list(table))], rng.randint(2, 9)
+        meta: dict[str, Any] = {"kind": kind, "table": table, "factor": factor, "think": f"look up the code, then multiply it by {factor}"}
+        content = f"Look up the code of {keys[0]}, then multiply it by {factor}."
+    else:
+        keys, op = rng.sample(list(table), 2), rng.choice("+*")
+        word = {"+": "Add", "*": "Multiply"}[op]
+        meta = {"kind": kind, "table": table, "op": op, "think": f"look up both codes, then {word.lower()} them"}
+        content = f"{word} the codes of {keys[0]} and {keys[1]}."
+    turns, answer = chain_turns(meta, keys)
+    meta.update(grade=GRADE_OF_KIND[kind], tools=["lookup", "calculator"], keys=keys, call=turns[0][0], turns=turns)
+    return Task(id=task_id, env="tool_use", prompt=[{"role": "user", "content": content}], answer=answer, meta=meta)
 
 
 _MAKERS = {"calculator": _calculator, "lookup": _lookup, "python": _python}
 
 
-def tiny_tasks(n: int, seed: int, kinds: tuple[str, ...] = ("calculator", "lookup")) -> list[Task]:
-    """``n`` tasks cycling through ``kinds``; deterministic in ``seed``."""
+def tiny_tasks(
+    n: int, seed: int, kinds: tuple[str, ...] = ("calculator", "lookup"), grade_weights: Mapping[int, float] | None = None
+) -> list[Task]:
+    """``n`` tasks of ``kinds``; deterministic in ``seed``. Each task draws its grade
+    (``grade_weights``, empty: uniform over the grades of ``kinds``), then takes the next kind of
+    that grade in rotation."""
     rng = random.Random(seed)
-    return [_MAKERS[kinds[i % len(kinds)]](rng, f"tool_use-{seed}-{i}") for i in range(n)]
+    by_grade: dict[int, list[str]] = {}
+    for kind in kinds:
+        by_grade.setdefault(GRADE_OF_KIND[kind], []).append(kind)
+    used = dict.fromkeys(by_grade, 0)
+    tasks = []
+    for i in range(n):
+        g = draw_grade(rng, list(by_grade), grade_weights or {}) if len(by_grade) > 1 else next(iter(by_grade))
+        kind = by_grade[g][used[g] % len(by_grade[g])]
+        used[g] += 1
+        make = _MAKERS.get(kind)
+        tasks.append(make(rng, f"tool_use-{seed}-{i}") if make else _chain(kind, rng, f"tool_use-{seed}-{i}"))
+    return tasks
+
+
+def wrong_keys(task: Task, rng: random.Random) -> list[str]:
+    """A chain's lookup keys with the first one swapped for another key of the table."""
+    keys = list(task.meta["keys"])
+    keys[0] = rng.choice([k for k in task.meta["table"] if k not in keys])
+    return keys
 
 
 def wrong_answer(task: Task, rng: random.Random) -> str:
@@ -111,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="print tiny-world tool-use tasks as JSON lines")
     p.add_argument("-n", type=int, default=24)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--kinds", default="calculator,lookup,python")
+    p.add_argument("--kinds", default=",".join(KINDS))
     args = p.parse_args(argv)
     for task in tiny_tasks(args.n, args.seed, tuple(args.kinds.split(","))):
         sys.stdout.write(json.dumps(task.to_dict()) + "\n")

@@ -27,7 +27,7 @@ def test_extends_merges_base_then_child() -> None:
     assert tiny.grpo.baseline == full.grpo.baseline == "leave_one_out"  # inherited
     assert (tiny.grpo.clip_low, tiny.grpo.clip_high, tiny.grpo.kl_coef) == (0.2, 0.28, 0.0)
     assert tiny.grpo.prompts_per_step == 16 and full.grpo.prompts_per_step == 128  # overridden
-    assert tiny.rollout.sampling.temperature == 1.0 and tiny.rollout.sampling.max_new_tokens == 96  # deep merge
+    assert tiny.rollout.sampling.temperature == 1.0 and tiny.rollout.sampling.max_new_tokens == 160  # deep merge
     assert [e.name for e in tiny.envs] == ["math", "code", "tool_use", "instruction_following"]
 
 

@@ -34,6 +34,7 @@ from align.data import (
     validate_preference_row,
     validate_sft_row,
 )
+from align.data.reasoning_mix import fit_budget
 from align.reasoning import BUDGET_LADDER, THINK_CLOSE, THINK_OPEN, budget_token
 
 LONG_TRACE = " ".join(f"step {i}: add {i} and {i + 1} to get {2 * i + 1}." for i in range(12))
@@ -125,12 +126,16 @@ def test_truncation_keeps_the_answer_and_cuts_the_trace_to_the_budget(tiny_token
     assert content.startswith(THINK_OPEN) and content.endswith(f"{THINK_CLOSE}The answer is 42.")
     trace = content[len(THINK_OPEN) : content.index(THINK_CLOSE)]
     assert LONG_TRACE.startswith(trace)
-    assert len(tiny_tokenizer.encode(trace, add_special_tokens=False)) == budget
+    kept = len(tiny_tokenizer.encode(trace, add_special_tokens=False))
+    assert budget - budget // 4 <= kept <= budget
     assert out["enable_thinking"] is True and out["thinking_budget"] == budget
-    # in the rendered sequence: the budget token in the system turn, exactly `budget` tokens of thinking
+    # in the rendered sequence: the budget token in the system turn, and at most `budget` tokens
+    # between the tags (what a rollout lets the policy think before it forces a close)
     ids = tokenize_sft(out, tiny_tokenizer, 1024)["input_ids"]
     open_id, close_id = tiny_tokenizer.convert_tokens_to_ids([THINK_OPEN, THINK_CLOSE])
-    assert ids.index(close_id) - ids.index(open_id) - 1 == budget
+    assert ids.index(close_id) - ids.index(open_id) - 1 == kept <= budget
+    cuts = {len(truncate_thinking(row, tiny_tokenizer, random.Random(s), budget=budget)["messages"][1]["content"]) for s in range(20)}
+    assert len(cuts) > 1  # the margin is drawn per row: the policy learns to close early, not at one count
     assert tiny_tokenizer.convert_tokens_to_ids(budget_token(budget)) in ids
 
 
@@ -139,6 +144,18 @@ def test_truncation_draws_a_ladder_step_below_the_trace_and_skips_short_traces(t
     budgets = {truncate_thinking(_long_row(), tiny_tokenizer, random.Random(s))["thinking_budget"] for s in range(30)}
     assert budgets == {b for b in BUDGET_LADDER if b < n_trace}
     assert truncate_thinking(_row(SINGLE), tiny_tokenizer, random.Random(0)) is None  # trace shorter than 16 tokens
+
+
+def test_fitted_budget_tags_a_step_the_trace_fits_and_cuts_nothing(tiny_tokenizer):
+    row = _row(SINGLE)
+    need = len(tiny_tokenizer.encode("2 plus 3 is 5", add_special_tokens=False))
+    smallest = min(b for b in BUDGET_LADDER if b >= need)
+    steps = {fit_budget(row, tiny_tokenizer, random.Random(s))["thinking_budget"] for s in range(30)}
+    assert steps == {smallest, BUDGET_LADDER[BUDGET_LADDER.index(smallest) + 1]}
+    out = fit_budget(row, tiny_tokenizer, random.Random(0))
+    assert out["messages"] == row["messages"] and out["enable_thinking"] is True
+    assert tiny_tokenizer.convert_tokens_to_ids(budget_token(out["thinking_budget"])) in tokenize_sft(out, tiny_tokenizer, 512)["input_ids"]
+    assert fit_budget(strip_thinking(row), tiny_tokenizer, random.Random(0)) is None
 
 
 def test_reasoning_mix_assigns_the_configured_shares_deterministically(tiny_tokenizer):
@@ -153,6 +170,11 @@ def test_reasoning_mix_assigns_the_configured_shares_deterministically(tiny_toke
     assert again == out
     other, _ = apply_reasoning_mix(rows, cfg, tiny_tokenizer, seed=8)
     assert other != out
+    fitted_cfg = ReasoningDataConfig(no_think_fraction=0.1, truncated_budget_fraction=0.03, fitted_budget_fraction=0.2)
+    mixed, counts = apply_reasoning_mix(rows, fitted_cfg, tiny_tokenizer, seed=7)
+    assert (counts["no_think"], counts["truncated_budget"], counts["fitted_budget"], counts["unchanged"]) == (10, 3, 20, 67)
+    fitted = [r for r in mixed if r.get("thinking_budget") is not None and r["messages"] == _long_row(r["messages"][1]["content"].split("</think>")[1])["messages"]]
+    assert len(fitted) == 20
 
 
 # ---------------------------------------------------------------- bad rows

@@ -116,7 +116,7 @@ def test_tiny_world_demonstrations_pass_and_corruptions_fail(env: CodeEnv) -> No
     for t in tasks:
         demo = env.demonstrate(t)[0]["content"]
         assert demo.startswith("<think>") and "```python\ndef f(" in demo
-        assert len(t.prompt[0]["content"]) + len(demo) < 160  # short: well under 40 tiny-tokenizer tokens each
+        assert len(t.prompt[0]["content"]) + len(demo) < 220  # short: under 70 tiny-tokenizer tokens (grade 3 has the longest plans)
 
 
 def test_self_checks(env: CodeEnv) -> None:

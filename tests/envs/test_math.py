@@ -298,7 +298,7 @@ def test_generate_is_deterministic_and_varied() -> None:
     assert [t.prompt for t in a] != [t.prompt for t in env.generate(50, seed=8)]
     assert len({t.id for t in a}) == 50
     assert len({t.prompt[0]["content"] for t in a}) > 40
-    assert {t.meta["level"] for t in a} == {1, 2, 3}
+    assert {t.meta["level"] for t in a} == {t.meta["grade"] for t in a} == {1, 2, 3, 4}
 
 
 def test_answers_are_right() -> None:
@@ -313,7 +313,7 @@ def test_answers_are_right() -> None:
             assert eval(body) == int(answer), prompt  # noqa: S307 - our own arithmetic strings
 
 
-@pytest.mark.parametrize("level", [1, 2, 3])
+@pytest.mark.parametrize("level", [1, 2, 3, 4])
 def test_demonstrations_are_correct_and_corruptions_wrong(level: int) -> None:
     env = MathEnv(MathParams(difficulty=(level,)))
     rng = random.Random(0)
@@ -338,6 +338,9 @@ def test_worked_traces_match_the_brief() -> None:
     assert env.demonstrate(Task("t", "math", [], "238", mul))[0]["content"] == "<think>34*7: 4*7=28, 3*7+2=23. 238</think>\\boxed{238}"
     lin = {"level": 3, "op": "linear", "a": 3, "b": 4, "c": 19}
     assert env.demonstrate(Task("t", "math", [], "5", lin))[0]["content"] == "<think>3x=19-4=15, x=15/3=5</think>\\boxed{5}"
+    two = {"level": 4, "op": "two_step", "a": 47, "b": 38, "op2": "-", "c": 19}
+    expected = "<think>47+38: 7+8=15, 4+3+1=8. 85; 85-19: 15-9=6, 7-1=6. 66</think>\\boxed{66}"
+    assert env.demonstrate(Task("t", "math", [], "66", two))[0]["content"] == expected
 
 
 def test_prompts_and_traces_fit_the_tiny_policy() -> None:
@@ -350,14 +353,15 @@ def test_prompts_and_traces_fit_the_tiny_policy() -> None:
     for task, demo in zip(tasks, demos):
         assert len(tok.encode(task.prompt[0]["content"], add_special_tokens=False)) < 25, task.prompt
         trace = demo.split("<think>", 1)[1].split("</think>", 1)[0]
-        assert len(tok.encode(trace, add_special_tokens=False)) < 40, trace
+        # levels 1-3 under 40 tokens; the two-step level 4 fits the ladder's 64 with its tags
+        assert len(tok.encode(trace, add_special_tokens=False)) < (40 if task.meta["level"] < 4 else 62), trace
 
 
 def test_params_are_validated_by_the_registry() -> None:
     env = make_env("math", {"difficulty": [3]})
     assert {t.meta["level"] for t in env.generate(20, seed=0)} == {3}
     with pytest.raises(PluginParamsError, match=r"environment 'math'[\s\S]*difficulty"):
-        make_env("math", {"difficulty": [4]})
+        make_env("math", {"difficulty": [5]})
     with pytest.raises(PluginParamsError, match=r"difficulti: unknown field \(did you mean 'difficulty'\?\)"):
         make_env("math", {"difficulti": [1]})
     with pytest.raises(PluginParamsError, match="verify_timeout_s"):

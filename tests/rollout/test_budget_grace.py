@@ -149,13 +149,18 @@ def test_a_close_right_after_the_grace_window_is_the_models(tokenizer, chat, wor
 
 def test_an_sft_trace_cut_at_the_budget_is_not_forced_in_a_rollout(tokenizer, chat, words):
     """SFT budget data and rollouts count the budget alike: a demonstration that
-    ``truncate_thinking`` cut at 16 tokens, replayed as the policy, closes by itself at budget 16."""
+    ``truncate_thinking`` cut at 16 tokens, replayed as the policy, closes by itself at budget 16.
+    The cut leaves a margin drawn per row (0 to a quarter of the budget); the longest cut over a few
+    rows has none, and is the case that matters: no margin left, and still not forced."""
     trace = " ".join(f"{i}+{i}={2 * i}." for i in range(1, 12))
     row = {"messages": [{"role": "user", "content": "What is 4?"}, {"role": "assistant", "content": f"<think>{trace}</think>4"}]}
-    cut = truncate_thinking(row, tokenizer, random.Random(0), budget=BUDGET)
-    assert cut is not None and cut["thinking_budget"] == BUDGET
-    content = cut["messages"][1]["content"]
-    script = tokenizer(content[: content.index("</think>") + len("</think>")], add_special_tokens=False)["input_ids"]
+    scripts = []
+    for seed in range(20):
+        cut = truncate_thinking(row, tokenizer, random.Random(seed), budget=BUDGET)
+        assert cut is not None and cut["thinking_budget"] == BUDGET
+        content = cut["messages"][1]["content"]
+        scripts.append(tokenizer(content[: content.index("</think>") + len("</think>")], add_special_tokens=False)["input_ids"])
+    script = max(scripts, key=len)
     assert script[0] == chat.think_open_id and len(script) == 1 + BUDGET + 1
     t = episode(tokenizer, chat, words, 0.0, script=script)
     assert not t.forced_close and t.thinking_tokens == BUDGET and t.completion_ids[: len(script)] == script
