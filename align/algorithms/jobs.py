@@ -1,7 +1,8 @@
 """The jobs a recipe can run, by ``job:`` name: each a direct function that imports its driver
 when called (so ``align --help`` and recipe errors stay fast), not a module path in a string.
 Ray starts on a background thread before that import (``align.ray_start``): the 2-3 s of
-``ray.init`` overlap the driver's imports and data loading.
+``ray.init`` overlap the driver's imports and data loading, which run with the garbage
+collector paused (``align.startup.imports_without_gc``).
 
 The pipeline runs the stage jobs listed here; ``align <job>`` adds the pipeline itself.
 """
@@ -12,34 +13,39 @@ from collections.abc import Callable
 
 from align import ray_start
 from align.config import LoadedRecipe
+from align.startup import imports_without_gc
 
 JobFn = Callable[[LoadedRecipe, bool], int]
 
 
 def run_sft(loaded: LoadedRecipe, resume: bool) -> int:
     with ray_start.starting(loaded.recipe):
-        from align.algorithms import sft
+        with imports_without_gc():
+            from align.algorithms import sft
 
         return sft.run(loaded, resume=resume)
 
 
 def run_dpo(loaded: LoadedRecipe, resume: bool) -> int:
     with ray_start.starting(loaded.recipe):
-        from align.algorithms import dpo
+        with imports_without_gc():
+            from align.algorithms import dpo
 
         return dpo.run(loaded, resume=resume)
 
 
 def run_rm(loaded: LoadedRecipe, resume: bool) -> int:
     with ray_start.starting(loaded.recipe):
-        from align.algorithms import rm
+        with imports_without_gc():
+            from align.algorithms import rm
 
         return rm.run(loaded, resume=resume)
 
 
 def run_rl(loaded: LoadedRecipe, resume: bool) -> int:
     with ray_start.starting(loaded.recipe):
-        from align.algorithms.rl import driver
+        with imports_without_gc():
+            from align.algorithms.rl import driver
 
         return driver.run(loaded, resume=resume)
 

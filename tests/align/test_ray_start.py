@@ -1,5 +1,6 @@
 """Ray started on a background thread while the driver imports (align/ray_start.py)."""
 
+import os
 import time
 
 import ray
@@ -20,6 +21,8 @@ def test_ray_started_early_outlives_the_thread_that_started_it() -> None:
         # thread that ended after ray.init left a session whose GCS was gone seconds later.
         time.sleep(3)
         assert ray.get(ray.remote(lambda: 41 + 1).remote(), timeout=60) == 42
+        # The job's workers run at the driver's priority, not Ray's default nice 15.
+        assert ray.get(ray.remote(lambda: os.nice(0)).remote(), timeout=60) == 0
         ray_start.finish_early_start()
         ray_start.begin(recipe)  # a later job in this process joins the running session
         assert ray_start._early is None

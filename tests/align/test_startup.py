@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import re
 import time
 from concurrent.futures import Future
 
-from align.startup import StartupClock
+from align.startup import StartupClock, imports_without_gc
 
 
 class _Ref:
@@ -64,3 +65,18 @@ def test_a_later_clock_in_the_process_starts_when_it_is_made() -> None:
     time.sleep(0.3)
     clock = StartupClock()
     assert time.time() - clock.launch < 0.2
+
+
+def test_imports_without_gc_pauses_the_collector_and_freezes_what_the_block_made() -> None:
+    assert gc.isenabled()
+    frozen = gc.get_freeze_count()
+    try:
+        with imports_without_gc():
+            assert not gc.isenabled()
+            with imports_without_gc():  # nested: the outer block still owns the collector
+                made = [[i] for i in range(1000)]
+            assert not gc.isenabled()
+        assert gc.isenabled()
+        assert gc.get_freeze_count() >= frozen + len(made)  # kept out of later collections
+    finally:
+        gc.unfreeze()  # the rest of the test session collects as usual

