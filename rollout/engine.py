@@ -25,7 +25,6 @@ running requests and sets a new weights version, stamped on each token after it.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -378,17 +377,17 @@ def _build_llm(llm_kwargs: dict[str, Any]) -> Any:
     a job's first step; eager gives the same counts. torch's config overrides are per thread, so
     Dynamo is turned off here, on this thread only.
 
-    The build (which imports most of vLLM lazily) runs under :func:`imports_without_gc`, and
-    what the imports before it made is frozen first: vLLM runs full garbage collections while
-    it loads the model and then freezes the heap itself (``freeze_gc_heap``), and these no longer
-    walk the millions of objects torch and vLLM hold (0.3-0.5 s of an engine start on CPU).
+    The build (which imports most of vLLM lazily) runs under :func:`imports_without_gc`. What
+    the imports before it made was frozen when the constructor's import block ended, so the full
+    garbage collections vLLM runs while it loads the model (before it freezes the heap itself,
+    ``freeze_gc_heap``) no longer walk the millions of objects torch and vLLM hold (0.3-0.5 s of
+    an engine start on CPU).
     """
     import vllm
     from vllm.platforms import current_platform
 
     if current_platform.is_cpu():
         torch._dynamo.config.disable = True
-    gc.freeze()
     with imports_without_gc():
         return vllm.LLM(**llm_kwargs)
 
