@@ -324,6 +324,55 @@ def run_trl(ckpt: Path, s: Settings, out: Path, rows: list[dict[str, str]], time
     return res
 
 
+# ----------------------------------------------------------------------------- bare vLLM side
+
+
+def vllm_worker(ckpt: Path, s: Settings, out: Path) -> dict[str, Any]:
+    """Bare vLLM on one GPU: each step's requests as align's engine sends them (one seeded request per sample,
+    the sampled token's log-prob, token ids out), with align's engine memory share, length cap and sequence cap."""
+    from vllm import LLM, SamplingParams
+
+    rows = json.loads((out / "prompts.json").read_text())
+    seqs = s.prompts * s.generations  # one engine's share of a step
+    llm = LLM(model=str(ckpt), dtype="bfloat16" if s.gpu else "float32", gpu_memory_utilization=0.35, max_model_len=256 + s.new_tokens,
+              seed=s.seed, enforce_eager=not s.gpu, max_num_seqs=min(256, seqs), logprobs_mode="processed_logprobs",
+              **({} if s.gpu else {"kv_cache_memory_bytes": 256 << 20}))  # fmt: skip
+    tok = llm.get_tokenizer()
+    times, lengths = [], []
+    for step in range(s.steps):
+        chunk = rows[step * s.prompts_per_step :][: s.prompts]
+        ids = [tok(r["prompt"], add_special_tokens=False)["input_ids"] for r in chunk]
+        params = [SamplingParams(max_tokens=s.new_tokens, temperature=1.0, seed=s.seed + i, ignore_eos=s.lengths == "fixed", logprobs=0, detokenize=False)
+                  for i in range(seqs)]  # fmt: skip
+        t = time.perf_counter()
+        done = llm.generate([{"prompt_token_ids": ids[i // s.generations]} for i in range(seqs)], params, use_tqdm=False)
+        times.append(time.perf_counter() - t)
+        lengths.append(statistics.mean(len(o.outputs[0].token_ids) for o in done))
+    return {"side": "vllm", "step_times_s": times, "completion_tokens": lengths, "first_step_end_s": 0.0}
+
+
+def run_vllm(ckpt: Path, s: Settings, out: Path, rows: list[dict[str, str]], timeout_s: float) -> dict[str, Any]:
+    """The bare-vLLM side in its own process (``--vllm-worker``), on the first GPU only."""
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    (out / "settings.json").write_text(json.dumps(asdict(s)))
+    (out / "prompts.json").write_text(json.dumps(rows))
+    log, t0 = out.with_suffix(".log"), time.time()
+    env = job_env()
+    if s.gpu:
+        env["CUDA_VISIBLE_DEVICES"] = env.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
+    with GpuMemory() as mem, open(log, "w") as f:
+        proc = subprocess.run([PY, str(Path(__file__).resolve()), "--vllm-worker", str(ckpt), "--out", str(out)], cwd=ROOT, env=env, stdout=f,
+                              stderr=subprocess.STDOUT, timeout=timeout_s)  # fmt: skip
+    result = out / "result.json"
+    if proc.returncode != 0 or not result.is_file():
+        raise RuntimeError(f"bare vLLM failed (exit {proc.returncode}); see {log}: {' | '.join(log.read_text().strip().splitlines()[-3:])}")
+    res = json.loads(result.read_text())
+    res.update(wall_s=time.time() - t0, peak_gpu_mib=mem.peak_mib, log=str(log))
+    return res
+
+
 # ----------------------------------------------------------------------------- summary
 
 
@@ -375,7 +424,7 @@ def scaling(entries: dict[str, Any], gpu_counts: list[int]) -> list[dict[str, An
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--policies", default="llama-1b,hybrid-1b")
-    ap.add_argument("--sides", default="align,trl", help="align, trl, align-compile (learner.compile), and align-asyncN: align's async GRPO at max staleness N (separate placement)")
+    ap.add_argument("--sides", default="align,trl", help="align, trl, vllm (bare vLLM generating one engine's requests), align-compile (learner.compile), and align-asyncN: align's async GRPO at max staleness N (separate placement)")
     ap.add_argument("--placement", choices=["colocated", "separate"], default="colocated")
     ap.add_argument("--gpus", default="", help="GPUs of this node to use, or a list run in turn for scaling (2,4,8); default 1 colocated, "
                     "2 separate; --prompts is per engine")
@@ -397,7 +446,12 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="CPU smoke run: the tiny policy, 2 steps, TRL with transformers generate")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)  # TRL side: the start checkpoint; --out is its run folder
+    ap.add_argument("--vllm-worker", type=Path, help=argparse.SUPPRESS)  # bare-vLLM side: the same
     args = ap.parse_args()
+    if args.vllm_worker:
+        s = Settings(**json.loads((args.out / "settings.json").read_text()))
+        (args.out / "result.json").write_text(json.dumps(vllm_worker(args.vllm_worker, s, args.out)))
+        return 0
     if args.worker:
         s = Settings(**json.loads((args.out / "settings.json").read_text()))
         result = trl_worker(args.worker, s, args.out)
@@ -446,7 +500,12 @@ def main() -> int:
                 console.print(f"[bold]{policy}[/] {side} repeat {rep + 1} (load {load1():.1f}) ...")
                 try:
                     side_s = side_settings(s, side)
-                    res = run_align(ckpt, policy, side_s, out, args.timeout) if side.startswith("align") else run_trl(ckpt, s, out, rows, args.timeout)
+                    if side.startswith("align"):
+                        res = run_align(ckpt, policy, side_s, out, args.timeout)
+                    elif side == "vllm":  # one engine's share of each step, on one GPU
+                        res, side_s = run_vllm(ckpt, s, out, rows, args.timeout), replace(s, gpus=1, placement="colocated")
+                    else:
+                        res = run_trl(ckpt, s, out, rows, args.timeout)
                 except (RuntimeError, subprocess.TimeoutExpired) as e:
                     report["errors"].append({"policy": policy, "side": side, "repeat": rep, "error": str(e)[-2000:]})
                     console.print(f"[red]{policy} {side}: {str(e)[-400:]}")
@@ -460,6 +519,11 @@ def main() -> int:
         for side in gen_rate:
             if side.startswith("align-") and gen_rate.get("align"):
                 entry[f"{side}_over_align_gen_tokens_per_s"] = gen_rate[side] / gen_rate["align"]
+        if "vllm" in entry["runs"] and "align" in entry["runs"]:  # align's rollout rate per engine over bare vLLM's (target >= 0.95)
+            bare = statistics.median(r["summary"]["step_s"] for r in entry["runs"]["vllm"])
+            rollout = statistics.median(r["summary"].get("rollout_s") or float("nan") for r in entry["runs"]["align"])
+            entry["align_rollout_over_bare_vllm"] = bare / rollout
+            console.print(f"{key}: align rollout / bare vLLM, generated tokens/s per engine = {entry['align_rollout_over_bare_vllm']:.2f}")
         report["policies"][key] = entry
         for side, runs in entry["runs"].items():
             m = runs[0]["summary"]
