@@ -20,8 +20,8 @@ gets the group mean, a zero advantage), plus optional length control. The reward
 quality on the 1-5 scale; GRPO's group baseline removes its offset.
 
 Where a task has a verifier (``RewardInput.correct`` is not ``None``), ``verifier_gate`` (on by
-default) ranks every right answer of a group above every wrong one and lets the judge order
-answers within each (:mod:`rewards.genrm.gate`). ``envs`` limits the judge to some environments'
+default) gives a group's wrong answers one floor below all its right answers and lets the
+judge order the right ones (:mod:`rewards.genrm.gate`). ``envs`` limits the judge to some environments'
 prompts; the others get ``None`` (not applicable), so their own environment reward stands alone,
 as in Nemotron 3 Nano's multi-environment RLHF.
 
@@ -59,7 +59,7 @@ class GenRMParams(BaseModel):
     # Does the judge read the responses' thinking? null: as it was trained (its folder's genrm.json).
     show_thinking: bool | None = None
     length_control: LengthControl = LengthControl()
-    # Right answers above wrong ones where the task has a verifier (rewards.genrm.gate); the judge orders within each.
+    # Where the task has a verifier, wrong answers get a floor below every right one; the judge orders the right ones.
     verifier_gate: bool = True
     envs: list[str] | None = None  # environments whose prompts the judge scores; null: all
     num_engines: int = Field(1, ge=0)  # judge engine actors; 0: one engine in the calling process

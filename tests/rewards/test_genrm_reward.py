@@ -95,8 +95,8 @@ def test_verifier_gate_and_env_routing_in_score(judge_path: Path) -> None:
     chat_free = [replace(trajectory(w), task=open_ended) for w in ("bad", "good")]  # correct None: no verifier
     maths = [replace(trajectory(w), task=math, correct=c) for w, c in (("good", False), ("bad", True))]
     rewards = reward.score(verified + chat_free + maths)
-    # Judged 5, 1, 5, 1; right answers (1, 2) gain max - min + 1 = 5: 6 and 10, above the wrong 5 and 1.
-    assert rewards == pytest.approx([5.0, 6.0, 10.0, 1.0, 1.0, 5.0, None, None])
+    # Judged 5, 1, 5, 1; right answers (1, 2) keep 1 and 5, wrong ones (0, 3) get the floor 1 - 1 = 0.
+    assert rewards == pytest.approx([0.0, 1.0, 5.0, 0.0, 1.0, 5.0, None, None])
     m = reward.step_metrics()
     assert m["judge_calls"] == 8 + 2  # the math group never reached the judge
     # 4 (right, wrong) pairs; judged wrong >= right in 3: right 1 vs wrong 5 and 1 (a tie counts), right 5 vs wrong 5.
