@@ -231,13 +231,15 @@ def cmd_eval(args: Any) -> int:
         sampling = SamplingConfig(max_new_tokens=r.eval.max_new_tokens, max_answer_tokens=r.eval.max_answer_tokens)
         max_turns, grace = r.eval.max_turns, r.eval.budget_grace_fraction
         stages, _ = load_stages(r)
+        params: dict[str, dict[str, Any]] = {}
     elif isinstance(r, RLRecipe):
         counts, budgets, seed = {s.name: s.num_eval for s in r.envs}, list(r.reasoning.eval_budgets), r.seed
         sampling, max_turns, stages = r.rollout.sampling, r.rollout.max_turns, [loaded]
         grace = r.reasoning.budget_grace_fraction
+        params = {s.name: s.params for s in r.envs}  # the run's environments, e.g. tiny-rlhf's chat grades
     else:
         raise AlignError(f"align eval takes a pipeline or rl recipe; '{loaded.name}' is a {r.job} recipe")
-    envs = make_envs(list(counts))
+    envs = make_envs(list(counts), params)
     tasks = heldout_tasks(envs, counts, training_prompts(envs, stages), seed)
     summary = evaluate_checkpoint(model, envs, tasks, standard_modes(budgets), sampling, max_turns, seed,
                                   samples_path=model / "eval_samples.jsonl", budget_grace_fraction=grace)  # fmt: skip

@@ -16,9 +16,9 @@ that into the reward instead.
 from __future__ import annotations
 
 import random
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from align.data.generated import split_counts
 from envs.base import Message, SelfCheck, StepResult, Task, TaskSource, task_source
@@ -47,6 +47,15 @@ class ChatParams(BaseModel):
     # Share of tasks whose preference pair is padded-vs-concise (the rest: wrong-vs-right).
     padded_fraction: float = Field(0.5, ge=0, le=1)
     verifier_reward: bool = False
+    # Each source's own params, e.g. {math: {grade_weights: {1: 4, 2: 4, 3: 2, 4: 1}}}: RLHF on
+    # prompts the policy can often answer, so the judge has right answers to grade (recipes/tiny-rlhf.yaml).
+    source_params: dict[Source, dict[str, Any]] = {}
+
+    @model_validator(mode="after")
+    def _check_sources(self) -> "ChatParams":
+        for name, params in self.source_params.items():
+            make_env(name, params)  # a bad field raises, naming the source's params model and field
+        return self
 
 
 class ChatEnv:
@@ -62,7 +71,7 @@ class ChatEnv:
 
     def source(self, name: str) -> TaskSource:
         if name not in self._sources:
-            self._sources[name] = task_source(make_env(name))
+            self._sources[name] = task_source(make_env(name, self.params.source_params.get(name)))
         return self._sources[name]
 
     @staticmethod

@@ -19,8 +19,15 @@ batch through the judge engines; verdicts -> rewards by :func:`rewards.genrm.com
 gets the group mean, a zero advantage), plus optional length control. The reward is the judged
 quality on the 1-5 scale; GRPO's group baseline removes its offset.
 
+Where a task has a verifier (``RewardInput.correct`` is not ``None``), ``verifier_gate`` (on by
+default) gives a group's wrong answers one floor below all its right answers and lets the
+judge order the right ones (:mod:`rewards.genrm.gate`). ``envs`` limits the judge to some environments'
+prompts; the others get ``None`` (not applicable), so their own environment reward stands alone,
+as in Nemotron 3 Nano's multi-environment RLHF.
+
 ``step_metrics()`` returns, and resets, what judging cost since the last call: judge calls,
-judge tokens (prompt + generated), parse failures, failed samples.
+judge tokens (prompt + generated), parse failures, failed samples, and the gate's
+(right, wrong) pairs and how many of them the judge had scored wrong >= right.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rewards.base import RewardInput
 from rewards.genrm.compare import LengthControl, aggregate, comparisons
+from rewards.genrm.gate import gate_stats, verifier_gate
 from rewards.genrm.judge import Item, judge, read_show_thinking
 
 log = logging.getLogger(__name__)
@@ -51,6 +59,9 @@ class GenRMParams(BaseModel):
     # Does the judge read the responses' thinking? null: as it was trained (its folder's genrm.json).
     show_thinking: bool | None = None
     length_control: LengthControl = LengthControl()
+    # Where the task has a verifier, wrong answers get a floor below every right one; the judge orders the right ones.
+    verifier_gate: bool = True
+    envs: list[str] | None = None  # environments whose prompts the judge scores; null: all
     num_engines: int = Field(1, ge=0)  # judge engine actors; 0: one engine in the calling process
     gpus_per_engine: float = Field(0.0, ge=0)
     max_model_len: int = Field(1024, ge=64)
@@ -117,7 +128,8 @@ class GenRMReward:
     def score(self, batch: list[RewardInput]) -> list[float | None]:
         groups: dict[str, list[int]] = defaultdict(list)
         for i, x in enumerate(batch):
-            groups[x.task.id].append(i)
+            if self.params.envs is None or x.task.env in self.params.envs:
+                groups[x.task.id].append(i)
         plans = []
         items: list[Item] = []
         for idx in groups.values():
@@ -137,7 +149,14 @@ class GenRMReward:
             lengths = [batch[i].completion_tokens for i in idx]
             s = aggregate(len(idx), calls, verdicts, lengths, self.params.length_control)
             self._stats["judge_failed_samples"] += sum(s.failed)
-            for i, reward in zip(idx, s.rewards, strict=True):
+            rewards = s.rewards
+            if self.params.verifier_gate:
+                correct = [batch[i].correct for i in idx]
+                pairs, overridden = gate_stats(rewards, correct)
+                self._stats["judge_gate_pairs"] += pairs
+                self._stats["judge_gate_overrides"] += overridden
+                rewards = verifier_gate(rewards, correct)
+            for i, reward in zip(idx, rewards, strict=True):
                 out[i] = reward
         return out
 

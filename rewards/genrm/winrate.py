@@ -71,4 +71,7 @@ def win_rate(judge_items: Any, start: Sequence[Trajectory], final: Sequence[Traj
     if all(s.correct is not None and f.correct is not None for s, f in pairs):
         out["verifier_accuracy_start"] = mean([float(bool(s.correct)) for s, _ in pairs])
         out["verifier_accuracy_final"] = mean([float(bool(f.correct)) for _, f in pairs])
+        # McNemar's discordant pairs: is a change in accuracy beyond noise? (exact binomial on these two)
+        out["verifier_right_to_wrong"] = float(sum(bool(s.correct) and not f.correct for s, f in pairs))
+        out["verifier_wrong_to_right"] = float(sum(not s.correct and bool(f.correct) for s, f in pairs))
     return out

@@ -92,6 +92,12 @@ def test_typo_in_list_item(tmp_path: Path) -> None:
         load_recipe(str(bad))
 
 
+def test_reward_limited_to_an_unknown_env_is_refused() -> None:
+    with pytest.raises(RecipeError, match=r"rewards.0 \(genrm\) params.envs names \['chta'\].*envs \['chat'\]"):
+        load_recipe("tiny-rlhf", ["rewards.0.params.envs=[chta]"])
+    assert load_recipe("tiny-rlhf", ["rewards.0.params.envs=[chat]"]).recipe.rewards[0].params["envs"] == ["chat"]
+
+
 def test_cli_typo_exits_2_and_creates_no_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     out_dir = tmp_path / "runs"

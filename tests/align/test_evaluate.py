@@ -103,3 +103,29 @@ def test_report_compares_each_stage_with_the_one_before(tmp_path) -> None:
     for png in ("accuracy_vs_budget.png", "thinking_vs_budget.png", "training_curves.png"):
         assert (tmp_path / png).stat().st_size > 1000 and f"]({png})" in text
     assert "| rl | 30 |" in text
+
+
+def test_align_eval_of_an_rl_recipe_uses_its_envs_params(tmp_path, monkeypatch) -> None:
+    """`align eval --recipe tiny-rlhf` scores the run's own held-out prompts: its chat env's params
+    (grades 1-2) reach the environment, so the tasks are those the RL driver holds out."""
+    from types import SimpleNamespace
+
+    import align.evaluate as ev
+    from align.algorithms.rl.tasks import load_tasks
+    from align.config import load_recipe
+    from envs.registry import make_env
+
+    seen = {}
+
+    def capture(model, envs, tasks, *args, **kwargs):  # stands in for the vLLM evaluation: only the tasks matter here
+        seen["tasks"] = tasks
+        return {}
+
+    monkeypatch.setattr(ev, "evaluate_checkpoint", capture)
+    monkeypatch.setattr(ev, "print_table", lambda *a: None)
+    (tmp_path / "config.json").write_text("{}")
+    assert ev.cmd_eval(SimpleNamespace(recipe="tiny-rlhf", overrides=[], model=str(tmp_path))) == 0
+    spec = load_recipe("tiny-rlhf").recipe.envs[0]
+    held_out = load_tasks(spec, make_env(spec.name, spec.params), spec.num_eval, 0, "eval")
+    assert [t.id for t in seen["tasks"]] == [t.id for t in held_out]
+    assert {t.meta["source_task"]["meta"]["grade"] for t in seen["tasks"]} == {1, 2}

@@ -35,8 +35,8 @@ def test_judge_and_policy_engines_share_one_ray_session(checkpoint: Path) -> Non
     from align.config import load_recipe
     from rewards.genrm.reward import GenRMParams, GenRMReward
 
-    # The shipped RLHF recipe sizes its Ray session for the judge: learner + policy engine + judge engine.
-    assert ray_cpus(load_recipe("tiny-rlhf").recipe) == 3
+    # The shipped RLHF recipe sizes its Ray session for the judge: learner + KL reference + policy engine + judge engine.
+    assert ray_cpus(load_recipe("tiny-rlhf").recipe) == 4
     init_ray(num_cpus=3)
     try:
         rollout = RolloutConfig(max_model_len=512, kv_cache_memory_mb=64)

@@ -7,6 +7,8 @@ import asyncio
 import random
 from collections import Counter
 
+import pytest
+
 from align.reasoning import split_thinking
 from envs.chat import ChatEnv, ChatParams
 from rewards.genrm.data import judgement_rows, response_text
@@ -80,3 +82,13 @@ def test_generated_preference_rows_carry_the_pair_kind() -> None:
     assert {r["pair_kind"] for r in train} == {"wrong", "padded"} and all("pair_kind" in r for r in evals)
     padded = [r for r in train if r["pair_kind"] == "padded"]
     assert all(r["rejected"][-1]["content"].startswith(r["chosen"][-1]["content"] + " ") for r in padded)
+
+
+def test_source_params_reach_the_sources() -> None:
+    """tiny-rlhf draws the easy grades more often through source_params; bad source params fail at validation."""
+    easy = {"math": {"grade_weights": {1: 1}}, "instruction_following": {"grade_weights": {1: 1}}}
+    tasks = ChatEnv(ChatParams(source_params=easy)).generate(60, seed=0)
+    assert {t.meta["source_task"]["meta"]["grade"] for t in tasks} == {1}
+    assert len({t.meta["source_task"]["meta"]["grade"] for t in ChatEnv().generate(60, seed=0)}) > 1
+    with pytest.raises(ValueError, match=r"grade_weights names grades \[9\]"):
+        ChatParams(source_params={"math": {"grade_weights": {9: 1}}})

@@ -1,4 +1,4 @@
-"""GenRM logic: circular pairing, verdict parsing (malformed and adversarial), aggregation, length control."""
+"""GenRM logic: circular pairing, verdict parsing (malformed and adversarial), aggregation, length control, verifier gate."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from rewards.genrm import compare, data, verdict, winrate
+from rewards.genrm import compare, data, gate, verdict, winrate
 from rewards.genrm.compare import Comparison, LengthControl, aggregate, circular_pairs, comparisons
 from rewards.genrm.judge import read_show_thinking, write_format
 from rewards.genrm.verdict import Verdict, judge_prompt, parse_verdict
@@ -15,7 +15,7 @@ from rewards.genrm.verdict import Verdict, judge_prompt, parse_verdict
 PROMPT = [{"role": "user", "content": "What is 43-15?"}]
 
 
-@pytest.mark.parametrize("module", [verdict, compare, data, winrate])
+@pytest.mark.parametrize("module", [verdict, compare, data, gate, winrate])
 def test_doctests(module) -> None:
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
@@ -198,3 +198,38 @@ def test_win_rate_by_hand_with_its_interval() -> None:
     assert out["win_rate_ci95_low"] == pytest.approx(0.5 - 0.5658, abs=1e-4) and out["win_rate_ci95_high"] == pytest.approx(1.0658, abs=1e-4)
     assert (out["length_start"], out["length_final"]) == (12.0, 7.0)
     assert (out["verifier_accuracy_start"], out["verifier_accuracy_final"]) == (0.5, 1.0)
+    assert (out["verifier_right_to_wrong"], out["verifier_wrong_to_right"]) == (0.0, 2.0)  # t0 and t3 became right
+
+
+def test_verifier_gate_by_hand() -> None:
+    """The judge prefers the wrong answers (5 and 4) to the right ones (1 and 2): gated, the wrong
+    ones get the floor min(5, 1, 4, 2) - 1 = 0, the right ones keep the judge's 1 and 2."""
+    judged = [5.0, 1.0, 4.0, 2.0]
+    correct = [False, True, False, True]
+    assert gate.verifier_gate(judged, correct) == [0.0, 1.0, 0.0, 2.0]
+    assert gate.verifier_gate(judged, correct, margin=0.5) == [0.5, 1.0, 0.5, 2.0]
+    assert gate.gate_stats(judged, correct) == (4, 4)  # every (right, wrong) pair was judged the wrong way
+    # No verifier (an open-ended prompt): the judge's rewards stand. All right: the judge orders them.
+    assert gate.verifier_gate(judged, [None] * 4) == judged
+    assert gate.verifier_gate(judged, [True] * 4) == judged
+    # All wrong: one value, so no advantage to follow the judge's taste in wrong answers.
+    assert gate.verifier_gate(judged, [False] * 4) == [0.0] * 4
+    with pytest.raises(ValueError, match="verifier outcomes"):
+        gate.verifier_gate(judged, [True])
+
+
+def test_a_wrong_answer_never_out_scores_a_right_one() -> None:
+    """Over random judged rewards (length terms included: any real) and random verifier outcomes."""
+    rng = random.Random(0)
+    for _ in range(500):
+        g = rng.randint(2, 8)
+        judged = [rng.uniform(-3, 8) for _ in range(g)]
+        correct = [rng.choice([True, False, None]) for _ in range(g)]
+        out = gate.verifier_gate(judged, correct)
+        right = [r for r, c in zip(out, correct) if c is True]
+        wrong = [r for r, c in zip(out, correct) if c is False]
+        if right and wrong:
+            assert min(right) >= max(wrong) + 1.0 - 1e-9
+        assert len(set(wrong)) <= 1  # wrong answers are not ordered by the judge
+        # Right answers and answers without a verifier keep the judge's reward exactly.
+        assert all(out[i] == judged[i] for i in range(g) if correct[i] is not False)

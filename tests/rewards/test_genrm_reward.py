@@ -81,6 +81,32 @@ def test_random_order_makes_g_calls(judge_path: Path) -> None:
     assert reward.step_metrics()["judge_calls"] == 5
 
 
+def test_verifier_gate_and_env_routing_in_score(judge_path: Path) -> None:
+    """A chat group whose verifier disagrees with the judge is gated; an open-ended group keeps the
+    judge's scores; a math group is not judged at all (``envs: [chat]``), so its env reward stands."""
+    reward = GenRMReward(GenRMParams(path=str(judge_path), order="both", num_engines=0, envs=["chat"]))
+    reward._tokenizer = load_tokenizer(judge_path)
+    fake = ScriptedJudge(reward._tokenizer)
+    reward._engines = fake
+    chat = Task(id="c1", env="chat", prompt=[{"role": "user", "content": "What is 3+4?"}])
+    open_ended = Task(id="c2", env="chat", prompt=[{"role": "user", "content": "Say hi."}])
+    math = Task(id="m1", env="math", prompt=[{"role": "user", "content": "What is 2+2?"}])
+    verified = [replace(trajectory(w), task=chat, correct=c) for w, c in (("good", False), ("bad", True), ("good", True), ("bad", False))]
+    chat_free = [replace(trajectory(w), task=open_ended) for w in ("bad", "good")]  # correct None: no verifier
+    maths = [replace(trajectory(w), task=math, correct=c) for w, c in (("good", False), ("bad", True))]
+    rewards = reward.score(verified + chat_free + maths)
+    # Judged 5, 1, 5, 1; right answers (1, 2) keep 1 and 5, wrong ones (0, 3) get the floor 1 - 1 = 0.
+    assert rewards == pytest.approx([0.0, 1.0, 5.0, 0.0, 1.0, 5.0, None, None])
+    m = reward.step_metrics()
+    assert m["judge_calls"] == 8 + 2  # the math group never reached the judge
+    # 4 (right, wrong) pairs; judged wrong >= right in 3: right 1 vs wrong 5 and 1 (a tie counts), right 5 vs wrong 5.
+    assert (m["judge_gate_pairs"], m["judge_gate_overrides"]) == (4, 3)
+    # Gate off: the judge's own scores, the wrong "good" answer above the right "bad" one.
+    off = GenRMReward(GenRMParams(path=str(judge_path), order="both", num_engines=0, verifier_gate=False))
+    off._tokenizer, off._engines = reward._tokenizer, fake
+    assert off.score(verified) == pytest.approx([5.0, 1.0, 5.0, 1.0])
+
+
 def test_missing_judge_folder_is_a_clear_error(tmp_path: Path) -> None:
     from align.plugins import PluginParamsError
 
