@@ -301,26 +301,35 @@ def trl_processes(s: Settings) -> int:
     return s.gpus if s.gpu else 1
 
 
-def run_trl(ckpt: Path, s: Settings, out: Path, rows: list[dict[str, str]], timeout_s: float) -> dict[str, Any]:
+def run_worker(cmd: list[str], s: Settings, out: Path, rows: list[dict[str, str]], timeout_s: float, what: str,
+               env: dict[str, str] | None = None) -> tuple[dict[str, Any], float]:
+    """Run a worker side (TRL, bare vLLM) in its own process: its settings and prompts go into the fresh run
+    folder ``out``, which ``cmd`` names, and the worker writes ``out/result.json``; its log is ``out``.log.
+    Returns the result and the launch time (``time.time()``)."""
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     (out / "settings.json").write_text(json.dumps(asdict(s)))
     (out / "prompts.json").write_text(json.dumps(rows))
-    log = out.with_suffix(".log")
-    t0 = time.time()
+    log, t0 = out.with_suffix(".log"), time.time()
+    with GpuMemory() as mem, open(log, "w") as f:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env or job_env(), stdout=f, stderr=subprocess.STDOUT, timeout=timeout_s)
+    result = out / "result.json"
+    if proc.returncode != 0 or not result.is_file():
+        raise RuntimeError(f"{what} failed (exit {proc.returncode}); see {log}: {' | '.join(log.read_text().strip().splitlines()[-3:])}")
+    res = json.loads(result.read_text())
+    res.update(wall_s=time.time() - t0, peak_gpu_mib=mem.peak_mib, log=str(log))
+    return res, t0
+
+
+def run_trl(ckpt: Path, s: Settings, out: Path, rows: list[dict[str, str]], timeout_s: float) -> dict[str, Any]:
     cmd = [PY, str(Path(__file__).resolve()), "--worker", str(ckpt), "--out", str(out)]
     if trl_processes(s) > 1:  # one TRL process per GPU, each with its own colocated vLLM (tensor parallel 1)
         launch = ["--num_processes", str(s.gpus), "--num_machines", "1", "--mixed_precision", "bf16", "--dynamo_backend", "no"]
         launch += ["--use_deepspeed", "--zero_stage", str(s.zero)] if s.zero else ["--multi_gpu"]
         cmd = [PY, "-m", "accelerate.commands.launch", *launch, *cmd[1:]]
-    with GpuMemory() as mem, open(log, "w") as f:
-        proc = subprocess.run(cmd, cwd=ROOT, env=job_env(), stdout=f, stderr=subprocess.STDOUT, timeout=timeout_s)
-    result = out / "result.json"
-    if proc.returncode != 0 or not result.is_file():
-        raise RuntimeError(f"TRL failed (exit {proc.returncode}); see {log}: {' | '.join(log.read_text().strip().splitlines()[-3:])}")
-    res = json.loads(result.read_text())
-    res.update(wall_s=time.time() - t0, first_step_end_s=res["first_step_end_s"] - t0, peak_gpu_mib=mem.peak_mib, log=str(log))
+    res, t0 = run_worker(cmd, s, out, rows, timeout_s, "TRL")
+    res["first_step_end_s"] -= t0  # the worker's clock time -> seconds from launch
     return res
 
 
@@ -353,24 +362,11 @@ def vllm_worker(ckpt: Path, s: Settings, out: Path) -> dict[str, Any]:
 
 def run_vllm(ckpt: Path, s: Settings, out: Path, rows: list[dict[str, str]], timeout_s: float) -> dict[str, Any]:
     """The bare-vLLM side in its own process (``--vllm-worker``), on the first GPU only."""
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    (out / "settings.json").write_text(json.dumps(asdict(s)))
-    (out / "prompts.json").write_text(json.dumps(rows))
-    log, t0 = out.with_suffix(".log"), time.time()
     env = job_env()
     if s.gpu:
         env["CUDA_VISIBLE_DEVICES"] = env.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
-    with GpuMemory() as mem, open(log, "w") as f:
-        proc = subprocess.run([PY, str(Path(__file__).resolve()), "--vllm-worker", str(ckpt), "--out", str(out)], cwd=ROOT, env=env, stdout=f,
-                              stderr=subprocess.STDOUT, timeout=timeout_s)  # fmt: skip
-    result = out / "result.json"
-    if proc.returncode != 0 or not result.is_file():
-        raise RuntimeError(f"bare vLLM failed (exit {proc.returncode}); see {log}: {' | '.join(log.read_text().strip().splitlines()[-3:])}")
-    res = json.loads(result.read_text())
-    res.update(wall_s=time.time() - t0, peak_gpu_mib=mem.peak_mib, log=str(log))
-    return res
+    cmd = [PY, str(Path(__file__).resolve()), "--vllm-worker", str(ckpt), "--out", str(out)]
+    return run_worker(cmd, s, out, rows, timeout_s, "bare vLLM", env)[0]
 
 
 # ----------------------------------------------------------------------------- summary
