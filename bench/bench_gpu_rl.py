@@ -100,6 +100,7 @@ class Settings:
     max_staleness: int = 1
     lengths: str = "fixed"  # fixed: every completion runs to new_tokens (ignore_eos); natural: it stops at EOS
     compile: bool = False  # align's learner.compile (side align-compile)
+    old_pass: bool = False  # side align-oldpass: old log-probs in a pass of their own, as before 7cc6de2
     gpus: int = 1  # colocated: a learner and an engine on each; separate: half learners, half engines
     zero: int = 0  # the learners' ZeRO stage (align learner.zero_stage; TRL through accelerate's DeepSpeed plugin)
 
@@ -217,7 +218,7 @@ grpo:
   loss_aggregation: token
   dynamic_sampling: false
   overlong_filtering: false
-  max_seq_logprob_error: null
+  max_seq_logprob_error: {'1.0e9' if s.old_pass else 'null'}
   eval_every_steps: {s.steps + 1}
   mode: {s.mode}
   max_staleness: {s.max_staleness}
@@ -230,9 +231,11 @@ grpo:
 
 def side_settings(s: Settings, side: str) -> Settings:
     """A side's settings: ``align`` as given, ``align-asyncN`` align's async GRPO at max staleness N, ``align-compile``
-    align with ``learner.compile``, ``trl`` as given."""
+    align with ``learner.compile``, ``align-oldpass`` align with the separate old-log-prob pass, ``trl`` as given."""
     if side == "align-compile":
         return replace(s, compile=True)
+    if side == "align-oldpass":  # a masking threshold no sequence reaches: the same update, plus the separate pass
+        return replace(s, old_pass=True)
     if side.startswith("align-async"):
         return replace(s, mode="async", max_staleness=int(side.removeprefix("align-async") or 1))
     return s
@@ -420,7 +423,7 @@ def scaling(entries: dict[str, Any], gpu_counts: list[int]) -> list[dict[str, An
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--policies", default="llama-1b,hybrid-1b")
-    ap.add_argument("--sides", default="align,trl", help="align, trl, vllm (bare vLLM generating one engine's requests), align-compile (learner.compile), and align-asyncN: align's async GRPO at max staleness N (separate placement)")
+    ap.add_argument("--sides", default="align,trl", help="align, trl, vllm (bare vLLM generating one engine's requests), align-compile (learner.compile), align-oldpass (old log-probs in a pass of their own), and align-asyncN: align's async GRPO at max staleness N (separate placement)")
     ap.add_argument("--placement", choices=["colocated", "separate"], default="colocated")
     ap.add_argument("--gpus", default="", help="GPUs of this node to use, or a list run in turn for scaling (2,4,8); default 1 colocated, "
                     "2 separate; --prompts is per engine")
@@ -515,12 +518,15 @@ def main() -> int:
         for side in gen_rate:
             if side.startswith("align-") and gen_rate.get("align"):
                 entry[f"{side}_over_align_gen_tokens_per_s"] = gen_rate[side] / gen_rate["align"]
+                entry[f"{side}_step_over_align_step"] = sides[side] / sides["align"]
         if "vllm" in entry["runs"] and "align" in entry["runs"]:  # align's rollout rate per engine over bare vLLM's (target >= 0.95)
             bare = statistics.median(r["summary"]["step_s"] for r in entry["runs"]["vllm"])
             rollout = statistics.median(r["summary"].get("rollout_s") or float("nan") for r in entry["runs"]["align"])
             entry["align_rollout_over_bare_vllm"] = bare / rollout
             console.print(f"{key}: align rollout / bare vLLM, generated tokens/s per engine = {entry['align_rollout_over_bare_vllm']:.2f}")
         report["policies"][key] = entry
+        args.out.parent.mkdir(parents=True, exist_ok=True)  # each policy as it ends: a killed run keeps what it measured
+        args.out.write_text(json.dumps(report, indent=1, default=str))
         for side, runs in entry["runs"].items():
             m = runs[0]["summary"]
 
@@ -535,6 +541,8 @@ def main() -> int:
         for key_, ratio in entry.items():
             if key_.endswith("_over_align_gen_tokens_per_s"):
                 console.print(f"{policy}: {key_.removesuffix('_over_align_gen_tokens_per_s')} / align, generated tokens/s/GPU = {ratio:.2f}")
+            if key_.endswith("_step_over_align_step"):
+                console.print(f"{policy}: {key_.removesuffix('_step_over_align_step')} step / align step = {ratio:.2f}")
     report["scaling"] = scaling(report["policies"], gpu_counts)
     for line in report["scaling"]:
         console.print(f"{line['policy']} {line['side']}: tokens/s/GPU at {line['gpus'][-1]} GPUs over {line['gpus'][0]} = {line['efficiency']:.2f}")

@@ -234,6 +234,20 @@ def mean_k3(per_rank: list[list[dict[str, torch.Tensor]]], sample_key: str, othe
     return {k: sums[k] / max(counts[k], 1.0) for k in sums}
 
 
+def mismatch(per_rank: list[list[dict[str, Any]]]) -> dict[str, float]:
+    """Train/inference mismatch over policy tokens: k3 KL(rollout || learner) and mean |delta log p|.
+
+    With off-policy overlap it includes the staleness: the rollout weights are older than the learner's.
+    """
+    absdiff = n = 0.0
+    for mbs in per_rank:
+        for mb in mbs:
+            m = mb["loss_mask"]
+            absdiff += float(((mb["rollout_logprobs"] - mb["old_logprobs"]).abs() * m).sum())
+            n += float(m.sum())
+    return {"mismatch_kl": mean_k3(per_rank, "rollout_logprobs", "old_logprobs")[""], "mismatch_abs_logp": absdiff / max(n, 1)}
+
+
 @dataclass
 class StepRollout:
     """One step's scored trajectories, and the weights version (learner updates) that generated them.

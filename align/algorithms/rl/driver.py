@@ -31,8 +31,8 @@ from typing import Any
 
 from align.algorithms.common import FrozenReference, JobError, console, publish_hf, resume_from, start_checkpoint, start_ray
 from align.algorithms.rl.async_loop import AsyncProducer
-from align.algorithms.rl.batch import Scored, StepRollout, fill, finalize, mask_mismatched, mean_k3, micro_batches, select_groups, to_sequences
-from align.algorithms.rl.objective import GRPOObjective, TokenLogprobs
+from align.algorithms.rl.batch import Scored, StepRollout, fill, finalize, mask_mismatched, mean_k3, micro_batches, mismatch, select_groups, to_sequences
+from align.algorithms.rl.objective import GRPOObjective, TokenLogprobs, needs_old_pass
 from align.algorithms.rl.schedule import EngineQueue, engine_max_num_seqs
 from align.algorithms.rl.stream import PromptLedger, PromptStream
 from align.algorithms.rl.tasks import TaskMixer, assign_mode, load_tasks
@@ -136,6 +136,8 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
     console.print(f"weight sync: {sync.describe()}")
     objective = GRPOObjective(g.clip_low, g.clip_high, g.loss_aggregation, g.tis_cap, g.kl_coef, r.rollout.sampling.temperature)
     logprob_fn = TokenLogprobs(r.rollout.sampling.temperature)
+    old_pass = needs_old_pass(g, reference is not None)
+    console.print(f"old log-probs: {'a pass of their own before each update' if old_pass else 'from the update forward (one update per step)'}")
 
     ckpts = Checkpoints(run_dir, r.checkpoint.keep_last)
     start, state = resume_from(ckpts, resume, learners, check=lambda s: (stream or mixer).load_state_dict(s["tasks"]))
@@ -230,8 +232,10 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
             t0 = time.perf_counter()
             seqs = to_sequences(ro.train_groups, routed_experts=g.routing_replay == "rollout")
             per_rank = micro_batches(seqs, learners.size, r.accumulation_steps, tokenizer.pad_token_id, g.loss_aggregation)
-            _attach(per_rank, "old_logprobs", learners.compute(per_rank, logprob_fn))
-            extra = _mismatch(per_rank)
+            extra = {}
+            if old_pass:
+                _attach(per_rank, "old_logprobs", learners.compute(per_rank, logprob_fn))
+                extra = mismatch(per_rank)
             env_of = [t.env for grp in ro.train_groups for t in grp.trajectories]
             if g.max_seq_logprob_error is not None:
                 masked = mask_mismatched(per_rank, g.max_seq_logprob_error, g.loss_aggregation, env_of)
@@ -244,6 +248,9 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
             for _ in range(g.epochs_per_step):
                 train_metrics = learners.train_step(per_rank, objective)
                 nonfinite.after_step(step + 1, train_metrics)
+            if not old_pass:  # pi_old came from the update's forward; the objective summed the mismatch
+                n = max(train_metrics["tokens"], 1.0)
+                extra.update(mismatch_kl=train_metrics["mismatch_k3_sum"] / n, mismatch_abs_logp=train_metrics["mismatch_abs_sum"] / n)
             t_learn = time.perf_counter() - t0
 
             # New weights to the engines, behind any rollout already running on the old ones.
@@ -336,20 +343,6 @@ def score_group(trajectories: list[Trajectory], rewards: list[tuple[RewardFn, fl
         except Exception as e:  # noqa: BLE001
             console.print(f"[red]reward functions failed for task {trajectories[0].task.id}: {e}[/]")
     return finalize(Scored(trajectories, totals, components), cfg)
-
-
-def _mismatch(per_rank: list[list[dict[str, Any]]]) -> dict[str, float]:
-    """Train/inference mismatch over policy tokens: k3 KL(rollout || learner) and mean |delta log p|.
-
-    With off-policy overlap it includes the staleness: the rollout weights are older than the learner's.
-    """
-    absdiff = n = 0.0
-    for mbs in per_rank:
-        for mb in mbs:
-            m = mb["loss_mask"]
-            absdiff += float(((mb["rollout_logprobs"] - mb["old_logprobs"]).abs() * m).sum())
-            n += float(m.sum())
-    return {"mismatch_kl": mean_k3(per_rank, "rollout_logprobs", "old_logprobs")[""], "mismatch_abs_logp": absdiff / max(n, 1)}
 
 
 def _step_metrics(groups: list[Scored], kept: list[Scored], train: dict[str, float]) -> dict[str, float]:

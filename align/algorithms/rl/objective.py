@@ -7,8 +7,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from align.config.schema import GRPOSettings
 from align.learner.routing_replay import set_replay
-from align.losses import grpo_loss_sum, shift, token_logprobs, truncated_is_weights
+from align.losses import grpo_loss_sum, kl_k3, shift, token_logprobs, truncated_is_weights
 
 
 @dataclass(frozen=True)
@@ -61,10 +62,26 @@ class GRPOObjective:
             raise ValueError("GRPOObjective: kl_coef > 0 but the micro-batch has no ref_logprobs (the reference log-probs)")
         logp = TokenLogprobs(self.temperature)(model, mb)
         mask = mb["loss_mask"]
-        old = mb["old_logprobs"]
+        # Without a separate pass (see needs_old_pass) the update is the step's only one, so the
+        # weights before it are the ones this forward runs: pi_old is logp itself, detached.
+        old = mb["old_logprobs"] if "old_logprobs" in mb else logp.detach()
         weights = truncated_is_weights(old, mb["rollout_logprobs"], self.tis_cap) * mask
         loss, stats = grpo_loss_sum(
             logp, old, mb["advantages"], mask, self.clip_low, self.clip_high, self.aggregation,
             is_weights=weights, ref_logp=mb.get("ref_logprobs"), kl_coef=self.kl_coef,
         )  # fmt: skip
+        with torch.no_grad():  # train/inference mismatch, summed; the driver divides by ``tokens``
+            stats["mismatch_k3_sum"] = (kl_k3(mb["rollout_logprobs"], old) * mask).sum()
+            stats["mismatch_abs_sum"] = ((mb["rollout_logprobs"] - old).abs() * mask).sum()
         return loss, {k: float(v) for k, v in stats.items()}
+
+
+def needs_old_pass(g: GRPOSettings, has_reference: bool) -> bool:
+    """Whether a step needs the learner's log-probs in a pass of their own, before its update.
+
+    Only where something reads them before the update: more than one update per step (each must
+    clip against the same pi_old), sequence masking by log-prob error, or the KL to a reference
+    (its per-environment metric). Otherwise the update's own forward gives them for free, as TRL
+    does when ``num_iterations == 1``: a step then costs one forward fewer.
+    """
+    return g.epochs_per_step > 1 or g.max_seq_logprob_error is not None or has_reference
