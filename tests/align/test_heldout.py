@@ -3,6 +3,7 @@ pipeline none of its tasks is a prompt that any stage trains on."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from align.algorithms.rl.tasks import load_tasks
@@ -12,8 +13,8 @@ from align.config.stages import load_stages
 from align.data.build import load_splits
 from align.data.generated import prompt_key
 from align.evaluate import make_envs
-from align.heldout import EVAL_SEED_OFFSET, heldout_tasks, task_key, training_prompts
-from envs.base import Environment, task_source
+from align.heldout import EVAL_SEED_OFFSET, heldout_tasks, take_by_grade, task_key, training_prompts
+from envs.base import Environment, Task, task_source
 
 
 def _opening(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -130,3 +131,38 @@ def test_no_prompt_is_held_out_twice() -> None:
     assert len(set(drawn)) < len(drawn)  # what a selector without the dedup would have scored twice
     keys = [task_key(envs["code"], t) for t in heldout_tasks(envs, {"code": 150}, set(), seed=0)]
     assert len(keys) == 150 and len(set(keys)) == 150
+
+
+def _graded(name: str, grade: int | None) -> Task:
+    return Task(id=name, env="e", prompt=[{"role": "user", "content": name}], meta={} if grade is None else {"grade": grade})
+
+
+def test_take_by_grade_follows_the_generators_grade_mix_and_fills_a_short_grade() -> None:
+    # The generator drew grades 1:2:3 as 4:4:2, so 5 tasks get quotas 2, 2 and 1.
+    drawn = [_graded(f"d{i}", g) for i, g in enumerate([1, 1, 1, 1, 2, 2, 2, 2, 3, 3])]
+    fresh = [_graded("3a", 3), _graded("3b", 3), _graded("2a", 2), _graded("1a", 1), _graded("2b", 2), _graded("2c", 2), _graded("3c", 3)]
+    # Grade 3 takes 3a, grade 2 takes 2a and 2b, grade 1 has only 1a of its 2: the spare place
+    # goes to the first fresh task left over, 3b.
+    assert [t.id for t in take_by_grade(drawn, fresh, 5)] == ["3a", "3b", "2a", "1a", "2b"]
+    hard_first = [_graded("3a", 3), _graded("3b", 3), _graded("3c", 3), _graded("2a", 2), _graded("1a", 1), _graded("1b", 1), _graded("2b", 2)]
+    # First come would take 3a, 3b, 3c, 2a, 1a: three of five from grade 3, whose share is a fifth.
+    assert [t.id for t in take_by_grade(drawn, hard_first, 5)] == ["3a", "2a", "1a", "1b", "2b"]
+
+
+def test_take_by_grade_without_grades_is_first_come_and_never_exceeds_what_is_fresh() -> None:
+    plain = [_graded(f"t{i}", None) for i in range(6)]
+    assert [t.id for t in take_by_grade(plain, plain[2:], 3)] == ["t2", "t3", "t4"]
+    assert [t.id for t in take_by_grade(plain, plain[4:], 3)] == ["t4", "t5"]
+
+
+def test_the_tiny_pipelines_heldout_sets_keep_every_grade() -> None:
+    """instruction_following's 200 were 122 of grade 3 (of 3) with first-come selection: the easy
+    grades' few distinct prompts are mostly trained on. Now each grade has about a third."""
+    r = load_recipe("tiny").recipe
+    stages, _ = load_stages(r)
+    envs = make_envs(list(r.eval.envs))
+    tasks = heldout_tasks(envs, dict(r.eval.envs), training_prompts(envs, stages), r.seed)
+    for name in ("instruction_following", "tool_use", "code"):
+        grades = Counter(t.meta["grade"] for t in tasks if t.env == name)
+        assert sum(grades.values()) == 200 and set(grades) == {1, 2, 3}, (name, grades)
+        assert min(grades.values()) >= 55, (name, grades)  # a third of 200 is 67; the quotas follow random draws
