@@ -55,12 +55,14 @@ def use_align_cache() -> Path:
 
 
 def build_dir() -> Path:
-    """Where torch builds the op, by torch's own rule: ``<TORCH_EXTENSIONS_DIR>/deepspeed_shm_comm``
-    (torch's default root, used when the variable is unset, adds ``py311_cpu/``)."""
-    from torch.utils.cpp_extension import _get_build_directory
-
-    use_align_cache()
-    return Path(_get_build_directory(OP_NAME, verbose=False))
+    """Where torch builds the op: ``<TORCH_EXTENSIONS_DIR>/deepspeed_shm_comm``, torch's rule
+    (``torch.utils.cpp_extension._get_build_directory``) when that variable is set, as
+    :func:`use_align_cache` makes sure. Computed here, not asked of torch: every job checks the
+    build lock before it starts Ray (``align.cli``), and importing torch would delay Ray by 1-2 s.
+    Created if missing, as torch does."""
+    directory = use_align_cache() / OP_NAME
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
 
 
 def lock_holders(lock: Path) -> list[int] | None:
