@@ -2,8 +2,9 @@
 when called (so ``align --help`` and recipe errors stay fast), not a module path in a string.
 Ray starts on a background thread before that import (``align.ray_start``): the 2-3 s of
 ``ray.init`` overlap the driver's imports and data loading, which run with the garbage
-collector paused (``align.startup.imports_without_gc``). An RL job spawns its rollout engines and
-learners on that thread too, once Ray is up (``align/algorithms/rl/prestart.py``).
+collector paused (``align.startup.imports_without_gc``). An RL job spawns its rollout engines on
+that thread once Ray is up, and its learners before it imports its driver
+(``align/algorithms/rl/prestart.py``).
 
 The pipeline runs the stage jobs listed here; ``align <job>`` adds the pipeline itself.
 """
@@ -45,9 +46,12 @@ def run_rm(loaded: LoadedRecipe, resume: bool) -> int:
 
 
 def run_rl(loaded: LoadedRecipe, resume: bool) -> int:
-    prestart = plan_prestart(loaded)  # the actors spawn on Ray's start thread, as soon as Ray is up
-    with ray_start.starting(loaded.recipe, then=prestart.spawn if prestart else None):
+    prestart = plan_prestart(loaded)  # the actors spawn before the driver is imported
+    with ray_start.starting(loaded.recipe, then=prestart.spawn_engines if prestart else None):
         with imports_without_gc():
+            if prestart is not None:
+                prestart.import_modules()  # lets the engines spawn on Ray's thread
+                prestart.spawn_learners()
             from align.algorithms.rl import driver
 
         return driver.run(loaded, resume=resume, prestart=prestart)

@@ -38,7 +38,8 @@ def test_actors_start_where_they_always_did_when_a_cheap_check_cannot_pass_first
 def test_a_spawn_error_is_raised_by_take_in_the_driver(tmp_path: Path, checkpoint: Path) -> None:
     pre = plan(_recipe(tmp_path, f"init_from={checkpoint}", "rollout.return_routed_experts=true"))
     assert pre is not None
-    pre.spawn()  # the checkpoint's config names no MoE layers: refused before any actor starts
+    pre.import_modules()
+    pre.spawn_engines()  # the checkpoint's config names no MoE layers: refused before any actor starts
     assert pre.rollout is None and pre.learners is None
     with pytest.raises(ClusterError, match="no MoE layers"):
         pre.take()
