@@ -32,6 +32,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 from align.errors import AlignError
 
@@ -106,6 +107,28 @@ def check_lock(directory: Path | None = None, recheck_s: float = 1.0) -> list[in
     )
 
 
+def import_deepspeed() -> ModuleType:
+    """``import deepspeed``, without the MLflow import DeepSpeed makes for its autotuner.
+
+    ``deepspeed.autotuning.autotuner`` tries ``import mlflow`` when DeepSpeed is imported, to log
+    autotuning runs, which align never starts. Where mlflow is installed (align's optional MLflow
+    logger, ``pip install align[loggers]``), that import (mlflow, pandas, fastapi) took 1.1-1.2 s
+    of CPU of the 1.4-1.5 s DeepSpeed's import costs after torch, in every learner process on the
+    way to its first step (2 cores, load 6). A ``None`` entry in ``sys.modules`` makes that one
+    import fail (Python's documented way to block an import; DeepSpeed catches it), and it is
+    removed after, so align's own MLflow logger still imports mlflow.
+    """
+    hide = "mlflow" not in sys.modules
+    if hide:
+        sys.modules["mlflow"] = None  # type: ignore[assignment]
+    try:
+        import deepspeed
+    finally:
+        if hide and "mlflow" in sys.modules and sys.modules["mlflow"] is None:
+            del sys.modules["mlflow"]
+    return deepspeed
+
+
 def is_built(directory: Path | None = None) -> bool:
     return ((directory or build_dir()) / f"{OP_NAME}.so").is_file()
 
@@ -122,6 +145,7 @@ def build(say: Callable[[str], None]) -> None:
         return
     if is_built(directory):
         return
+    import_deepspeed()
     from deepspeed.accelerator import get_accelerator
 
     builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
