@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -21,10 +21,12 @@ from align.actor_errors import check_max_model_len
 from align.config.schema import ClusterConfig, LearnerConfig, RolloutConfig
 from align.errors import AlignError
 from align.learner import ds_build
-from align.learner.engine import Learner, MicroBatch, Objective
 from align.ray_start import init_ray  # Ray's start lives there, importable before torch (the CLI begins it early)
 from align.setup_wait import Step, deadline_in, wait_setup
 from align.weights import from_wire, to_wire
+
+if TYPE_CHECKING:
+    from align.learner.engine import MicroBatch, Objective
 
 LOCAL_HOST = "127.0.0.1"
 
@@ -144,6 +146,11 @@ class LearnerGroup(_Group):
     """N data-parallel DeepSpeed learners (one per placement-group bundle)."""
 
     def __init__(self, cluster: ClusterConfig, in_process: bool = False) -> None:
+        # Imported here, as the other groups import their workers: the rollout engines can then be
+        # spawned before the learner's modules (transformers' model classes) are imported
+        # (align/algorithms/rl/prestart.py).
+        from align.learner.engine import Learner
+
         super().__init__()
         self._pending: list[Any] | None = None  # setup() calls not yet waited for
         self._setup_timeout_s, self._deadline = cluster.setup_timeout_s, 0.0

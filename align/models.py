@@ -24,6 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Nemot
 from align.config.schema import ModelConfig
 from align.data.batching import pack_padded, unpack_to_padded
 from align.kernels import KernelStatus, enable_mamba_kernels
+from align.weights import inference_dtype as inference_dtype  # it lives with torch alone, for align/algorithms/rl/prestart.py
 
 log = logging.getLogger(__name__)
 
@@ -73,19 +74,6 @@ def build_tiny_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed:
     config = tiny_config(cfg, tokenizer)
     config.architectures = [{"llama": "LlamaForCausalLM", "nemotron_h": "NemotronHForCausalLM"}[cfg.arch]]
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-
-
-def inference_dtype(precision: str = "auto") -> str:
-    """vLLM dtype matching the learner's precision, so rollout log-probs match training's.
-
-    vLLM on CPU turns "auto" into bfloat16 even for a float32 checkpoint; the learner trains in
-    float32 there, and the gap shows up as train/inference mismatch. So it is always explicit.
-    """
-    if precision == "bf16":
-        return "bfloat16"
-    if precision == "fp32":
-        return "float32"
-    return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
 
 
 def torch_dtype(name: str) -> torch.dtype | str:

@@ -21,7 +21,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -98,8 +98,13 @@ class _NotMainThread(logging.Filter):
         return "SIGTERM handler is not set" not in record.getMessage()
 
 
-def begin(recipe: Any) -> None:
-    """Start Ray for ``recipe`` on a background thread; :func:`start_ray` waits for it."""
+def begin(recipe: Any, then: Callable[[], None] | None = None) -> None:
+    """Start Ray for ``recipe`` on a background thread; :func:`start_ray` waits for it.
+
+    ``then`` runs on that thread once Ray is up (it is skipped if Ray failed to start, or did
+    not start here): the RL job spawns its actors there (``align/algorithms/rl/prestart.py``).
+    It must catch its own errors.
+    """
     global _early
     ray = sys.modules.get("ray")
     if _early is not None or (ray is not None and ray.is_initialized()):  # started already, or joined (tests, pipelines)
@@ -116,6 +121,8 @@ def begin(recipe: Any) -> None:
         except BaseException as e:  # noqa: BLE001 - handed to the main thread by start_ray
             _early_error.append(e)
         done.set()
+        if then is not None and not _early_error:
+            then()
         # Ray starts its GCS and raylet with PR_SET_PDEATHSIG, which Linux fires when the *thread*
         # that started them ends: this thread must live as long as the process (a daemon, it ends with it).
         threading.Event().wait()
@@ -159,10 +166,15 @@ def finish_early_start() -> None:
     _early_error.clear()
 
 
+def started_early() -> bool:
+    """Whether :func:`begin` started Ray on its thread (so its ``then`` runs once Ray is up)."""
+    return _early is not None
+
+
 @contextmanager
-def starting(recipe: Any) -> Iterator[None]:
-    """Ray starts (:func:`begin`) while the block imports a driver and runs its job."""
-    begin(recipe)
+def starting(recipe: Any, then: Callable[[], None] | None = None) -> Iterator[None]:
+    """Ray starts (:func:`begin`, then ``then``) while the block imports a driver and runs its job."""
+    begin(recipe, then)
     try:
         yield
     finally:

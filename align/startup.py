@@ -7,7 +7,9 @@ count) to the end of the first step; for a later job in the same process (a pipe
 stage), from when that job's clock was made. Each :meth:`StartupClock.lap` is a serial phase, from the
 previous lap's end (the launch for the first) to now, so the laps add up to the total. Inside a
 lap, parts that ran at the same time (the learners and the rollout engines build as Ray actors
-in parallel) are shown in parentheses, joined with ``|``, each from its own start to its end.
+in parallel) are shown in parentheses, joined with ``|``, each from its own start to its end; a
+part that began before its lap (an RL job's actors spawn during its imports) also says when,
+counted from the launch ("engines 14.0 from 3.1 s").
 Actor parts are timed from the driver: a learner group is done when its last set-up call's
 result is ready (:meth:`StartupClock.watch`).
 """
@@ -42,14 +44,15 @@ class StartupClock:
     def lap(self, name: str) -> None:
         """End the serial phase ``name`` now; it began where the previous lap ended."""
         now = time.time()
-        parts = " | ".join(f"{k} {(e if e is not None else now) - s:.1f}" for k, (s, e) in self._parts.items())  # type: ignore[operator]
+        parts = " | ".join(f"{k} {(e if e is not None else now) - s:.1f}" + (f" from {s - self.launch:.1f} s" if s < self._last else "")  # type: ignore[operator]
+                           for k, (s, e) in self._parts.items())  # fmt: skip
         self._laps.append((name, now - self._last, parts))
         self._last, self._parts = now, {}
 
     @contextmanager
-    def part(self, name: str) -> Iterator[None]:
-        """Time the block as a part of the current lap."""
-        self._parts[name] = [time.time(), None]
+    def part(self, name: str, since: float | None = None) -> Iterator[None]:
+        """Time the block as a part of the current lap; ``since``: the part began then (before the block, even before the lap)."""
+        self._parts[name] = [time.time() if since is None else since, None]
         try:
             yield
         finally:

@@ -49,3 +49,15 @@ def from_wire(wire: Mapping[str, tuple[np.ndarray, str]]) -> dict[str, torch.Ten
 def is_wire(obj: Any) -> bool:
     return isinstance(obj, Mapping) and bool(obj) and isinstance(next(iter(obj.values())), tuple)
 
+
+def inference_dtype(precision: str = "auto") -> str:
+    """vLLM dtype matching the learner's precision, so rollout log-probs match training's.
+
+    vLLM on CPU turns "auto" into bfloat16 even for a float32 checkpoint; the learner trains in
+    float32 there, and the gap shows up as train/inference mismatch. So it is always explicit.
+    """
+    if precision == "bf16":
+        return "bfloat16"
+    if precision == "fp32":
+        return "float32"
+    return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"

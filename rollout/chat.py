@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING, Any
 
 from align.reasoning import THINK_CLOSE, THINK_OPEN, ReasoningMode, round_budget
 from envs.base import Message
+
+if TYPE_CHECKING:  # only annotated: the rollout engines' actors and the driver's early spawn skip transformers' import
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)

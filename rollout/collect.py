@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from align.config.schema import SamplingConfig
 from align.reasoning import ReasoningMode
@@ -20,6 +19,9 @@ from envs.base import Environment, Task
 from rollout.batcher import Batcher
 from rollout.episode import derive_seed, run_episode
 from rollout.types import GenerateFn, RequestFn, Trajectory
+
+if TYPE_CHECKING:  # only annotated: the rollout engines' actors and the driver's early spawn skip transformers' import
+    from transformers import PreTrainedTokenizerBase
 
 
 async def collect(

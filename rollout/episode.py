@@ -34,9 +34,7 @@ import hashlib
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING, Any, Literal
 
 from align.config.schema import SamplingConfig
 from align.reasoning import THINK_CLOSE, ReasoningMode, round_budget
@@ -44,6 +42,9 @@ from envs.base import Environment, StepResult, Task, safe_step
 from rollout.chat import ChatTokens, count_thinking, newline_token_ids, observation_ids, render_prompt_ids
 from rollout.routing import pad_routes
 from rollout.types import FinishReason, GenOutput, GenRequest, Trajectory
+
+if TYPE_CHECKING:  # only annotated: the rollout engines' actors and the driver's early spawn skip transformers' import
+    from transformers import PreTrainedTokenizerBase
 
 
 def derive_seed(*parts: Any) -> int:

@@ -32,6 +32,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 from align.errors import AlignError
 
@@ -55,12 +56,14 @@ def use_align_cache() -> Path:
 
 
 def build_dir() -> Path:
-    """Where torch builds the op, by torch's own rule: ``<TORCH_EXTENSIONS_DIR>/deepspeed_shm_comm``
-    (torch's default root, used when the variable is unset, adds ``py311_cpu/``)."""
-    from torch.utils.cpp_extension import _get_build_directory
-
-    use_align_cache()
-    return Path(_get_build_directory(OP_NAME, verbose=False))
+    """Where torch builds the op: ``<TORCH_EXTENSIONS_DIR>/deepspeed_shm_comm``, torch's rule
+    (``torch.utils.cpp_extension._get_build_directory``) when that variable is set, as
+    :func:`use_align_cache` makes sure. Computed here, not asked of torch: every job checks the
+    build lock before it starts Ray (``align.cli``), and importing torch would delay Ray by 1-2 s.
+    Created if missing, as torch does."""
+    directory = use_align_cache() / OP_NAME
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
 
 
 def lock_holders(lock: Path) -> list[int] | None:
@@ -104,6 +107,28 @@ def check_lock(directory: Path | None = None, recheck_s: float = 1.0) -> list[in
     )
 
 
+def import_deepspeed() -> ModuleType:
+    """``import deepspeed``, without the MLflow import DeepSpeed makes for its autotuner.
+
+    ``deepspeed.autotuning.autotuner`` tries ``import mlflow`` when DeepSpeed is imported, to log
+    autotuning runs, which align never starts. Where mlflow is installed (align's optional MLflow
+    logger, ``pip install align[loggers]``), that import (mlflow, pandas, fastapi) took 1.1-1.2 s
+    of CPU of the 1.4-1.5 s DeepSpeed's import costs after torch, in every learner process on the
+    way to its first step (2 cores, load 6). A ``None`` entry in ``sys.modules`` makes that one
+    import fail (Python's documented way to block an import; DeepSpeed catches it), and it is
+    removed after, so align's own MLflow logger still imports mlflow.
+    """
+    hide = "mlflow" not in sys.modules
+    if hide:
+        sys.modules["mlflow"] = None  # type: ignore[assignment]
+    try:
+        import deepspeed
+    finally:
+        if hide and "mlflow" in sys.modules and sys.modules["mlflow"] is None:
+            del sys.modules["mlflow"]
+    return deepspeed
+
+
 def is_built(directory: Path | None = None) -> bool:
     return ((directory or build_dir()) / f"{OP_NAME}.so").is_file()
 
@@ -120,6 +145,7 @@ def build(say: Callable[[str], None]) -> None:
         return
     if is_built(directory):
         return
+    import_deepspeed()
     from deepspeed.accelerator import get_accelerator
 
     builder = get_accelerator().create_op_builder("ShareMemCommBuilder")

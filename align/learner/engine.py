@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from align.config.schema import LearnerConfig
+from align.learner.ds_build import import_deepspeed
 from align.learner.moe import configure_moe, lora_target_parameters
 from align.models import enable_packed_forward, select_kernels
 from align.weights import Wire, to_wire
@@ -105,7 +106,7 @@ class Learner:
 
     def join_group(self, master: tuple[str, int]) -> None:
         """Join the learners' process group (on CPU DeepSpeed loads, or first builds, its comm op here)."""
-        import deepspeed
+        deepspeed = import_deepspeed()
 
         os.environ.update(
             RANK=str(self.rank), LOCAL_RANK="0", WORLD_SIZE=str(self.world_size),
@@ -145,7 +146,7 @@ class Learner:
         self._model: nn.Module | None = model
 
     def build_engine(self, total_steps: int) -> None:
-        import deepspeed
+        deepspeed = import_deepspeed()
 
         model, cfg, self._model = self._model, self.cfg, None
         if model is None:
@@ -259,7 +260,7 @@ class Learner:
     @contextmanager
     def _full_params(self) -> Iterator[nn.Module]:
         """The module with full (gathered under ZeRO-3) and LoRA-merged weights."""
-        import deepspeed
+        deepspeed = import_deepspeed()
 
         module = self.engine.module
         gather = deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None) if self.cfg.zero_stage == 3 else _null()

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
 
 from align.reasoning import (
     BUDGET_TOKENS,
@@ -28,6 +28,9 @@ from align.reasoning import (
     TOOL_RESPONSE_CLOSE,
     TOOL_RESPONSE_OPEN,
 )
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 PAD = "<|pad|>"
 EOS = "<|endoftext|>"
@@ -48,6 +51,10 @@ CHAT_TEMPLATE = TEMPLATE_FILE.read_text().removesuffix("\n")
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
     """Train the tiny world's BPE tokenizer on ``texts`` and wrap it for transformers."""
+    # transformers is imported here: recipe checks read this module's token lists before a job
+    # starts Ray, and importing transformers (2-3 s of CPU) would hold Ray's start back.
+    from transformers import PreTrainedTokenizerFast
+
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]

@@ -5,6 +5,7 @@ Pure functions over :class:`rollout.types.Trajectory` lists, tested on construct
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -270,3 +271,28 @@ class StepRollout:
     rollout_tokens: int = 0
     prompt_ids: list[int] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+def step_metrics(groups: list[Scored], train: dict[str, float]) -> dict[str, float]:
+    """One step's reward, accuracy and learner metrics, overall and per environment."""
+    trajs = [t for g in groups for t in g.trajectories]
+    totals = [x for g in groups for x in g.rewards]
+    out = {
+        "reward": sum(totals) / len(totals),
+        "accuracy": sum(1.0 for t in trajs if t.correct) / len(trajs),
+        "loss": train.get("loss", 0.0),
+        "grad_norm": train.get("grad_norm", 0.0),
+        "lr": train.get("lr", 0.0),
+        "clip_frac": train.get("clip_frac_sum", 0.0) / max(train.get("tokens", 1.0), 1.0),
+        "errors": float(sum(1 for t in trajs if t.info.get("error"))),
+    }
+    per_env: dict[str, list[Trajectory]] = defaultdict(list)
+    for t in trajs:
+        per_env[t.env].append(t)
+    for env, ts in per_env.items():
+        out[f"{env}/reward"] = sum(t.reward for t in ts) / len(ts)
+        out[f"{env}/accuracy"] = sum(1.0 for t in ts if t.correct) / len(ts)
+        out[f"{env}/length"] = sum(t.num_policy_tokens for t in ts) / len(ts)
+        out[f"{env}/thinking_tokens"] = sum(t.thinking_tokens for t in ts) / len(ts)
+        out[f"{env}/forced_close_rate"] = sum(1.0 for t in ts if t.forced_close) / len(ts)
+    return out

@@ -24,15 +24,15 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections import defaultdict
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 from align.algorithms.common import FrozenReference, JobError, console, publish_hf, resume_from, start_checkpoint, start_ray
 from align.algorithms.rl.async_loop import AsyncProducer
-from align.algorithms.rl.batch import Scored, StepRollout, fill, finalize, mask_mismatched, mean_k3, micro_batches, mismatch, select_groups, to_sequences
+from align.algorithms.rl.batch import Scored, StepRollout, fill, finalize, mask_mismatched, mean_k3, micro_batches, mismatch, select_groups, step_metrics, to_sequences
 from align.algorithms.rl.objective import GRPOObjective, TokenLogprobs, needs_old_pass
+from align.algorithms.rl.prestart import Prestart
 from align.algorithms.rl.schedule import EngineQueue, engine_max_num_seqs
 from align.algorithms.rl.stream import PromptLedger, PromptStream
 from align.algorithms.rl.tasks import TaskMixer, assign_mode, load_tasks
@@ -84,8 +84,9 @@ def check_machine(loaded: LoadedRecipe) -> None:
         )
 
 
-def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) -> int:
-    """Run the recipe. ``in_process`` uses the same workers without Ray (one learner, one engine)."""
+def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False, prestart: Prestart | None = None) -> int:
+    """Run the recipe. ``in_process`` uses the same workers without Ray (one learner, one engine);
+    ``prestart``: actors spawned while this module was imported (``prestart.py``), taken where they would be spawned."""
     clock = StartupClock()
     clock.lap("imports")
     r: RLRecipe = loaded.recipe  # type: ignore[assignment]
@@ -112,7 +113,8 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
     clock.lap("ray")
     # freeze_router null: frozen in RL, as Nemotron 3 Nano (align/learner/moe.py).
     learner_cfg = r.learner.model_copy(update={"gradient_accumulation_steps": r.accumulation_steps, "freeze_router": r.learner.freeze_router is not False})
-    learners = LearnerGroup(r.cluster, in_process=in_process)
+    early_rollout, early_learners, spawned_at = prestart.take() if prestart is not None else (None, None, None)
+    learners = early_learners or LearnerGroup(r.cluster, in_process=in_process)
     # The learners, the reference and the vLLM engines build at the same time (Ray actors build
     # asynchronously): start-up costs the slowest, not the sum. The engines are spawned first,
     # since learners.setup waits for learner 0's process to start. Engines sharing a GPU with a
@@ -121,8 +123,10 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
     colocated = 0 < r.cluster.gpus_per_rollout_engine < 1
     dtype = inference_dtype(r.learner.precision)
     engine_cfg = engine_max_num_seqs(r)  # rollout.max_num_seqs resolved for GPU engines
-    with clock.part("engines"):
-        rollout = None if colocated or in_process else RolloutGroup(r.cluster, engine_cfg, str(model_path), r.seed, in_process, dtype, wait=False)
+    with clock.part("engines", since=spawned_at):
+        rollout = early_rollout
+        if rollout is None and not (colocated or in_process):
+            rollout = RolloutGroup(r.cluster, engine_cfg, str(model_path), r.seed, in_process, dtype, wait=False)
         with clock.part("learners"):  # to the end of their set-up when colocated, else until their set-up calls are sent
             learners.setup(str(model_path), learner_cfg, g.max_steps * g.epochs_per_step, r.seed, wait=colocated)
         clock.watch("learners set-up", learners.pending_refs)
@@ -262,7 +266,7 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False) ->
             t_sync = time.perf_counter() - t0 + queue.last_sync_s
 
             done = step + 1
-            metrics = _step_metrics(ro.all_groups, ro.kept, train_metrics)
+            metrics = step_metrics(ro.all_groups, train_metrics)
             metrics.update(extra)
             metrics.update(ro.curriculum)
             metrics.update(staleness=float(staleness), time_rollout_s=ro.time_rollout_s, time_score_s=ro.time_score_s,
@@ -343,30 +347,6 @@ def score_group(trajectories: list[Trajectory], rewards: list[tuple[RewardFn, fl
         except Exception as e:  # noqa: BLE001
             console.print(f"[red]reward functions failed for task {trajectories[0].task.id}: {e}[/]")
     return finalize(Scored(trajectories, totals, components), cfg)
-
-
-def _step_metrics(groups: list[Scored], kept: list[Scored], train: dict[str, float]) -> dict[str, float]:
-    trajs = [t for g in groups for t in g.trajectories]
-    totals = [x for g in groups for x in g.rewards]
-    out = {
-        "reward": sum(totals) / len(totals),
-        "accuracy": sum(1.0 for t in trajs if t.correct) / len(trajs),
-        "loss": train.get("loss", 0.0),
-        "grad_norm": train.get("grad_norm", 0.0),
-        "lr": train.get("lr", 0.0),
-        "clip_frac": train.get("clip_frac_sum", 0.0) / max(train.get("tokens", 1.0), 1.0),
-        "errors": float(sum(1 for t in trajs if t.info.get("error"))),
-    }
-    per_env: dict[str, list[Trajectory]] = defaultdict(list)
-    for t in trajs:
-        per_env[t.env].append(t)
-    for env, ts in per_env.items():
-        out[f"{env}/reward"] = sum(t.reward for t in ts) / len(ts)
-        out[f"{env}/accuracy"] = sum(1.0 for t in ts if t.correct) / len(ts)
-        out[f"{env}/length"] = sum(t.num_policy_tokens for t in ts) / len(ts)
-        out[f"{env}/thinking_tokens"] = sum(t.thinking_tokens for t in ts) / len(ts)
-        out[f"{env}/forced_close_rate"] = sum(1.0 for t in ts if t.forced_close) / len(ts)
-    return out
 
 
 def _write_samples(f: Any, step: int, groups: list[Scored], per_group: int) -> None:
