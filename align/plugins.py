@@ -112,7 +112,7 @@ def _format_validation_error(e: ValidationError, model: type[BaseModel]) -> str:
             hint = difflib.get_close_matches(str(err["loc"][0]), fields, n=1)
             msg = "unknown field" + (f" (did you mean '{hint[0]}'?)" if hint else f" (valid: {', '.join(fields) or 'none'})")
         else:
-            msg = f"{err['msg']} (got {err.get('input')!r})"
+            msg = f"{str(err['msg']).removeprefix('Value error, ')} (got {err.get('input')!r})"
         lines.append(f"  {loc}: {msg}")
     return "\n".join(lines)
 

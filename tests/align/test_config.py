@@ -100,7 +100,7 @@ def test_reward_limited_to_an_unknown_env_is_refused(tmp_path: Path, monkeypatch
     monkeypatch.chdir(tmp_path)
     assert main(["rl", "--recipe", "tiny-rlhf", "rewards.0.params.envs=[chta]"]) == 2
     err = capsys.readouterr()
-    assert "rewards.0 (genrm)" in err.out + err.err and "['chta']" in err.out + err.err
+    assert "rewards.0 (genrm)" in err.out + err.err and "envs: names ['chta']" in err.out + err.err
     assert not (tmp_path / "runs").exists()
 
 
