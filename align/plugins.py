@@ -37,6 +37,10 @@ BUILTIN_DIST = "align"
 
 EXPLICIT, BUILTIN, ENTRY_POINT = 0, 1, 2
 
+# Validation-context key, set when a recipe is loaded: the names of the recipe's environments
+# (``info.context[RECIPE_ENVS]`` in a params model's validator; absent outside a recipe load).
+RECIPE_ENVS = "recipe_envs"
+
 
 class PluginError(AlignError):
     """A plugin could not be found, loaded or configured. The message is meant for the user."""
@@ -108,7 +112,7 @@ def _format_validation_error(e: ValidationError, model: type[BaseModel]) -> str:
             hint = difflib.get_close_matches(str(err["loc"][0]), fields, n=1)
             msg = "unknown field" + (f" (did you mean '{hint[0]}'?)" if hint else f" (valid: {', '.join(fields) or 'none'})")
         else:
-            msg = f"{err['msg']} (got {err.get('input')!r})"
+            msg = f"{str(err['msg']).removeprefix('Value error, ')} (got {err.get('input')!r})"
         lines.append(f"  {loc}: {msg}")
     return "\n".join(lines)
 
@@ -254,16 +258,20 @@ class PluginRegistry:
 
     # ------------------------------------------------------------------ construction
 
-    def validate_params(self, name: str, params: dict[str, Any] | BaseModel | None) -> BaseModel:
-        """The class's ``Params`` model built from ``params``; errors name the plugin and the field."""
+    def validate_params(self, name: str, params: dict[str, Any] | BaseModel | None, context: dict[str, Any] | None = None) -> BaseModel:
+        """The class's ``Params`` model built from ``params``; errors name the plugin and the field.
+
+        ``context`` reaches the model's validators as pydantic's validation context: at recipe load
+        it holds :data:`RECIPE_ENVS`, so a plugin's params can be checked against the recipe.
+        """
         cls = self.get_class(name)
         model: type[BaseModel] = cls.Params
-        if isinstance(params, model):
+        if isinstance(params, model) and context is None:
             return params
         if isinstance(params, BaseModel):
             params = params.model_dump()
         try:
-            return model.model_validate(params or {})
+            return model.model_validate(params or {}, context=context)
         except ValidationError as e:
             raise PluginParamsError(f"{self.noun} '{name}': invalid params\n{_format_validation_error(e, model)}") from None
 

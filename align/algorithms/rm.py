@@ -6,7 +6,8 @@ folder (``final/``, format in :mod:`align.learner.reward_model`) that RL recipes
 reward (``rewards: [{name: reward_model, params: {path: runs/tiny-rm/final}}]``).
 
 - ``rm.objective: bradley_terry``: one output, ``-log s(r_chosen - r_rejected)``; each eval
-  reports held-out pairwise accuracy (share of pairs with r_chosen > r_rejected) and margins.
+  reports held-out pairwise accuracy (share of pairs with r_chosen > r_rejected) and margins,
+  and per ``pair_kind`` where the pairs carry one (``accuracy_wrong``, ``accuracy_padded``).
 - ``rm.objective: genrm``: a generative judge instead of a scalar head (:mod:`align.algorithms.genrm`).
 - ``rm.objective: regression``: one output per attribute named in ``rm.attributes`` (HelpSteer
   style rows ``{"prompt", "response", "attributes": {name: rating}}``), mean squared error.
@@ -94,6 +95,34 @@ def pairwise_order_accuracy(rows: Sequence[dict[str, Any]], scores: torch.Tensor
     return (right / total if total else float("nan")), total
 
 
+def accuracy_by_kind(rows: Sequence[dict[str, Any]], chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, float]:
+    """``accuracy_<kind>``: the share of held-out pairs of each ``pair_kind`` scored chosen > rejected.
+
+    >>> rows = [{"pair_kind": "wrong"}, {"pair_kind": "wrong"}, {"pair_kind": "padded"}, {}]
+    >>> accuracy_by_kind(rows, torch.tensor([1.0, 0.0, 2.0, 0.0]), torch.tensor([0.0, 1.0, 1.0, 1.0]))
+    {'accuracy_padded': 1.0, 'accuracy_wrong': 0.5}
+    """
+    kinds: dict[str, list[bool]] = defaultdict(list)
+    for row, c, r in zip(rows, chosen.tolist(), rejected.tolist(), strict=True):
+        if row.get("pair_kind"):
+            kinds[str(row["pair_kind"])].append(c > r)
+    return {f"accuracy_{k}": sum(v) / len(v) for k, v in sorted(kinds.items())}
+
+
+def pair_kind_eval(job: Job) -> Callable[[LearnerGroup, int], dict[str, float]] | None:
+    """Bradley-Terry eval extras where held-out pairs carry a ``pair_kind`` (the chat family's), as the GenRM reports."""
+    rows, examples = job.data.eval.rows, job.data.eval.examples
+    if not any(row.get("pair_kind") for row in rows):
+        return None
+
+    def extra(group: LearnerGroup, step: int) -> dict[str, float]:
+        del step
+        chosen, rejected = (predict(job, group, [{"input_ids": ex[f"{side}_input_ids"]} for ex in examples])[:, 0] for side in ("chosen", "rejected"))
+        return accuracy_by_kind(rows, chosen, rejected)
+
+    return extra
+
+
 def regression_eval(job: Job, names: Sequence[str], weights: dict[str, float]) -> Callable[[LearnerGroup, int], dict[str, float]]:
     """The regression eval extras: mean-prediction baselines and the same-prompt pairwise accuracy."""
     train = torch.tensor([ex["attributes"] for ex in job.data.train.examples], dtype=torch.float64)
@@ -134,7 +163,7 @@ def run(loaded: LoadedRecipe, resume: bool = False) -> int:
                            "Remove rm.attributes or set rm.objective=regression")  # fmt: skip
         names, weights = ("reward",), {"reward": 1.0}
         job = prepare_job(loaded, "preference")
-        objective, units, summarize, extra = BradleyTerryObjective(s.center_rewards_coefficient), count_pairs, per_pair_means, None
+        objective, units, summarize, extra = BradleyTerryObjective(s.center_rewards_coefficient), count_pairs, per_pair_means, pair_kind_eval(job)
     console.print(f"[bold]align rm[/] {loaded.name}: {s.objective}, outputs {', '.join(names)}; "
                   + ", ".join(f"{k} {v}" for k, v in job.stats.items()))  # fmt: skip
     head = lambda folder: write_head_info(folder, names, weights)  # noqa: E731 - final/ and every checkpoint's hf/

@@ -232,11 +232,6 @@ def _check_rl(r: RLRecipe) -> Iterator[Problem]:
     if not r.envs:
         yield Problem(("envs",), "envs is empty: list at least one environment, e.g. envs=[{name: math}]")
     yield from _check_async(r)
-    names = [e.name for e in r.envs]
-    for i, spec in enumerate(r.rewards):  # a reward limited to some environments (the genrm reward's params.envs)
-        unknown = [e for e in spec.params.get("envs") or () if e not in names]
-        if unknown:
-            yield Problem((f"rewards.{i}.params.envs",), f"rewards.{i} ({spec.name}) params.envs names {unknown}, which are not among the recipe's envs {names}")
     for key in ("budgets", "eval_budgets"):
         for i, b in enumerate(getattr(r.reasoning, key)):
             if b < 1:

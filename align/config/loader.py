@@ -284,13 +284,15 @@ def _check_plugins(recipe: BaseModel, path: Path) -> None:
     if not isinstance(recipe, RLRecipe):
         return
     from align.errors import AlignError as _Err
+    from align.plugins import RECIPE_ENVS
     from envs.registry import ENVS
     from rewards.registry import REWARDS
 
+    context = {RECIPE_ENVS: [e.name for e in recipe.envs]}  # e.g. the genrm reward's params.envs are checked against it
     for registry, key, specs in ((ENVS, "envs", recipe.envs), (REWARDS, "rewards", recipe.rewards)):
         for i, spec in enumerate(specs):
             try:
-                registry.validate_params(spec.name, spec.params)
+                registry.validate_params(spec.name, spec.params, context)
             except _Err as e:
                 raise RecipeError(f"{path}: {key}.{i} ({spec.name}): {e}") from None
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from align.data.generated import split_counts
 from envs.base import Message, SelfCheck, StepResult, Task, TaskSource, task_source
-from envs.registry import make_env
+from envs.registry import ENVS, make_env
 
 PAIR_KINDS = ("wrong", "padded")
 FILLER = (
@@ -54,7 +54,7 @@ class ChatParams(BaseModel):
     @model_validator(mode="after")
     def _check_sources(self) -> "ChatParams":
         for name, params in self.source_params.items():
-            make_env(name, params)  # a bad field raises, naming the source's params model and field
+            ENVS.validate_params(name, params)  # a bad field raises, naming the source and field; ChatEnv.source builds it
         return self
 
 

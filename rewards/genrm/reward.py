@@ -39,8 +39,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from align.plugins import RECIPE_ENVS, PluginParamsError
 from rewards.base import RewardInput
 from rewards.genrm.compare import LengthControl, aggregate, comparisons
 from rewards.genrm.gate import gate_stats, verifier_gate
@@ -69,6 +70,16 @@ class GenRMParams(BaseModel):
     gpu_memory_utilization: float = Field(0.1, gt=0, le=1)
     seed: int = 0
 
+    @field_validator("envs")
+    @classmethod
+    def _recipe_has_envs(cls, envs: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        """At recipe load (the context names the recipe's environments), ``envs`` must be among them."""
+        names = (info.context or {}).get(RECIPE_ENVS)
+        unknown = [e for e in envs or () if names is not None and e not in names]
+        if unknown:
+            raise ValueError(f"names {unknown}, which are not among the recipe's envs {names}: name some of those, or null for all")
+        return envs
+
 
 class GenRMReward:
     """Circular-comparison rewards from a trained GenRM (see the module docstring)."""
@@ -78,8 +89,6 @@ class GenRMReward:
     Params: ClassVar[type[BaseModel]] = GenRMParams
 
     def __init__(self, params: GenRMParams) -> None:
-        from align.plugins import PluginParamsError
-
         if not (Path(params.path) / "config.json").is_file():
             raise PluginParamsError(
                 f"genrm: no judge model at '{params.path}' (expected an HF folder with config.json); "

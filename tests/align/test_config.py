@@ -92,10 +92,42 @@ def test_typo_in_list_item(tmp_path: Path) -> None:
         load_recipe(str(bad))
 
 
-def test_reward_limited_to_an_unknown_env_is_refused() -> None:
-    with pytest.raises(RecipeError, match=r"rewards.0 \(genrm\) params.envs names \['chta'\].*envs \['chat'\]"):
+def test_reward_limited_to_an_unknown_env_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """The genrm reward's params.envs must name the recipe's environments: exit 2, naming the field."""
+    with pytest.raises(RecipeError, match=r"rewards.0 \(genrm\)(.|\n)*envs: .*\['chta'\].*envs \['chat'\]"):
         load_recipe("tiny-rlhf", ["rewards.0.params.envs=[chta]"])
     assert load_recipe("tiny-rlhf", ["rewards.0.params.envs=[chat]"]).recipe.rewards[0].params["envs"] == ["chat"]
+    monkeypatch.chdir(tmp_path)
+    assert main(["rl", "--recipe", "tiny-rlhf", "rewards.0.params.envs=[chta]"]) == 2
+    err = capsys.readouterr()
+    assert "rewards.0 (genrm)" in err.out + err.err and "envs: names ['chta']" in err.out + err.err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_envs_param_of_another_reward_is_its_own_business(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the genrm reward checks params.envs against the recipe; another reward's `envs` means what it says."""
+    from pydantic import BaseModel
+
+    from rewards.registry import REWARDS
+
+    class EnvelopeParams(BaseModel):
+        envs: list[str] = []  # envelope sizes, not environments
+
+    class Envelope:
+        name = "envelope"
+        description = "a reward whose params have a key `envs` of its own"
+        Params = EnvelopeParams
+
+        def __init__(self, params: EnvelopeParams) -> None:
+            self.params = params
+
+        def score(self, batch: list) -> list[float | None]:  # pragma: no cover - never run, only validated
+            return [0.0 for _ in batch]
+
+    monkeypatch.setattr(REWARDS, "_explicit", {})
+    REWARDS.register(Envelope)
+    loaded = load_recipe("tiny-rlhf", ["rewards=[{name: envelope, params: {envs: [C5, DL]}}]"])
+    assert loaded.recipe.rewards[0].params == {"envs": ["C5", "DL"]}
 
 
 def test_cli_typo_exits_2_and_creates_no_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:

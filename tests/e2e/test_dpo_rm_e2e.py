@@ -119,7 +119,8 @@ def test_bradley_terry_rm_skips_bad_rows_and_beats_chance(start: Path, tmp_path:
     train, evals = _pairs(480, 160)
     bad = [{"prompt": "hi", "chosen": "same", "rejected": "same"}, {"prompt": "hi", "chosen": ""}, {"chosen": "x", "rejected": "y"}]
     data = _write_jsonl(tmp_path / "pairs.jsonl", bad[:1] + train[:200] + bad[1:] + train[200:])
-    eval_data = _write_jsonl(tmp_path / "eval.jsonl", evals)
+    # A pair_kind on the held-out rows (here: alternating labels) gets its own accuracy, as the chat family's pairs do.
+    eval_data = _write_jsonl(tmp_path / "eval.jsonl", [{**r, "pair_kind": "ab"[i % 2]} for i, r in enumerate(evals)])
     out = tmp_path / "rm"
     code = main(["rm", "--recipe", "tiny-rm", f"init_from={start}", f"output_dir={out}", *SMALL,
                  f"data.path={data}", f"data.eval_path={eval_data}", "data.on_bad_row=skip", "learner.lr=1e-3",
@@ -133,6 +134,8 @@ def test_bradley_terry_rm_skips_bad_rows_and_beats_chance(start: Path, tmp_path:
     # held-out pairs; about 110 once pairs that training also has are dropped) is above 0.5.
     low = last["accuracy"] - 1.96 * (last["accuracy"] * (1 - last["accuracy"]) / n) ** 0.5
     assert last["step"] == 100 and n >= 80 and low > 0.5, (last, n)
+    # The same pairs' scores in two parts: the overall accuracy is a weighted mean of the two.
+    assert min(last["accuracy_a"], last["accuracy_b"]) - 0.01 <= last["accuracy"] <= max(last["accuracy_a"], last["accuracy_b"]) + 0.01, last
     info = json.loads((out / "final" / "reward_head.json").read_text())
     assert info["attribute_names"] == ["reward"] and (out / "final" / "model.safetensors").is_file()
 

@@ -92,3 +92,23 @@ def test_source_params_reach_the_sources() -> None:
     assert len({t.meta["source_task"]["meta"]["grade"] for t in ChatEnv().generate(60, seed=0)}) > 1
     with pytest.raises(ValueError, match=r"grade_weights names grades \[9\]"):
         ChatParams(source_params={"math": {"grade_weights": {9: 1}}})
+
+
+def test_source_params_are_validated_without_building_the_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ChatParams checks each source's params with its params model; the env builds each source once, when used."""
+    from envs.registry import ENVS
+
+    math_cls, built = ENVS.get_class("math"), []
+    init = math_cls.__init__
+
+    def counting_init(self, *args, **kwargs) -> None:
+        built.append(1)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(math_cls, "__init__", counting_init)
+    params = ChatParams(source_params={"math": {"grade_weights": {1: 1}}})
+    assert built == []
+    env = ChatEnv(params)
+    env.generate(4, seed=0)
+    env.generate(4, seed=1)
+    assert built == [1]
