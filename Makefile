@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # Caches live inside the project so reruns are fast and nothing leaks into $HOME; the one
-# exception is DeepSpeed's CPU comm op, built once per user into ~/.cache/align/torch_extensions
+# exception is DeepSpeed's CPU comm op, built once per user and venv under ~/.cache/align/torch_extensions
 # (align.learner.ds_build), where the `align` command finds it however it is started.
 export PIP_CACHE_DIR := $(CURDIR)/.cache/pip
 export HF_HOME := $(CURDIR)/.cache/huggingface

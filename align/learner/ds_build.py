@@ -10,8 +10,8 @@ not only on the first build, so a finished build does not help.
 
 What align does about it:
 
-- the build lives in one per-user cache, ``$TORCH_EXTENSIONS_DIR`` if set, else
-  ``$XDG_CACHE_HOME/align/torch_extensions`` (``~/.cache/align/torch_extensions``), whichever
+- the build lives in one per-user cache, ``$TORCH_EXTENSIONS_DIR`` if set, else a folder per
+  Python environment under ``~/.cache/align/torch_extensions`` (``$XDG_CACHE_HOME``), whichever
   way align is started (:func:`use_align_cache`, called by the CLI and by ``init_ray`` so Ray
   actors get the same folder);
 - ``make install`` builds it (``python -m align.learner.ds_build``), and the driver builds it
@@ -27,6 +27,7 @@ build there, bounded by ``cluster.setup_timeout_s``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import time
@@ -44,8 +45,16 @@ class StaleBuildLock(AlignError, RuntimeError):
 
 
 def default_extensions_dir() -> Path:
+    """``<cache>/align/torch_extensions/<python>-<environment>``: one build per Python environment.
+
+    torch rebuilds an op whose build file changed, and the build file names the sources by their
+    path inside the environment's DeepSpeed. Two environments that shared one folder (a second
+    clone's ``.venv``, a conda env beside a venv) therefore each rebuilt it, for about 90 s, in
+    their next job's learner set-up, after ``make install`` had seen a built op and skipped it.
+    """
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "align" / "torch_extensions"
+    environment = hashlib.sha1(os.path.realpath(sys.prefix).encode()).hexdigest()[:10]
+    return Path(cache) / "align" / "torch_extensions" / f"{sys.implementation.cache_tag}-{environment}"
 
 
 def use_align_cache() -> Path:

@@ -15,9 +15,20 @@ from align.learner import ds_build
 def test_cache_defaults_to_align_per_user_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert ds_build.use_align_cache() == tmp_path / "align" / "torch_extensions"
-    assert os.environ["TORCH_EXTENSIONS_DIR"] == str(tmp_path / "align" / "torch_extensions")
-    assert ds_build.build_dir() == tmp_path / "align" / "torch_extensions" / "deepspeed_shm_comm"
+    folder = ds_build.use_align_cache()
+    assert folder.parent == tmp_path / "align" / "torch_extensions"
+    assert os.environ["TORCH_EXTENSIONS_DIR"] == str(folder)
+    assert ds_build.build_dir() == folder / "deepspeed_shm_comm"
+
+
+def test_each_python_environment_builds_in_its_own_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A second venv's DeepSpeed has its sources elsewhere: sharing one build folder made each rebuild it."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    here = ds_build.default_extensions_dir()
+    assert ds_build.default_extensions_dir() == here  # stable: the same environment finds its build
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "other-venv"))
+    assert ds_build.default_extensions_dir() != here
+    assert ds_build.default_extensions_dir().parent == here.parent
 
 
 def test_a_users_folder_wins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
