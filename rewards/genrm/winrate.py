@@ -63,6 +63,8 @@ def win_rate(judge_items: Any, start: Sequence[Trajectory], final: Sequence[Traj
         "win_rate_ci95_low": low,
         "win_rate_ci95_high": high,
         "ties": float(outcomes.count(0.5)),
+        # Greedy answers the RL run left unchanged: the judge sees the same text twice, a tie by construction.
+        "identical_answers": float(sum(s.completion == f.completion for s, f in pairs)),
         "prompts": float(n),
         "prompts_unjudged": float(n - judged),
         "length_start": mean([s.num_policy_tokens for s, _ in pairs]),

@@ -195,6 +195,7 @@ def test_win_rate_by_hand_with_its_interval() -> None:
     out = winrate.win_rate(judge_items, start, final)
     # t0 win (1), t1 loss (0), t2 tie (0.5), t3 unjudged: 1.5 / 3; outcomes [1, 0, 0.5]: sd 0.5, se 0.2887, half-width 0.5658.
     assert out["win_rate"] == 0.5 and out["prompts"] == 4 and out["prompts_unjudged"] == 1 and out["ties"] == 1
+    assert out["identical_answers"] == 1  # t2: the same text from both policies
     assert out["win_rate_ci95_low"] == pytest.approx(0.5 - 0.5658, abs=1e-4) and out["win_rate_ci95_high"] == pytest.approx(1.0658, abs=1e-4)
     assert (out["length_start"], out["length_final"]) == (12.0, 7.0)
     assert (out["verifier_accuracy_start"], out["verifier_accuracy_final"]) == (0.5, 1.0)
