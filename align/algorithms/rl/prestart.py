@@ -9,8 +9,8 @@ early, and the job (``align.algorithms.jobs.run_rl``) spawns them before it impo
   groups and the engine's class, which import no torch, then torch and the learner's model code)
   and, once the engines' part is imported, lets :meth:`Prestart.spawn_engines` go: that runs on
   Ray's start thread right after ``ray.init`` (``align.ray_start.begin``), so the engines start
-  as soon as Ray is up (their part takes 0.6-1 s, Ray 3-5 s), while the main thread goes on
-  importing;
+  as soon as Ray is up (their part imports in 0.6-0.8 s at load 7, with torch it took
+  3.4-5.0 s; Ray takes 4-7 s), while the main thread goes on importing;
 - :meth:`Prestart.spawn_learners`, on the main thread, waits for Ray and spawns the learners.
 
 Only the main thread imports: the spawn on Ray's thread uses modules already imported and Ray's
