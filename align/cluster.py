@@ -15,8 +15,6 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from align.actor_errors import check_max_model_len
 from align.config.schema import ClusterConfig, LearnerConfig, RolloutConfig
 from align.errors import AlignError
@@ -26,6 +24,8 @@ from align.setup_wait import Step, deadline_in, wait_setup
 from align.weights import from_wire, to_wire
 
 if TYPE_CHECKING:
+    import torch  # the driver spawns the engines before it imports torch (align/algorithms/rl/prestart.py)
+
     from align.learner.engine import MicroBatch, Objective
 
 LOCAL_HOST = "127.0.0.1"

@@ -11,13 +11,22 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-# dtypes NumPy cannot hold, sent as same-width integers
-_VIEW_AS = {torch.bfloat16: torch.int16, torch.float8_e4m3fn: torch.uint8, torch.float8_e5m2: torch.uint8}
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where it is used: an RL job picks its engines' dtype (inference_dtype) before
+# it imports torch, so that its engines spawn as soon as Ray is up (align/algorithms/rl/prestart.py).
+
+
+def _int_view(dtype: torch.dtype) -> torch.dtype | None:
+    """The same-width integer dtype a tensor of a dtype NumPy cannot hold travels as; None for the others."""
+    import torch
+
+    return {torch.bfloat16: torch.int16, torch.float8_e4m3fn: torch.uint8, torch.float8_e5m2: torch.uint8}.get(dtype)
 
 Wire = dict[str, tuple[np.ndarray, str]]
 
@@ -27,7 +36,7 @@ def to_wire(state_dict: Mapping[str, torch.Tensor]) -> Wire:
     out: Wire = {}
     for name, t in state_dict.items():
         t = t.detach().cpu().contiguous()
-        view = _VIEW_AS.get(t.dtype)
+        view = _int_view(t.dtype)
         out[name] = ((t.view(view) if view is not None else t).numpy(), str(t.dtype).removeprefix("torch."))
     return out
 
@@ -35,6 +44,8 @@ def to_wire(state_dict: Mapping[str, torch.Tensor]) -> Wire:
 def from_wire(wire: Mapping[str, tuple[np.ndarray, str]]) -> dict[str, torch.Tensor]:
     """Tensors over the arrays (no copy). Arrays from Ray's object store are read-only: the
     tensors must only be read (vLLM's weight loader copies them into its own parameters)."""
+    import torch
+
     out: dict[str, torch.Tensor] = {}
     for name, (array, dtype) in wire.items():
         with warnings.catch_warnings():
@@ -60,4 +71,6 @@ def inference_dtype(precision: str = "auto") -> str:
         return "bfloat16"
     if precision == "fp32":
         return "float32"
+    import torch
+
     return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"

@@ -30,9 +30,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from functools import partial
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from align.quiet import verbose
 from align.startup import imports_without_gc
@@ -40,6 +38,9 @@ from align.weights import from_wire, is_wire
 from rollout.engine_loop import Running, StepLoop
 from rollout.routing import RoutingRecorder, install_recorder, moe_layer_indices, pad_routes, recorder
 from rollout.types import GenOutput, GenRequest
+
+if TYPE_CHECKING:
+    import torch  # imported with vLLM: the driver imports this module before torch (align/algorithms/rl/prestart.py)
 
 
 class VLLMEngine:
@@ -383,6 +384,7 @@ def _build_llm(llm_kwargs: dict[str, Any]) -> Any:
     ``freeze_gc_heap``) no longer walk the millions of objects torch and vLLM hold (0.3-0.5 s of
     an engine start on CPU).
     """
+    import torch
     import vllm
     from vllm.platforms import current_platform
 

@@ -4,6 +4,8 @@ the spawn below is refused by RolloutGroup's own check (routed experts asked of 
 MoE layers) before any actor would start."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,3 +45,18 @@ def test_a_spawn_error_is_raised_by_take_in_the_driver(tmp_path: Path, checkpoin
     assert pre.rollout is None and pre.learners is None
     with pytest.raises(ClusterError, match="no MoE layers"):
         pre.take()
+
+
+def test_the_engines_spawn_needs_no_torch_for_an_explicit_precision() -> None:
+    """What the engines' spawn imports (the actor groups, the engine's class, the dtype) leaves torch
+    unimported, so the spawn goes the moment Ray is up while the main thread imports torch; "auto"
+    asks torch whether a bf16 GPU is there. In a fresh interpreter: this one has torch already."""
+    script = (
+        "import sys\n"
+        "import align.cluster, rollout.engine\n"
+        "from align.weights import inference_dtype\n"
+        "print(inference_dtype('fp32'), inference_dtype('bf16'), 'torch' in sys.modules)\n"
+        "print(inference_dtype('auto') in ('float32', 'bfloat16'), 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split("\n")[:2] == ["float32 bfloat16 False", "True True"], out.stderr[-2000:]

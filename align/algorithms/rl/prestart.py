@@ -6,10 +6,11 @@ data and Ray start (4-8 s). Now :func:`plan` decides from the recipe whether the
 early, and the job (``align.algorithms.jobs.run_rl``) spawns them before it imports its driver:
 
 - :meth:`Prestart.import_modules`, on the main thread, imports what the spawns use (the actor
-  groups, torch, the learner's model code) and, once the engines' part is imported, lets
-  :meth:`Prestart.spawn_engines` go: that runs on Ray's start thread right after ``ray.init``
-  (``align.ray_start.begin``), so the engines start as soon as both Ray and those modules are
-  ready, while the main thread goes on importing;
+  groups and the engine's class, which import no torch, then torch and the learner's model code)
+  and, once the engines' part is imported, lets :meth:`Prestart.spawn_engines` go: that runs on
+  Ray's start thread right after ``ray.init`` (``align.ray_start.begin``), so the engines start
+  as soon as Ray is up (their part imports in 0.6-0.8 s at load 7, with torch it took
+  3.4-5.0 s; Ray takes 4-7 s), while the main thread goes on importing;
 - :meth:`Prestart.spawn_learners`, on the main thread, waits for Ray and spawns the learners.
 
 Only the main thread imports: the spawn on Ray's thread uses modules already imported and Ray's
@@ -59,6 +60,7 @@ class Prestart:
         self.rollout: RolloutGroup | None = None
         self.learners: LearnerGroup | None = None
         self.error: BaseException | None = None
+        self.dtype = ""  # the engines' vLLM dtype, set by import_modules
         self._engine_modules = threading.Event()  # set by import_modules: spawn_engines may run
         self._engines_done = threading.Event()
 
@@ -66,8 +68,12 @@ class Prestart:
         """On the main thread: the modules both spawns use; the engines' spawn waits for the first."""
         try:
             import align.cluster
-            import align.weights  # noqa: F401 - torch, for inference_dtype
             import rollout.engine  # noqa: F401 - the engine actor's class
+            from align.weights import inference_dtype
+
+            # Neither module imports torch, nor does this for an explicit precision: the engines
+            # then spawn the moment Ray is up, while torch loads here. "auto" asks torch for a GPU.
+            self.dtype = inference_dtype(self.recipe.learner.precision)
         finally:
             self._engine_modules.set()  # on an error too: the spawn then meets it and keeps it for take()
         import align.learner.engine  # noqa: F401 - the learner actor's class (transformers, DeepSpeed)
@@ -79,10 +85,9 @@ class Prestart:
         self.started_at = time.time()
         try:
             from align.cluster import RolloutGroup
-            from align.weights import inference_dtype
 
             self.rollout = RolloutGroup(r.cluster, engine_max_num_seqs(r), str(Path(str(r.init_from))), r.seed,
-                                        dtype=inference_dtype(r.learner.precision), wait=False)  # fmt: skip
+                                        dtype=self.dtype, wait=False)  # fmt: skip
         except BaseException as e:  # noqa: BLE001 - raised by take(), in the driver
             self.error = e
         finally:
