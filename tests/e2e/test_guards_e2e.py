@@ -51,7 +51,7 @@ class AlwaysRaises(MathEnv):
 
 register_env(AlwaysRaises)
 run = driver.run
-driver.run = lambda loaded, resume=False: run(loaded, resume, in_process=True)  # no Ray: one learner, one engine
+driver.run = lambda loaded, resume=False, prestart=None: run(loaded, resume, in_process=True)  # no Ray: one learner, one engine (init_from=null: nothing prestarted)
 sys.exit(cli.main(["rl", "--recipe", "nano3-multienv-tiny", *sys.argv[1:]]))
 """
 
