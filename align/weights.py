@@ -9,6 +9,7 @@ travels as its bytes reinterpreted as a same-width integer, with its dtype name 
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -22,11 +23,12 @@ if TYPE_CHECKING:
 # it imports torch, so that its engines spawn as soon as Ray is up (align/algorithms/rl/prestart.py).
 
 
-def _int_view(dtype: torch.dtype) -> torch.dtype | None:
-    """The same-width integer dtype a tensor of a dtype NumPy cannot hold travels as; None for the others."""
+@functools.cache
+def _int_views() -> dict[torch.dtype, torch.dtype]:
+    """The same-width integer dtype each dtype NumPy cannot hold travels as (built once, on first use)."""
     import torch
 
-    return {torch.bfloat16: torch.int16, torch.float8_e4m3fn: torch.uint8, torch.float8_e5m2: torch.uint8}.get(dtype)
+    return {torch.bfloat16: torch.int16, torch.float8_e4m3fn: torch.uint8, torch.float8_e5m2: torch.uint8}
 
 Wire = dict[str, tuple[np.ndarray, str]]
 
@@ -36,7 +38,7 @@ def to_wire(state_dict: Mapping[str, torch.Tensor]) -> Wire:
     out: Wire = {}
     for name, t in state_dict.items():
         t = t.detach().cpu().contiguous()
-        view = _int_view(t.dtype)
+        view = _int_views().get(t.dtype)
         out[name] = ((t.view(view) if view is not None else t).numpy(), str(t.dtype).removeprefix("torch."))
     return out
 

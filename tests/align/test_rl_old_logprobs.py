@@ -41,15 +41,20 @@ def _loss_and_grads(model: nn.Module, mb: dict[str, torch.Tensor]) -> tuple[floa
     return float(loss.detach()), stats, [p.grad.clone() for p in model.parameters()]
 
 
+def _with_separate_pass(model: nn.Module, mb: dict[str, torch.Tensor], shift: float = 0.0) -> dict[str, torch.Tensor]:
+    """``mb`` with ``old_logprobs`` from a no-grad pass, as the driver's separate pass gives them, plus ``shift``."""
+    out = dict(mb)
+    with torch.no_grad():
+        out["old_logprobs"] = TokenLogprobs()(model, out) + shift
+    return out
+
+
 def test_in_step_old_logprobs_match_the_separate_pass() -> None:
     torch.manual_seed(0)
     model = ToyLM()
     mb = _batch()
     loss_in_step, stats_in_step, grads_in_step = _loss_and_grads(model, dict(mb))
-
-    separate = dict(mb)
-    with torch.no_grad():
-        separate["old_logprobs"] = TokenLogprobs()(model, separate)
+    separate = _with_separate_pass(model, mb)
     loss_sep, stats_sep, grads_sep = _loss_and_grads(model, separate)
 
     assert loss_in_step == pytest.approx(loss_sep, abs=1e-6) and loss_sep != 0.0
@@ -69,10 +74,7 @@ def test_a_stale_old_logprob_changes_the_loss() -> None:
     model = ToyLM()
     mb = _batch()
     loss_in_step, _, _ = _loss_and_grads(model, dict(mb))
-    stale = dict(mb)
-    with torch.no_grad():
-        stale["old_logprobs"] = TokenLogprobs()(model, stale) - 0.5  # the policy has since moved up by e^0.5
-    loss_stale, _, _ = _loss_and_grads(model, stale)
+    loss_stale, _, _ = _loss_and_grads(model, _with_separate_pass(model, mb, shift=-0.5))  # the policy has since moved up by e^0.5
     assert abs(loss_stale - loss_in_step) > 1e-3
 
 
