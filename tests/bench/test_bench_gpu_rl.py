@@ -43,3 +43,15 @@ def test_scaling_efficiency_by_hand() -> None:
     got = {line["side"]: line["efficiency"] for line in bench.scaling(entries, [2, 4, 8])}
     assert got == pytest.approx({"align": 0.85, "trl": 0.85})
     assert bench.scaling({"llama-8b": _entry(1.0)}, [8]) == []  # one size: nothing to compare
+
+
+def test_side_modifiers_reach_the_recipe(tmp_path) -> None:
+    s = bench.side_settings(bench.Settings(profile_step=3), "align-compile-mb32")
+    r = load_recipe(str(bench.align_recipe(tmp_path / "ckpt", "llama-1b", s, tmp_path / "run")), [], job="rl").recipe
+    assert (r.learner.compile, r.learner.micro_batch_size_per_device) == (True, 32)
+    assert r.grpo.max_seq_logprob_error is None  # no oldpass modifier
+    assert r.learner.profile is not None and (r.learner.profile.steps, r.learner.profile.dir) == ([3], str(tmp_path / "run" / "profile"))
+    assert bench.side_settings(bench.Settings(), "align-oldpass").old_pass
+    assert bench.side_settings(bench.Settings(), "trl") == bench.Settings()
+    with pytest.raises(ValueError, match="unknown modifier 'fast'"):
+        bench.side_settings(bench.Settings(), "align-fast")
