@@ -395,9 +395,10 @@ def gpu_name() -> str:
 def summarize(res: dict[str, Any], s: Settings, prompt_tokens: float, n_body: int, peak: float | None) -> dict[str, Any]:
     """Medians after warm-up, and the per-GPU throughputs and MFU they imply."""
     w = s.warmup
+    skip = s.profile_step - 1 if s.profile_step and res.get("side") == "align" else -1  # the profiled step runs slower
 
     def med(key: str) -> float | None:
-        xs = res.get(key, [])[w:] or res.get(key, [])
+        xs = [x for i, x in enumerate(res.get(key, [])) if i >= w and i != skip] or res.get(key, [])
         return statistics.median(xs) if xs else None
 
     gpus = s.gpus if s.gpu else 1

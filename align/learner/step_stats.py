@@ -51,6 +51,7 @@ def step_profile(cfg: ProfileConfig | None, rank: int, step: int) -> Iterator[No
     if cfg is None or step not in cfg.steps:
         yield
         return
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     cuda = torch.cuda.is_available()
@@ -67,6 +68,7 @@ def step_profile(cfg: ProfileConfig | None, rank: int, step: int) -> Iterator[No
     stem = out / f"learner{rank}_step{step}"
     stem.with_suffix(".txt").write_text(events.table(sort_by=sort, row_limit=50))
     prof.export_chrome_trace(str(stem) + ".json.gz")
-    busy = sum(getattr(e, "self_device_time_total", 0.0) for e in events) / 1e6 if cuda else float("nan")
+    # The device's kernels and copies, each counted once (the operator rows above also carry them).
+    busy = sum(e.time_range.elapsed_us() for e in prof.events() if e.device_type == DeviceType.CUDA) / 1e6 if cuda else float("nan")
     print(f"learner {rank}: profiled step {step}: wall {wall:.3f} s, device kernels {busy:.3f} s"
           f" ({busy / wall:.0%} busy); {stem}.txt", flush=True)  # fmt: skip

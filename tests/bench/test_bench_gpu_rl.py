@@ -55,3 +55,11 @@ def test_side_modifiers_reach_the_recipe(tmp_path) -> None:
     assert bench.side_settings(bench.Settings(), "trl") == bench.Settings()
     with pytest.raises(ValueError, match="unknown modifier 'fast'"):
         bench.side_settings(bench.Settings(), "align-fast")
+
+
+def test_the_profiled_step_is_left_out_of_the_medians() -> None:
+    res = {"side": "align", "step_times_s": [9.0, 1.0, 5.0, 1.2], "time_learner_s": [5.0, 0.5, 3.0, 0.7]}
+    got = bench.summarize(res, bench.Settings(warmup=1, profile_step=3), 40.0, 1000, None)
+    assert (got["step_s"], got["learner_s"]) == (pytest.approx(1.1), pytest.approx(0.6))  # steps 2 and 4
+    plain = bench.summarize(res, bench.Settings(warmup=1), 40.0, 1000, None)
+    assert plain["step_s"] == 1.2  # median of steps 2-4
