@@ -102,6 +102,7 @@ class Settings:
     compile: bool = False  # align's learner.compile (side align-compile)
     old_pass: bool = False  # side align-oldpass: old log-probs in a pass of their own, as before 7cc6de2
     gpus: int = 1  # colocated: a learner and an engine on each; separate: half learners, half engines
+    profile_step: int = 0  # >0: align's learners record this train step with torch.profiler (learner.profile)
     zero: int = 0  # the learners' ZeRO stage (align learner.zero_stage; TRL through accelerate's DeepSpeed plugin)
 
     @property
@@ -194,7 +195,7 @@ output_dir: {out}
 init_from: {ckpt}
 model: {{arch: {POLICIES[policy]['arch']}, dtype: {'bfloat16' if gpu else 'float32'}, tiny: {{max_position_embeddings: {max(4096, max_len)}}}}}
 cluster: {{num_learners: {s.engines}, gpus_per_learner: {learner_gpu}, num_rollout_engines: {s.engines}, gpus_per_rollout_engine: {engine_gpu}}}
-learner: {{zero_stage: {s.zero}, micro_batch_size_per_device: {s.micro_batch}, lr: {s.lr}, lr_schedule: constant, warmup_steps: 0, precision: {'bf16' if gpu else 'fp32'}, gradient_checkpointing: false, max_seq_len: {max_len}, compile: {str(s.compile).lower()}}}
+learner: {{zero_stage: {s.zero}, micro_batch_size_per_device: {s.micro_batch}, lr: {s.lr}, lr_schedule: constant, warmup_steps: 0, precision: {'bf16' if gpu else 'fp32'}, gradient_checkpointing: false, max_seq_len: {max_len}, compile: {str(s.compile).lower()}{f", profile: {{steps: [{s.profile_step}], dir: {out / 'profile'}}}" if s.profile_step else ""}}}
 checkpoint: {{every_steps: {s.steps + 1}, keep_last: 1}}
 rollout:
   gpu_memory_utilization: {0.35 if gpu else 0.1}
@@ -230,14 +231,22 @@ grpo:
 
 
 def side_settings(s: Settings, side: str) -> Settings:
-    """A side's settings: ``align`` as given, ``align-asyncN`` align's async GRPO at max staleness N, ``align-compile``
-    align with ``learner.compile``, ``align-oldpass`` align with the separate old-log-prob pass, ``trl`` as given."""
-    if side == "align-compile":
-        return replace(s, compile=True)
-    if side == "align-oldpass":  # a masking threshold no sequence reaches: the same update, plus the separate pass
-        return replace(s, old_pass=True)
+    """A side's settings: ``align`` as given; ``align-asyncN`` align's async GRPO at max staleness N; otherwise
+    ``align`` plus modifiers joined by ``-``: ``compile`` (learner.compile), ``oldpass`` (the separate
+    old-log-prob pass) and ``mbN`` (micro-batches of N sequences), e.g. ``align-compile-mb32``; ``trl`` as given."""
     if side.startswith("align-async"):
         return replace(s, mode="async", max_staleness=int(side.removeprefix("align-async") or 1))
+    if not side.startswith("align"):
+        return s
+    for mod in side.split("-")[1:]:
+        if mod == "compile":
+            s = replace(s, compile=True)
+        elif mod == "oldpass":  # a masking threshold no sequence reaches: the same update, plus the separate pass
+            s = replace(s, old_pass=True)
+        elif mod.startswith("mb") and mod[2:].isdigit():
+            s = replace(s, micro_batch=int(mod[2:]))
+        else:
+            raise ValueError(f"side {side!r}: unknown modifier {mod!r} (compile, oldpass, mbN)")
     return s
 
 
@@ -258,6 +267,7 @@ def run_align(ckpt: Path, policy: str, s: Settings, out: Path, timeout_s: float)
         res[key] = [float(r[key]) for r in train if key in r]
     res["step_times_s"] = res["time_step_s"]
     res["completion_tokens"] = [float(r.get("math/length", float("nan"))) for r in train]
+    res["profile"] = sorted(str(p) for p in (out / "profile").glob("*.txt"))  # --profile-step: one table per learner
     return res
 
 
@@ -385,9 +395,10 @@ def gpu_name() -> str:
 def summarize(res: dict[str, Any], s: Settings, prompt_tokens: float, n_body: int, peak: float | None) -> dict[str, Any]:
     """Medians after warm-up, and the per-GPU throughputs and MFU they imply."""
     w = s.warmup
+    skip = s.profile_step - 1 if s.profile_step and res.get("side") == "align" else -1  # the profiled step runs slower
 
     def med(key: str) -> float | None:
-        xs = res.get(key, [])[w:] or res.get(key, [])
+        xs = [x for i, x in enumerate(res.get(key, [])) if i >= w and i != skip] or res.get(key, [])
         return statistics.median(xs) if xs else None
 
     gpus = s.gpus if s.gpu else 1
@@ -423,7 +434,9 @@ def scaling(entries: dict[str, Any], gpu_counts: list[int]) -> list[dict[str, An
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--policies", default="llama-1b,hybrid-1b")
-    ap.add_argument("--sides", default="align,trl", help="align, trl, vllm (bare vLLM generating one engine's requests), align-compile (learner.compile), align-oldpass (old log-probs in a pass of their own), and align-asyncN: align's async GRPO at max staleness N (separate placement)")
+    ap.add_argument("--sides", default="align,trl", help="align, trl, vllm (bare vLLM generating one engine's requests), align with modifiers (align-compile: learner.compile; "
+                    "align-oldpass: old log-probs in a pass of their own; align-mbN: micro-batches of N; e.g. align-compile-mb32), "
+                    "and align-asyncN: align's async GRPO at max staleness N (separate placement)")
     ap.add_argument("--placement", choices=["colocated", "separate"], default="colocated")
     ap.add_argument("--gpus", default="", help="GPUs of this node to use, or a list run in turn for scaling (2,4,8); default 1 colocated, "
                     "2 separate; --prompts is per engine")
@@ -440,6 +453,8 @@ def main() -> int:
                          "with --vocab V stops with probability about 1/V per token: geometric, long-tailed lengths up to --new-tokens)")
     ap.add_argument("--vocab", type=int, default=4096, help="the tokenizer's vocabulary size (natural lengths: mean about this many tokens)")
     ap.add_argument("--micro-batch", type=int, default=8)
+    ap.add_argument("--profile-step", type=int, default=0, help="align sides: torch.profiler on this train step of each learner "
+                    "(learner.profile); tables in each run's profile/ folder, summed up in the log")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=900, help="seconds per run before it is killed and recorded as an error")
     ap.add_argument("--quick", action="store_true", help="CPU smoke run: the tiny policy, 2 steps, TRL with transformers generate")
@@ -468,7 +483,7 @@ def main() -> int:
         args.policies, args.steps, args.warmup, args.prompts, args.generations, args.new_tokens, args.micro_batch = "tiny", 2, 1, 2, 4, 32, 8
     s = Settings(steps=args.steps, warmup=args.warmup, prompts=args.prompts, generations=args.generations, new_tokens=args.new_tokens,
                  micro_batch=args.micro_batch, gpu=not args.quick, placement=args.placement, gpus=gpu_counts[0], zero=args.zero, vocab_size=1024 if args.quick else args.vocab,
-                 mode=args.mode, max_staleness=args.max_staleness, lengths=args.lengths)  # fmt: skip
+                 mode=args.mode, max_staleness=args.max_staleness, lengths=args.lengths, profile_step=args.profile_step)  # fmt: skip
     from rich.console import Console
     from rich.table import Table
 

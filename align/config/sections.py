@@ -110,6 +110,19 @@ class LoraConfig(Strict):
     target_parameters: list[str] = ["experts.up_proj", "experts.down_proj"]
 
 
+class ProfileConfig(Strict):
+    """torch.profiler on chosen train steps of every learner (align/learner/step_stats.py)."""
+
+    steps: list[int] = Field(min_length=1)  # each learner's train steps to record, counted from 1
+    dir: str  # each rank writes learner{rank}_step{N}.txt (operators by device time) and .json.gz (a trace)
+
+    @model_validator(mode="after")
+    def _positive(self) -> "ProfileConfig":
+        if min(self.steps) < 1:
+            raise ValueError(f"learner.profile.steps count from 1, got {self.steps}")
+        return self
+
+
 class LearnerConfig(Strict):
     zero_stage: Literal[0, 1, 2, 3] = 0
     micro_batch_size_per_device: int = Field(8, ge=1)
@@ -135,6 +148,7 @@ class LearnerConfig(Strict):
     freeze_router: bool | None = None
     on_nonfinite: Literal["stop", "skip_step"] = "stop"  # align/guards.py: skip the update; stop after
     max_nonfinite_steps: int = Field(3, ge=1)  # this many non-finite steps in a row (exit 3)
+    profile: ProfileConfig | None = None  # off; e.g. {steps: [3], dir: runs/x/profile}
 
 
 class CheckpointConfig(Strict):

@@ -24,7 +24,7 @@ import math
 import os
 import random
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +34,15 @@ from torch import nn
 
 from align.config.schema import LearnerConfig
 from align.learner.ds_build import import_deepspeed
+from align.learner.loading import REWARD_KINDS, load_for_training
 from align.learner.moe import configure_moe, lora_target_parameters
-from align.models import enable_packed_forward, select_kernels
+from align.learner.step_stats import DeviceTotals, step_profile
+from align.models import enable_packed_forward
 from align.weights import Wire, to_wire
 
-Objective = Callable[[nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
+# Metrics may be 0-d tensors: the learner sums them on the device and reads them back once a step.
+Objective = Callable[[nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float | torch.Tensor]]]
 MicroBatch = dict[str, torch.Tensor]
-# Reward models: "reward" trains the head's bias (regression), "pairwise_reward" keeps it at zero
-# (Bradley-Terry cannot see it; align.learner.reward_model).
-REWARD_KINDS = ("reward", "pairwise_reward")
 
 
 def lr_lambda(cfg: LearnerConfig, total_steps: int) -> Callable[[int], float]:
@@ -77,6 +77,7 @@ class Learner:
             torch.set_num_threads(max(1, int(cpus)))
         self.engine: Any = None
         self.packing = False
+        self.train_steps = 0
 
     # -------------------------------------------------------------- set-up
 
@@ -118,7 +119,7 @@ class Learner:
     def load_model(self, model_path: str, cfg: LearnerConfig, seed: int, model_kind: str = "causal_lm", num_labels: int = 1) -> None:
         self.cfg = cfg
         torch.manual_seed(seed)
-        model = _load_for_training(model_path, model_kind, num_labels, _use_bf16(cfg))
+        model = load_for_training(model_path, model_kind, num_labels, _use_bf16(cfg))
         # MoE layers: experts kernel and router freezing (freeze_router null means off here; the RL
         # driver resolves it to on before it gets here). Dense models are left alone.
         configure_moe(model, cfg, freeze_router=bool(cfg.freeze_router))
@@ -176,34 +177,40 @@ class Learner:
         """One optimizer step over this rank's micro-batches (exactly ``gradient_accumulation_steps``)."""
         if len(micro_batches) != self.cfg.gradient_accumulation_steps:
             raise ValueError(f"got {len(micro_batches)} micro-batches, expected gradient_accumulation_steps={self.cfg.gradient_accumulation_steps}")
+        self.train_steps += 1
+        with step_profile(self.cfg.profile, self.rank, self.train_steps):
+            return self._train_step(micro_batches, objective)
+
+    def _train_step(self, micro_batches: list[MicroBatch], objective: Objective) -> dict[str, float]:
         self.engine.train()
-        totals: dict[str, float] = {}
+        totals = DeviceTotals()  # no host sync per micro-batch (align/learner/step_stats.py)
         grad_norm = None
-        loss_finite = True
+        loss_finite = torch.ones((), dtype=torch.bool, device=self.engine.device)
         skipped = False
         for i, mb in enumerate(micro_batches):
             mb = self._to_device(mb)
             loss_sum, metrics = objective(self.engine, mb)
-            loss_finite = loss_finite and bool(torch.isfinite(loss_sum.detach()).all())
+            loss_finite &= torch.isfinite(loss_sum.detach()).all()
             self.engine.backward(self._scaled(loss_sum, mb))
             if i == len(micro_batches) - 1 and self.cfg.zero_stage == 0:
                 # ZeRO-0 clips without keeping the norm; grads are all-reduced by now (boundary backward).
                 grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
                 grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
-                skipped = self._skip_if_nonfinite(loss_finite, grad_norm)
+                skipped = self._skip_if_nonfinite(bool(loss_finite), grad_norm)
             self.engine.step()
-            totals["loss"] = totals.get("loss", 0.0) + loss_sum.item() / float(mb["loss_denominator"])
+            totals.add("loss", loss_sum.detach().double() / float(mb["loss_denominator"]))
             for k, v in metrics.items():
-                totals[k] = totals.get(k, 0.0) + float(v)
+                totals.add(k, v)
         if grad_norm is None:
             grad_norm = self.engine.get_global_grad_norm()
             # ZeRO 1-3 skip a step whose grad norm is inf/NaN themselves (not under bf16); they say so here.
             skipped = bool(getattr(self.engine.optimizer, "overflow", False))
-        totals["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
-        totals["lr"] = float(self.engine.get_lr()[0])
-        totals["nonfinite_skipped"] = float(skipped)
-        totals["nonfinite_params"] = float(self._count_nonfinite_params())
-        return totals
+        out = totals.result()
+        out["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
+        out["lr"] = float(self.engine.get_lr()[0])
+        out["nonfinite_skipped"] = float(skipped)
+        out["nonfinite_params"] = float(self._count_nonfinite_params())
+        return out
 
     def _skip_if_nonfinite(self, loss_finite: bool, grad_norm: float) -> bool:
         """Make this step a no-op when any rank's loss or the global grad norm is not finite.
@@ -230,20 +237,20 @@ class Learner:
     @torch.no_grad()
     def _count_nonfinite_params(self) -> int:
         """Parameter tensors of this rank (its ZeRO-3 partition) that hold NaN or inf."""
-        params = self.engine.module.parameters()
-        return sum(1 for p in params if not bool(torch.isfinite(getattr(p, "ds_tensor", p)).all()))
+        flags = [~torch.isfinite(getattr(p, "ds_tensor", p)).all() for p in self.engine.module.parameters()]
+        return int(torch.stack(flags).sum()) if flags else 0  # one host sync, not one per tensor
 
     @torch.no_grad()
     def eval_step(self, micro_batches: list[MicroBatch], objective: Objective) -> dict[str, float]:
         self.engine.eval()
-        totals: dict[str, float] = {}
+        totals = DeviceTotals()
         for mb in micro_batches:
             mb = self._to_device(mb)
             loss_sum, metrics = objective(self.engine, mb)
-            totals["loss"] = totals.get("loss", 0.0) + loss_sum.item() / float(mb["loss_denominator"])
+            totals.add("loss", loss_sum.double() / float(mb["loss_denominator"]))
             for k, v in metrics.items():
-                totals[k] = totals.get(k, 0.0) + float(v)
-        return totals
+                totals.add(k, v)
+        return totals.result()
 
     @torch.no_grad()
     def compute(self, micro_batches: list[MicroBatch], fn: Callable[[nn.Module, MicroBatch], torch.Tensor]) -> list[torch.Tensor]:
@@ -252,8 +259,8 @@ class Learner:
         return [fn(self.engine, self._to_device(mb)).float().cpu() for mb in micro_batches]
 
     def _to_device(self, mb: MicroBatch) -> MicroBatch:
-        device = self.engine.device
-        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in mb.items()}
+        device = self.engine.device  # loss_denominator stays on the host: reading it must not wait for the GPU
+        return {k: v.to(device) if isinstance(v, torch.Tensor) and k != "loss_denominator" else v for k, v in mb.items()}
 
     # -------------------------------------------------------------- weights
 
@@ -263,7 +270,7 @@ class Learner:
         deepspeed = import_deepspeed()
 
         module = self.engine.module
-        gather = deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None) if self.cfg.zero_stage == 3 else _null()
+        gather = deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None) if self.cfg.zero_stage == 3 else nullcontext()
         with gather:
             merged = hasattr(module, "merge_adapter")
             if merged:
@@ -370,11 +377,6 @@ class Learner:
         torch.distributed.barrier()
 
 
-@contextmanager
-def _null() -> Iterator[None]:
-    yield
-
-
 def _strip_peft(name: str) -> str:
     # LoRA on two parameters of one module (MoE experts' up_proj and down_proj) nests two wrappers:
     # "experts.base_layer.base_layer.up_proj".
@@ -382,19 +384,3 @@ def _strip_peft(name: str) -> str:
     while ".base_layer." in name:
         name = name.replace(".base_layer.", ".")
     return name
-
-
-def _load_for_training(path: str, kind: str, num_labels: int, bf16: bool) -> nn.Module:
-    from transformers import AutoModelForCausalLM
-
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    select_kernels()
-    if kind == "causal_lm":
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    if kind in REWARD_KINDS:
-        from align.learner.reward_model import RewardModel
-
-        return RewardModel.from_causal_lm(path, num_labels=num_labels, dtype=dtype, train_bias=kind == "reward")
-    raise ValueError(f"unknown model kind {kind!r}; expected causal_lm, {' or '.join(REWARD_KINDS)}")
-
-

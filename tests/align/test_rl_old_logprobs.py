@@ -38,7 +38,7 @@ def _loss_and_grads(model: nn.Module, mb: dict[str, torch.Tensor]) -> tuple[floa
     model.zero_grad()
     loss, stats = GRPOObjective(0.2, 0.28, "token", 2.0)(model, mb)
     loss.backward()
-    return float(loss.detach()), stats, [p.grad.clone() for p in model.parameters()]
+    return float(loss.detach()), {k: float(v) for k, v in stats.items()}, [p.grad.clone() for p in model.parameters()]  # as the learner reads them back
 
 
 def _with_separate_pass(model: nn.Module, mb: dict[str, torch.Tensor], shift: float = 0.0) -> dict[str, torch.Tensor]:

@@ -43,3 +43,23 @@ def test_scaling_efficiency_by_hand() -> None:
     got = {line["side"]: line["efficiency"] for line in bench.scaling(entries, [2, 4, 8])}
     assert got == pytest.approx({"align": 0.85, "trl": 0.85})
     assert bench.scaling({"llama-8b": _entry(1.0)}, [8]) == []  # one size: nothing to compare
+
+
+def test_side_modifiers_reach_the_recipe(tmp_path) -> None:
+    s = bench.side_settings(bench.Settings(profile_step=3), "align-compile-mb32")
+    r = load_recipe(str(bench.align_recipe(tmp_path / "ckpt", "llama-1b", s, tmp_path / "run")), [], job="rl").recipe
+    assert (r.learner.compile, r.learner.micro_batch_size_per_device) == (True, 32)
+    assert r.grpo.max_seq_logprob_error is None  # no oldpass modifier
+    assert r.learner.profile is not None and (r.learner.profile.steps, r.learner.profile.dir) == ([3], str(tmp_path / "run" / "profile"))
+    assert bench.side_settings(bench.Settings(), "align-oldpass").old_pass
+    assert bench.side_settings(bench.Settings(), "trl") == bench.Settings()
+    with pytest.raises(ValueError, match="unknown modifier 'fast'"):
+        bench.side_settings(bench.Settings(), "align-fast")
+
+
+def test_the_profiled_step_is_left_out_of_the_medians() -> None:
+    res = {"side": "align", "step_times_s": [9.0, 1.0, 5.0, 1.2], "time_learner_s": [5.0, 0.5, 3.0, 0.7]}
+    got = bench.summarize(res, bench.Settings(warmup=1, profile_step=3), 40.0, 1000, None)
+    assert (got["step_s"], got["learner_s"]) == (pytest.approx(1.1), pytest.approx(0.6))  # steps 2 and 4
+    plain = bench.summarize(res, bench.Settings(warmup=1), 40.0, 1000, None)
+    assert plain["step_s"] == 1.2  # median of steps 2-4

@@ -57,7 +57,7 @@ class GRPOObjective:
     kl_coef: float = 0.0
     temperature: float = 1.0
 
-    def __call__(self, model: nn.Module, mb: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(self, model: nn.Module, mb: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
         if self.kl_coef > 0 and "ref_logprobs" not in mb:
             raise ValueError("GRPOObjective: kl_coef > 0 but the micro-batch has no ref_logprobs (the reference log-probs)")
         logp = TokenLogprobs(self.temperature)(model, mb)
@@ -73,7 +73,7 @@ class GRPOObjective:
         with torch.no_grad():  # train/inference mismatch, summed; the driver divides by ``tokens``
             stats["mismatch_k3_sum"] = (kl_k3(mb["rollout_logprobs"], old) * mask).sum()
             stats["mismatch_abs_sum"] = ((mb["rollout_logprobs"] - old).abs() * mask).sum()
-        return loss, {k: float(v) for k, v in stats.items()}
+        return loss, {k: v.detach() if isinstance(v, torch.Tensor) else float(v) for k, v in stats.items()}  # summed on the device
 
 
 def needs_old_pass(g: GRPOSettings, has_reference: bool) -> bool:
