@@ -10,6 +10,13 @@ is the template alone; grades 2 and 3 add one and two modifiers (start with a wo
 word, wrap the reply in quotes), each with its own constraint, a longer plan, and one more
 wrong answer (the reply without that modifier). Every stacked spec is checked on the spot: its
 answer meets all constraints and each wrong one breaks at least one, else another draw is made.
+
+What is copied from the prompt into the answer is a two-digit number (the word to repeat, the
+words to say first and last, the keyword of a word count, a modifier's start or end), never a
+word: after SFT the 2-attention-layer tiny policy wrote the same few words whatever the prompt
+named ("Say snow and end with the word tree." -> "sun tree"; 0.00 held-out, pass@8 0.00, issue
+20), while it copies digits from prompts everywhere else (code constants, calculator calls). The
+case templates change one word ("Reply in lowercase: HAT" -> "hat").
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ CATEGORIES: dict[str, tuple[str, ...]] = {
     "fruits": ("apple", "pear", "plum", "lime", "fig", "kiwi", "mango"),
 }
 SINGULAR = {"colors": "color", "animals": "animal", "fruits": "fruit"}
+NUMBERS = tuple(str(n) for n in range(10, 100))  # what a task asks to be copied
 WORDS = ("sun", "moon", "tree", "book", "cup", "hat", "car", "bird", "rain", "snow", "hello", "world", "good", "night", "day")
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five"}
 JSON_KEYS = {"color": CATEGORIES["colors"], "pet": CATEGORIES["animals"], "fruit": CATEGORIES["fruits"]}
@@ -51,28 +59,28 @@ def _other(rng: random.Random, pool: tuple[str, ...], not_this: str) -> str:
 
 def make_spec(template: str, rng: random.Random) -> Spec:
     if template == "repeat":
-        word, n = rng.choice(WORDS), rng.randint(2, 4)
+        word, n = rng.choice(NUMBERS), rng.randint(2, 4)
         bad_n = n + rng.choice([-1, 1])
         return Spec(
             template,
-            f"Write the word {word} {NUMBER_WORDS[n]} times, separated by commas.",
+            f"Write {word} {NUMBER_WORDS[n]} times, separated by commas.",
             [{"kind": "repeat_word", "word": word, "count": n, "separator": ","}],
             f"{word}, {NUMBER_WORDS[n]} times, commas",
             ", ".join([word] * n),
             (", ".join([word] * bad_n), " ".join([word] * n)),
         )
     if template in ("lowercase", "uppercase"):
-        pair = rng.sample(WORDS, 2)
+        word = rng.choice(WORDS)
         lower = template == "lowercase"
-        shown = " ".join(pair).upper() if lower else " ".join(pair)
-        good = " ".join(pair) if lower else " ".join(pair).upper()
+        shown = word.upper() if lower else word
+        good = word if lower else word.upper()
         return Spec(
             template,
             f"Reply in {template}: {shown}",
-            [{"kind": template}, {"kind": "include_keywords", "keywords": pair}],
+            [{"kind": template}, {"kind": "include_keywords", "keywords": [word]}],
             template,
             good,
-            (shown, good.capitalize() if lower else " ".join(pair).title()),
+            (shown, good.capitalize() if lower else word.title()),
         )
     if template in ("bullets", "no_commas"):
         cat = rng.choice(list(CATEGORIES))
@@ -108,10 +116,10 @@ def make_spec(template: str, rng: random.Random) -> Spec:
             (json.dumps({key: _other(rng, JSON_KEYS[key], value)}), f"{key}: {value}"),
         )
     if template == "ends_with":
-        say, end = rng.sample(WORDS, 2)
+        say, end = rng.sample(NUMBERS, 2)
         return Spec(
             template,
-            f"Say {say} and end with the word {end}.",
+            f"Say {say} and end with {end}.",
             [{"kind": "include_keywords", "keywords": [say]}, {"kind": "ends_with", "phrase": end}],
             f"{say} first, {end} last",
             f"{say} {end}",
@@ -129,8 +137,8 @@ def make_spec(template: str, rng: random.Random) -> Spec:
             (banned, f"{banned} {_other(rng, CATEGORIES[cat], banned)}"),
         )
     if template == "word_count":
-        n, key = rng.randint(3, 5), rng.choice(WORDS)
-        fill = [_other(rng, WORDS, key) for _ in range(n)]
+        n, key = rng.randint(3, 5), rng.choice(NUMBERS)
+        fill = [rng.choice(WORDS) for _ in range(n)]
         good = fill[: n - 1] + [key]
         rng.shuffle(good)
         return Spec(
@@ -139,7 +147,7 @@ def make_spec(template: str, rng: random.Random) -> Spec:
             [{"kind": "word_count", "min_words": n, "max_words": n}, {"kind": "include_keywords", "keywords": [key]}],
             f"{NUMBER_WORDS[n]} words with {key}",
             " ".join(good),
-            (" ".join(fill), " ".join(good + [_other(rng, WORDS, key)])),
+            (" ".join(fill), " ".join(good + [rng.choice(WORDS)])),
         )
     raise ValueError(f"unknown instruction_following template {template!r}; known: {', '.join(TEMPLATES)}")
 
@@ -164,8 +172,7 @@ def templates_of_grade(grade: int, templates: tuple[str, ...] = TEMPLATES) -> li
 
 def _modify(spec: Spec, modifier: str, rng: random.Random) -> Spec:
     """``spec`` with one more constraint; the unmodified answer becomes one more wrong answer."""
-    word = rng.choice(WORDS)
-    word = word.upper() if spec.template == "uppercase" else word
+    word = rng.choice(NUMBERS)
 
     def apply(text: str) -> str:
         return {"starts_with": f"{word} {text}", "ends_with": f"{text} {word}", "quoted": f'"{text}"'}[modifier]

@@ -3,13 +3,19 @@
 Grade 1, one call (``meta["grade"]``, envs/grades.py):
 
 - calculator: "Use the calculator: 37*41" (gold: the product).
-- lookup: "Look up the capital of Zorbia." with a 3-row table of invented places in the task
-  (the answer is only reachable through the tool, never in the prompt).
+- lookup: "Look up the capital of place 47." with a 3-row table of numbered places and invented
+  capitals in the task (the answer is only reachable through the tool, never in the prompt).
 - python: "Use python to sum 1..12." (gold: 78), run in the code sandbox.
 
-Grade 2, ``lookup_calc``: "Look up the code of Zorbia, then multiply it by 7." (a lookup, then a
-calculator call on its result). Grade 3, ``lookup2_calc``: "Add the codes of Zorbia and Quelra."
+Grade 2, ``lookup_calc``: "Look up the code of item 47, then multiply it by 7." (a lookup, then a
+calculator call on its result). Grade 3, ``lookup2_calc``: "Add the codes of items 47 and 12."
 (two lookups in one turn, then a calculator call on both results).
+
+Lookup keys are two-digit numbers, so every argument of a chain is digits copied from the prompt
+or from a tool result, which the tiny policy does (grade-1 calculator calls: 0.85 right after
+SFT). Keys were invented names (Zorbitan: 4 tokens, written with a leading space in the prompt
+and none in the call); after SFT the policy looked up the same few names whatever the prompt
+said, 0 of 65 held-out grade-2/3 chains right (issue 20).
 
 ``task.meta["turns"]`` is the reference chain (a list of turns, each a list of calls) and
 ``meta["call"]`` its first call, so demonstrations and wrong variants can be built from a task
@@ -41,6 +47,11 @@ def _name(rng: random.Random, parts: int) -> str:
     return "".join(rng.choice(_SYLLABLES) for _ in range(parts)).capitalize()
 
 
+def _keys(rng: random.Random, n: int) -> list[str]:
+    """``n`` distinct two-digit lookup keys."""
+    return [str(k) for k in rng.sample(range(10, 100), n)]
+
+
 def _call(name: str, **arguments: str) -> dict[str, Any]:
     return {"name": name, "arguments": arguments}
 
@@ -59,13 +70,13 @@ def _calculator(rng: random.Random, task_id: str) -> Task:
 
 
 def _lookup(rng: random.Random, task_id: str) -> Task:
-    table: dict[str, str] = {}
-    while len(table) < 3:
-        country, capital = _name(rng, 2), _name(rng, 2)
-        if country not in table and capital not in table.values():
-            table[country] = capital
-    country = rng.choice(list(table))
-    return _single(task_id, f"Look up the capital of {country}.", table[country], "lookup", "look up", _call("lookup", key=country), table=table)
+    capitals: list[str] = []
+    while len(capitals) < 3:
+        capital = _name(rng, 2)
+        capitals += [capital] if capital not in capitals else []
+    table = dict(zip(_keys(rng, 3), capitals))
+    place = rng.choice(list(table))
+    return _single(task_id, f"Look up the capital of place {place}.", table[place], "lookup", "look up", _call("lookup", key=place), table=table)
 
 
 def _python(rng: random.Random, task_id: str) -> Task:
@@ -75,11 +86,7 @@ def _python(rng: random.Random, task_id: str) -> Task:
 
 
 def _codes(rng: random.Random) -> dict[str, str]:
-    names: list[str] = []
-    while len(names) < 3:
-        name = _name(rng, 2)
-        names += [name] if name not in names else []
-    return {name: str(v) for name, v in zip(names, rng.sample(range(2, 41), 3))}
+    return {key: str(v) for key, v in zip(_keys(rng, 3), rng.sample(range(2, 41), 3))}
 
 
 def chain_turns(meta: dict[str, Any], keys: list[str]) -> tuple[list[list[dict[str, Any]]], str]:
@@ -97,12 +104,12 @@ def _chain(kind: str, rng: random.Random, task_id: str) -> Task:
     if kind == "lookup_calc":
         keys, factor = [rng.choice(list(table))], rng.randint(2, 9)
         meta: dict[str, Any] = {"kind": kind, "table": table, "factor": factor, "think": f"look up the code, then multiply it by {factor}"}
-        content = f"Look up the code of {keys[0]}, then multiply it by {factor}."
+        content = f"Look up the code of item {keys[0]}, then multiply it by {factor}."
     else:
         keys, op = rng.sample(list(table), 2), rng.choice("+*")
         word = {"+": "Add", "*": "Multiply"}[op]
         meta = {"kind": kind, "table": table, "op": op, "think": f"look up both codes, then {word.lower()} them"}
-        content = f"{word} the codes of {keys[0]} and {keys[1]}."
+        content = f"{word} the codes of items {keys[0]} and {keys[1]}."
     turns, answer = chain_turns(meta, keys)
     meta.update(grade=GRADE_OF_KIND[kind], tools=["lookup", "calculator"], keys=keys, call=turns[0][0], turns=turns)
     return Task(id=task_id, env="tool_use", prompt=[{"role": "user", "content": content}], answer=answer, meta=meta)

@@ -185,3 +185,21 @@ def test_example_data_and_self_checks() -> None:
     results = asyncio.run(run_all())
     failed = [(c.note, r.info) for c, r in zip(checks, results) if r.correct is not c.expect_correct]
     assert not failed
+
+
+def test_what_the_answer_copies_from_the_prompt_is_a_number() -> None:
+    """Repeated words, first and last words, word-count keywords and modifiers are two-digit
+    numbers from the prompt (issue 20: the tiny policy copies digits, not words); the case
+    templates change a single word."""
+    copied_kinds = {"repeat_word": "word", "starts_with": "phrase", "ends_with": "phrase"}
+    for task in InstructionFollowingEnv().generate(300, seed=11):
+        prompt = task.prompt[0]["content"]
+        for c in task.answer:
+            if c["kind"] in copied_kinds:
+                value = c[copied_kinds[c["kind"]]]
+                assert value.isdigit() and value in prompt, (prompt, c)
+            if c["kind"] == "include_keywords":
+                if task.meta["template"] in ("lowercase", "uppercase"):
+                    assert len(c["keywords"]) == 1 and c["keywords"][0].lower() in prompt.lower()
+                else:
+                    assert all(k.isdigit() and k in prompt for k in c["keywords"]), (prompt, c)

@@ -198,3 +198,15 @@ def test_answer_helpers() -> None:
 def test_unknown_kind_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown task kinds"):
         ToolUseEnv(ToolUseParams(kinds=("calculator", "weather")))
+
+
+def test_chain_keys_are_two_digit_numbers_copied_from_the_prompt() -> None:
+    """What a chain's calls carry is digits of the prompt and of tool results, as they stand (issue 20:
+    invented names of several tokens were beyond the tiny policy)."""
+    env = ToolUseEnv()
+    for task in tiny_tasks(60, seed=4, kinds=("lookup", "lookup_calc", "lookup2_calc")):
+        prompt = task.prompt[0]["content"]
+        keys = task.meta.get("keys") or [task.meta["call"]["arguments"]["key"]]
+        assert all(k.isdigit() and len(k) == 2 and f" {k}" in prompt for k in keys), (prompt, keys)
+        calls = [m["content"] for m in env.demonstrate(task) if m["role"] == "assistant"][0]
+        assert all(f'"key": "{k}"' in calls for k in keys)
