@@ -4,7 +4,9 @@
 them); the driver meanwhile spends 3-4 s importing torch, transformers and align's modules and
 loading the data. :func:`begin` starts Ray on a background thread as soon as a job starts,
 before its driver is imported (``align.algorithms.jobs``), and :func:`start_ray` (what every
-driver calls) waits for that start instead of beginning its own. This module imports neither
+driver calls) waits for that start instead of beginning its own. An RL job holds back its heavy
+imports until Ray is up (:func:`wait_started`): its engines, spawned then, are the longest part
+of its start-up. This module imports neither
 torch nor transformers, so that a job can call it before those imports.
 
 A recipe that asks for GPUs of the embedded cluster starts Ray where it did before, after the
@@ -54,19 +56,25 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     # driver while it imports, another job. At nice 0 they share the CPU like any process (as a
     # single-process trainer does); on a 2-core machine this took seconds off every start-up.
     env_vars["RAY_worker_niceness"] = "0"
-    runtime_env = {"env_vars": env_vars}
     if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, logging_level="INFO" if verbose() else "WARNING")
+        ray.init(address=address, runtime_env={"env_vars": env_vars}, log_to_driver=True, logging_level="INFO" if verbose() else "WARNING")
     else:
+        # Embedded, every Ray process starts from this one (the raylet, then the actors' workers),
+        # so the variables go into this process's environment instead of a runtime_env. A job's
+        # runtime_env, even of env_vars alone, makes the raylet ask its runtime-env agent before it
+        # starts each worker: a first actor took 1.16 s instead of 0.77 s on 2 cores, and
+        # `ray.init` itself took longer (measured in the RL job's start-up, 3.2 s to Ray up instead of
+        # about 3.7 s with the imports held back, align/algorithms/rl/prestart.py).
+        os.environ.update(env_vars)
         # "local": a new embedded instance even when a `ray start` cluster runs on this machine
         # (plain ray.init() would join it, and then refuses num_cpus). No prestarted workers: Ray
-        # starts one per CPU for the first driver; our actors never used them (each got a new
-        # process), and on a small machine they took the CPU the actors start on.
+        # starts one per CPU for the first driver, competing for the CPU the actors start on; with
+        # no runtime_env the actors do take them, but the RL start-up was no faster (13.3-13.4 s
+        # with them vs 13.4-13.5 s without, 2 interleaved pairs at load 1.7-2.2).
         ray.init(
             address="local",
             num_cpus=max(num_cpus or 0, os.cpu_count() or 1),
             include_dashboard=False,
-            runtime_env=runtime_env,
             log_to_driver=True,
             logging_level="INFO" if verbose() else "WARNING",
             _system_config={"prestart_worker_first_driver": False},
@@ -129,6 +137,17 @@ def begin(recipe: Any, then: Callable[[], None] | None = None) -> None:
 
     _early = (threading.Thread(target=target, name="align-ray-start", daemon=True), done)
     _early[0].start()
+
+
+def wait_started() -> None:
+    """Block until a start that :func:`begin` made has ended, well or not (:func:`start_ray` raises its error).
+
+    ``ray.init`` runs Python on its thread, and on a small machine it also waits for Ray's own
+    Python processes to start: heavy imports on the main thread meanwhile slow it (the GIL, the
+    CPU), and everything an RL job spawns waits for it (``align/algorithms/rl/prestart.py``).
+    """
+    if _early is not None:
+        _early[1].wait()
 
 
 def _join_early() -> None:

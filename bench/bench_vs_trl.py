@@ -8,7 +8,7 @@ this file's ``--worker`` mode (``GRPOTrainer`` / ``SFTTrainer`` / ``DPOTrainer``
 interleaved (align, TRL, align, TRL, ...) so machine load hits both alike. Per-step times come
 from align's ``metrics.jsonl`` and from a TRL callback; the first ``--warmup`` steps of every
 run are dropped, the rest pooled per side, and medians compared. Startup is the wall time from
-launching the process to the start of its first step.
+launching the process to the end of its first step, minus one steady step (:func:`add_startup`).
 
 What is held equal: the start checkpoint (``runs/tiny-sft/final``, or ``runs/tiny/sft/final`` after
 ``make demo``; built with ``align sft --recipe tiny-sft`` when neither exists), fp32,

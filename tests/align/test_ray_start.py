@@ -6,6 +6,7 @@ import time
 import ray
 
 from align import ray_start
+from align.algorithms.rl.prestart import Prestart
 from align.config import load_recipe
 
 
@@ -21,11 +22,30 @@ def test_ray_started_early_outlives_the_thread_that_started_it() -> None:
         # thread that ended after ray.init left a session whose GCS was gone seconds later.
         time.sleep(3)
         assert ray.get(ray.remote(lambda: 41 + 1).remote(), timeout=60) == 42
-        # The job's workers run at the driver's priority, not Ray's default nice 15.
+        # The job's workers run at the driver's priority, not Ray's default nice 15, and get the
+        # variables the actors need from this process's environment (embedded: no runtime_env).
         assert ray.get(ray.remote(lambda: os.nice(0)).remote(), timeout=60) == 0
+        assert ray.get(ray.remote(lambda: os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")).remote(), timeout=60) == "0"
         ray_start.finish_early_start()
         ray_start.begin(recipe)  # a later job in this process joins the running session
         assert ray_start._early is None
+    finally:
+        ray_start.finish_early_start()
+        ray.shutdown()
+
+
+def test_the_rl_prestart_imports_the_learners_part_once_ray_is_up() -> None:
+    """Imported while ``ray.init`` runs, torch and transformers slowed Ray's start by about 2 s on
+    2 cores, and the engines spawn only once Ray is up. The learner's modules are imported already
+    here, so without the wait ``import_modules`` would return while Ray is still starting."""
+    import align.learner.engine  # noqa: F401 - makes the import in import_modules instant
+
+    recipe = load_recipe("nano3-multienv-tiny").recipe
+    ray.shutdown()
+    try:
+        ray_start.begin(recipe)
+        Prestart(recipe).import_modules()
+        assert ray.is_initialized()
     finally:
         ray_start.finish_early_start()
         ray.shutdown()

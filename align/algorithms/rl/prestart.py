@@ -10,7 +10,8 @@ early, and the job (``align.algorithms.jobs.run_rl``) spawns them before it impo
   and, once the engines' part is imported, lets :meth:`Prestart.spawn_engines` go: that runs on
   Ray's start thread right after ``ray.init`` (``align.ray_start.begin``), so the engines start
   as soon as Ray is up (their part imports in 0.6-0.8 s at load 7, with torch it took
-  3.4-5.0 s; Ray takes 4-7 s), while the main thread goes on importing;
+  3.4-5.0 s). The heavy part waits until Ray is up: imported while ``ray.init`` ran, it
+  delayed Ray, and so the engines, by about 2 s on 2 cores (Ray up at 5.2 s, 3.2 s without it);
 - :meth:`Prestart.spawn_learners`, on the main thread, waits for Ray and spawns the learners.
 
 Only the main thread imports: the spawn on Ray's thread uses modules already imported and Ray's
@@ -76,6 +77,11 @@ class Prestart:
             self.dtype = inference_dtype(self.recipe.learner.precision)
         finally:
             self._engine_modules.set()  # on an error too: the spawn then meets it and keeps it for take()
+        # Ray first: while ray.init runs, torch's and transformers' imports here took the CPU and
+        # the GIL from it, and Ray was up at 5.2 s instead of 3.2 s; the engines, the longest part
+        # of the start-up, spawn only then. The learners, spawned after this import, still get
+        # their set-up done before the engines are built.
+        ray_start.wait_started()
         import align.learner.engine  # noqa: F401 - the learner actor's class (transformers, DeepSpeed)
 
     def spawn_engines(self) -> None:
