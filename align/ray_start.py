@@ -151,10 +151,9 @@ def wait_started() -> None:
 
 
 def _join_early() -> None:
-    if _early is not None:
-        _early[1].wait()
-        if _early_error:
-            raise _early_error[0]
+    wait_started()
+    if _early is not None and _early_error:
+        raise _early_error[0]
 
 
 def start_ray(*recipes: Any) -> None:
