@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, Field, model_validator
 
 # The shared sections; importable from here too, as every job recipe holds them.
+from align.config.grpo import CurriculumConfig, GRPOSettings, RLReasoningConfig
 from align.config.loggers import LoggingConfig
 from align.config.sections import (
     CheckpointConfig,
@@ -222,83 +223,16 @@ class RewardSpec(Strict):
     params: dict[str, Any] = {}
 
 
-class CurriculumConfig(Strict):
-    """Sampling of RL tasks by the pass rates measured in their groups (align/algorithms/rl/curriculum.py)."""
-
-    enabled: bool = False
-    solved_streak: int = Field(1, ge=1)  # all-correct groups in a row after which a task counts as solved
-    solved_weight: float = Field(0.0, ge=0, le=1)  # 0: solved tasks leave the pool; else their weight is scaled by it
-    # uniform; learnability: p(1-p) + min_weight; easy_first: p + min_weight (p: the task's last pass rate)
-    weighting: Literal["uniform", "learnability", "easy_first"] = "uniform"
-    min_weight: float = Field(0.01, gt=0)
-    unseen_pass_rate: float = Field(0.5, ge=0, le=1)  # p of a task not sampled yet
-    histogram_bins: int = Field(5, ge=1, le=20)  # pass-rate histogram per environment in the metrics
-
-
-class GRPOSettings(Strict):
-    max_steps: int = Field(50, ge=1)
-    prompts_per_step: int = Field(8, ge=1)
-    generations_per_prompt: int = Field(4, ge=2)
-    baseline: Literal["mean_std", "leave_one_out"] = "leave_one_out"
-    clip_low: float = Field(0.2, gt=0)
-    clip_high: float = Field(0.28, gt=0)
-    # k3 KL to the frozen start policy, per token in the loss (0: off, as Nemotron 3 Nano).
-    kl_coef: float = Field(0.0, ge=0)
-    # Where that reference lives when kl_coef > 0: separate_group (a second learner group with the
-    # start weights) or lora_disabled (the policy's learners with the LoRA adapters off; needs learner.lora).
-    reference: Literal["separate_group", "lora_disabled"] = "separate_group"
-    loss_aggregation: Literal["token", "sequence"] = "token"
-    dynamic_sampling: bool = True
-    max_refill_rounds: int = Field(2, ge=0)
-    overlong_filtering: bool = True
-    tis_cap: float = Field(2.0, gt=0)  # truncated importance sampling cap for train/infer mismatch
-    # Drop whole sequences whose mean over policy tokens of exp(|logp_learner - logp_rollout|)
-    # exceeds this (NeMo-RL's seq_logprob_error_threshold; null: off). See align/algorithms/rl/guard.py.
-    max_seq_logprob_error: float | None = Field(None, ge=1)
-    # rollout: MoE layers route each token to the experts vLLM chose (align/learner/routing_replay.py).
-    # (YAML reads a bare off as false: both mean "off".)
-    routing_replay: Annotated[Literal["off", "rollout"], BeforeValidator(lambda v: "off" if v is False else v)] = "off"
-    epochs_per_step: int = Field(1, ge=1)
-    eval_every_steps: int = Field(10, ge=1)
-    # Off-policy overlap: the rollout of step t+1 runs while the learners update on step t, so its
-    # trajectories come from weights up to max_staleness updates old (logged as `staleness`); the
-    # PPO ratio is taken against the learner's current weights and TIS corrects the rest.
-    off_policy_overlap: bool = False
-    # async: engines generate all the time from a prompt stream into a bounded queue of scored
-    # groups; every sampled token of a group trained at step s comes from weights of update
-    # >= s - max_staleness (align/algorithms/rl/async_loop.py). Needs engines apart from the learners.
-    mode: Literal["sync", "async"] = "sync"
-    max_staleness: int = Field(1, ge=1)
-    max_env_error_rate: float = Field(0.5, ge=0, le=1)  # align/guards.py: warn above this share of failed
-    max_env_failing_steps: int = Field(3, ge=1)  # samples; stop after this many such steps in a row (exit 3)
-    keep_reward_only_groups: bool = False  # train on groups the environment failed on (see batch.py)
-    curriculum: CurriculumConfig = CurriculumConfig()
-
-
-class RLReasoningConfig(Strict):
-    """Reasoning modes of RL prompts: a share in /no_think, a share with a thinking budget."""
-
-    no_think_fraction: float = Field(0.1, ge=0, le=1)
-    budget_fraction: float = Field(0.2, ge=0, le=1)
-    budgets: list[int] = [16, 32, 64]  # ladder steps drawn for budgeted prompts
-    eval_budgets: list[int] = [16, 32, 64]
-    # After the budget, think on for up to ceil(fraction * budget) tokens and close at the first
-    # newline (NVIDIA's budget control; NIM uses 0.1). 0: force </think> at the budget. rollout/episode.py
-    budget_grace_fraction: float = Field(0.0, ge=0, le=1)
-
-    @model_validator(mode="after")
-    def _fractions_fit(self) -> "RLReasoningConfig":
-        if self.no_think_fraction + self.budget_fraction > 1:
-            raise ValueError("no_think_fraction + budget_fraction must be at most 1")
-        return self
+# GRPO's sections live in align/config/grpo.py (importable from here).
 
 
 class RLRecipe(JobBase):
     """GRPO over several environments.
 
     Gradient accumulation is derived, not set: every step trains on
-    ``prompts_per_step * generations_per_prompt`` sequences, cut into micro-batches of
-    ``learner.micro_batch_size_per_device`` on each of ``cluster.num_learners`` learners.
+    ``prompts_per_step * generations_per_prompt`` sequences in ``grpo.mini_batches`` optimizer
+    updates, each cut into micro-batches of ``learner.micro_batch_size_per_device`` on each of
+    ``cluster.num_learners`` learners.
     """
 
     job: Literal["rl"] = "rl"
@@ -311,11 +245,11 @@ class RLRecipe(JobBase):
     @model_validator(mode="after")
     def _batch_divides(self) -> "RLRecipe":
         per_step = self.grpo.prompts_per_step * self.grpo.generations_per_prompt
-        per_pass = self.cluster.num_learners * self.learner.micro_batch_size_per_device
+        per_pass = self.grpo.mini_batches * self.cluster.num_learners * self.learner.micro_batch_size_per_device
         if per_step % per_pass:
             raise ValueError(
                 f"grpo.prompts_per_step * grpo.generations_per_prompt = {per_step} sequences must split evenly into "
-                f"cluster.num_learners * learner.micro_batch_size_per_device = {per_pass}"
+                f"grpo.mini_batches * cluster.num_learners * learner.micro_batch_size_per_device = {per_pass}"
             )
         if self.learner.gradient_accumulation_steps != 1:
             raise ValueError("learner.gradient_accumulation_steps is derived in RL recipes; leave it at 1")
@@ -328,8 +262,9 @@ class RLRecipe(JobBase):
 
     @property
     def accumulation_steps(self) -> int:
+        """Micro-batches per rank in one optimizer update (a step makes ``grpo.mini_batches`` updates)."""
         per_step = self.grpo.prompts_per_step * self.grpo.generations_per_prompt
-        return per_step // (self.cluster.num_learners * self.learner.micro_batch_size_per_device)
+        return per_step // (self.grpo.mini_batches * self.cluster.num_learners * self.learner.micro_batch_size_per_device)
 
     @model_validator(mode="after")
     def _replay_has_routes(self) -> "RLRecipe":

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from align.algorithms.rl.batch import Scored, fill, finalize, mask_mismatched, micro_batches, select_groups, to_sequences
+from align.algorithms.rl.batch import Scored, combine_updates, fill, finalize, mask_mismatched, micro_batches, select_groups, to_sequences, update_batches
 from align.algorithms.rl.tasks import TaskMixer, assign_mode
 from align.config.schema import GRPOSettings, RLReasoningConfig
 from align.errors import AlignError
@@ -157,9 +157,55 @@ def test_sequence_guard_masks_exactly_the_sequences_over_the_threshold() -> None
             for i, seq in enumerate(mb["sequence_index"].tolist()):
                 cols = mb["loss_mask"][i].nonzero().flatten()
                 mb["old_logprobs"][i, cols] += torch.tensor(deltas[seq])
-    shares = mask_mismatched(per_rank, 2.0, "token", [t.env for t in trajs])
+    shares = mask_mismatched([per_rank], 2.0, "token", [t.env for t in trajs])
     assert shares == {"": 0.5, "math": 0.0, "code": 1.0}
     kept = {seq: float(mb["loss_mask"][i].sum()) for mbs in per_rank for mb in mbs for i, seq in enumerate(mb["sequence_index"].tolist())}
     assert kept == {0: 2.0, 1: 2.0, 2: 0.0, 3: 0.0}
     # Masked sequences leave the denominator too: 2 sequences x 2 tokens remain.
     assert all(float(mb["loss_denominator"]) == 4.0 for mbs in per_rank for mb in mbs)
+
+
+def test_update_batches_shuffle_sequences_into_updates_with_their_own_denominators() -> None:
+    # 8 groups of 2 with completions of 1..16 tokens: 16 sequences, 4 updates of 4, 2 micro-batches each.
+    groups = [finalize(Scored([_traj(2, 2 * n + 1), _traj(2, 2 * n + 2)], [1.0, 0.0]), GRPOSettings()) for n in range(8)]
+    seqs = to_sequences(groups)
+    updates = update_batches(seqs, updates=4, world_size=1, accumulation=2, pad_id=0, aggregation="token", seed=3)
+    assert len(updates) == 4 and all(len(u) == 1 and len(u[0]) == 2 for u in updates)
+    seen = [i for u in updates for mb in u[0] for i in mb["sequence_index"].tolist()]
+    assert sorted(seen) == list(range(16))  # every sequence once, indexed in the step's list
+    for u in updates:
+        idx = [i for mb in u[0] for i in mb["sequence_index"].tolist()]
+        policy_tokens = sum(len(seqs[i].input_ids) - 2 for i in idx)  # prompts are 2 tokens
+        assert all(float(mb["loss_denominator"]) == policy_tokens for mb in u[0])
+        for mb in u[0]:  # each row is the sequence its index names
+            for row, i in enumerate(mb["sequence_index"].tolist()):
+                assert int(mb["attention_mask"][row].sum()) == len(seqs[i].input_ids)
+    # Shuffled, not by length: the first update is not the 4 longest sequences.
+    assert sorted(i for mb in updates[0][0] for i in mb["sequence_index"].tolist()) != [12, 13, 14, 15]
+    assert update_batches(seqs, 4, 1, 2, 0, "token", seed=3)[1][0][0]["sequence_index"].tolist() == updates[1][0][0]["sequence_index"].tolist()
+    # One update: the plain micro-batches of the whole step.
+    one = update_batches(seqs, updates=1, world_size=1, accumulation=2, pad_id=0, aggregation="token", seed=3)
+    assert float(one[0][0][0]["loss_denominator"]) == sum(len(s.input_ids) - 2 for s in seqs)
+
+
+def test_mask_mismatched_recomputes_each_updates_denominator() -> None:
+    trajs = [_traj(2, 2) for _ in range(4)]
+    groups = [finalize(Scored(trajs[:2], [1.0, 0.0]), GRPOSettings()), finalize(Scored(trajs[2:], [1.0, 0.0]), GRPOSettings())]
+    updates = update_batches(to_sequences(groups), updates=2, world_size=1, accumulation=1, pad_id=0, aggregation="token", seed=0)
+    masked_seq = updates[0][0][0]["sequence_index"].tolist()[0]
+    for u in updates:
+        mb = u[0][0]
+        mb["old_logprobs"] = mb["rollout_logprobs"].clone()
+        for row, i in enumerate(mb["sequence_index"].tolist()):
+            if i == masked_seq:
+                mb["old_logprobs"][row] += mb["loss_mask"][row] * 5.0
+    assert mask_mismatched(updates, 2.0, "token")[""] == 0.25
+    assert float(updates[0][0][0]["loss_denominator"]) == 2.0  # one sequence of 2 tokens left in the first update
+    assert float(updates[1][0][0]["loss_denominator"]) == 4.0
+
+
+def test_combine_updates_sums_counts_and_averages_the_loss() -> None:
+    a = {"loss": 1.0, "tokens": 10.0, "clip_frac_sum": 2.0, "grad_norm": 0.5, "lr": 1e-3}
+    b = {"loss": 3.0, "tokens": 6.0, "clip_frac_sum": 1.0, "grad_norm": 1.5, "lr": 9e-4}
+    assert combine_updates([a, b]) == {"loss": 2.0, "tokens": 16.0, "clip_frac_sum": 3.0, "grad_norm": 1.0, "lr": 9e-4}
+    assert combine_updates([a]) == a

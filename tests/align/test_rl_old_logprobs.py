@@ -9,7 +9,7 @@ from torch import nn
 
 from align.algorithms.rl.batch import Sequence_, micro_batches, mismatch
 from align.algorithms.rl.objective import GRPOObjective, TokenLogprobs, needs_old_pass
-from align.config.schema import GRPOSettings
+from align.config.schema import GRPOSettings, RLRecipe
 
 
 class ToyLM(nn.Module):
@@ -83,9 +83,19 @@ def test_a_stale_old_logprob_changes_the_loss() -> None:
     [
         ({}, False, False),
         ({"epochs_per_step": 2}, False, True),
+        ({"mini_batches": 4}, False, True),
         ({"max_seq_logprob_error": 2.0}, False, True),
         ({}, True, True),
     ],
 )
 def test_which_steps_need_a_separate_pass(settings: dict, reference: bool, expected: bool) -> None:
     assert needs_old_pass(GRPOSettings(**settings), reference) is expected
+
+
+def test_mini_batches_divide_the_step_and_set_the_accumulation() -> None:
+    base = {"job": "rl", "grpo": {"prompts_per_step": 8, "generations_per_prompt": 4}, "learner": {"micro_batch_size_per_device": 4}}
+    assert RLRecipe.model_validate(base).accumulation_steps == 8
+    four = RLRecipe.model_validate({**base, "grpo": {**base["grpo"], "mini_batches": 4}})
+    assert four.accumulation_steps == 2  # 32 sequences = 4 updates x 2 micro-batches x 4
+    with pytest.raises(ValueError, match="grpo.mini_batches"):
+        RLRecipe.model_validate({**base, "grpo": {**base["grpo"], "mini_batches": 3}})

@@ -124,6 +124,30 @@ def to_sequences(groups: Sequence[Scored], routed_experts: bool = False) -> list
     return out
 
 
+def update_batches(
+    seqs: list[Sequence_], updates: int, world_size: int, accumulation: int, pad_id: int, aggregation: str, seed: int
+) -> list[list[list[dict[str, torch.Tensor]]]]:
+    """A step's sequences as ``updates`` optimizer updates, each :func:`micro_batches` per rank.
+
+    The sequences are shuffled (``seed``) into equal parts, so each update sees a mix of groups
+    and environments, not the longest sequences first; each part's loss has its own unit count.
+    ``sequence_index`` still indexes ``seqs``. One update keeps ``seqs``' order (no shuffle).
+    """
+    if updates == 1:
+        return [micro_batches(seqs, world_size, accumulation, pad_id, aggregation)]
+    perm = torch.randperm(len(seqs), generator=torch.Generator().manual_seed(seed)).tolist()
+    size = len(seqs) // updates
+    out = []
+    for u in range(updates):
+        part = perm[u * size : (u + 1) * size]
+        per_rank = micro_batches([seqs[i] for i in part], world_size, accumulation, pad_id, aggregation)
+        for mbs in per_rank:
+            for mb in mbs:
+                mb["sequence_index"] = torch.tensor(part, dtype=torch.long)[mb["sequence_index"]]
+        out.append(per_rank)
+    return out
+
+
 def micro_batches(seqs: list[Sequence_], world_size: int, accumulation: int, pad_id: int, aggregation: str) -> list[list[dict[str, torch.Tensor]]]:
     """Per-rank micro-batches, sorted by length (less padding), each with the global unit count.
 
@@ -152,19 +176,20 @@ def _set_denominator(built: list[dict[str, torch.Tensor]], aggregation: str) -> 
 
 
 def mask_mismatched(
-    per_rank: list[list[dict[str, torch.Tensor]]], max_error: float, aggregation: str, labels: Sequence[str] = ()
+    updates: list[list[list[dict[str, torch.Tensor]]]], max_error: float, aggregation: str, labels: Sequence[str] = ()
 ) -> dict[str, float]:
     """Sequence-level mismatch guard: take whole sequences out of the loss when their learner and
     rollout log-probs disagree by more than ``max_error`` (:func:`align.losses.seq_logprob_error`).
 
+    ``updates`` are a step's optimizer updates, each per-rank micro-batches (:func:`update_batches`).
     Needs ``old_logprobs`` in every micro-batch. A masked sequence's ``loss_mask`` row becomes 0, and
-    the denominators are recomputed, so it leaves the loss's numerator *and* denominator (a mask,
-    not a zero weight). Returns the share of sequences masked (over those with policy tokens):
+    each update's denominator is recomputed, so it leaves the loss's numerator *and* denominator (a
+    mask, not a zero weight). Returns the share of sequences masked (over those with policy tokens):
     ``{"": overall}``, plus ``{label: share}`` per distinct label when ``labels`` names each sequence.
     """
     masked: dict[str, float] = {"": 0.0}
     seen: dict[str, float] = {"": 0.0}
-    built = [mb for mbs in per_rank for mb in mbs]
+    built = [mb for per_rank in updates for mbs in per_rank for mb in mbs]
     for mb in built:
         m = mb["loss_mask"]
         has_tokens = m.sum(-1) > 0
@@ -174,7 +199,8 @@ def mask_mismatched(
         for key, d, h in [("", drop.sum(), has_tokens.sum())] + [(labels[r], drop[i], has_tokens[i]) for i, r in enumerate(rows)]:
             masked[key] = masked.get(key, 0.0) + float(d)
             seen[key] = seen.get(key, 0.0) + float(h)
-    _set_denominator(built, aggregation)
+    for per_rank in updates:
+        _set_denominator([mb for mbs in per_rank for mb in mbs], aggregation)
     return {k: masked[k] / max(seen[k], 1.0) for k in masked}
 
 
@@ -271,6 +297,18 @@ class StepRollout:
     rollout_tokens: int = 0
     prompt_ids: list[int] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+def combine_updates(results: list[dict[str, float]]) -> dict[str, float]:
+    """One step's learner metrics from its optimizer updates' (``grpo.mini_batches``): sums add up
+    (tokens, clip counts), ``loss`` and ``grad_norm`` are the mean over updates, ``lr`` the last one's."""
+    out = {k: sum(r[k] for r in results) for k in results[0]}
+    for k in ("loss", "grad_norm"):
+        if k in out:
+            out[k] /= len(results)
+    if "lr" in out:
+        out["lr"] = results[-1]["lr"]
+    return out
 
 
 def step_metrics(groups: list[Scored], train: dict[str, float]) -> dict[str, float]:

@@ -30,7 +30,9 @@ from typing import Any
 
 from align.algorithms.common import FrozenReference, JobError, console, publish_hf, resume_from, start_checkpoint, start_ray
 from align.algorithms.rl.async_loop import AsyncProducer
-from align.algorithms.rl.batch import Scored, StepRollout, fill, finalize, mask_mismatched, mean_k3, micro_batches, mismatch, select_groups, step_metrics, to_sequences
+from align.algorithms.rl.batch import (
+    Scored, StepRollout, combine_updates, fill, finalize, mask_mismatched, mean_k3, mismatch, select_groups, step_metrics, to_sequences, update_batches,
+)
 from align.algorithms.rl.objective import GRPOObjective, TokenLogprobs, needs_old_pass
 from align.algorithms.rl.prestart import Prestart
 from align.algorithms.rl.schedule import EngineQueue, engine_max_num_seqs
@@ -128,7 +130,7 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False, pr
         if rollout is None and not (colocated or in_process):
             rollout = RolloutGroup(r.cluster, engine_cfg, str(model_path), r.seed, in_process, dtype, wait=False)
         with clock.part("learners"):  # to the end of their set-up when colocated, else until their set-up calls are sent
-            learners.setup(str(model_path), learner_cfg, g.max_steps * g.epochs_per_step, r.seed, wait=colocated)
+            learners.setup(str(model_path), learner_cfg, g.max_steps * g.epochs_per_step * g.mini_batches, r.seed, wait=colocated)
         clock.watch("learners set-up", learners.pending_refs)
         if rollout is None:
             rollout = RolloutGroup(r.cluster, engine_cfg, str(model_path), r.seed, in_process, dtype, wait=False)
@@ -141,7 +143,7 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False, pr
     objective = GRPOObjective(g.clip_low, g.clip_high, g.loss_aggregation, g.tis_cap, g.kl_coef, r.rollout.sampling.temperature)
     logprob_fn = TokenLogprobs(r.rollout.sampling.temperature)
     old_pass = needs_old_pass(g, reference is not None)
-    console.print(f"old log-probs: {'a pass of their own before each update' if old_pass else 'from the update forward (one update per step)'}")
+    console.print(f"old log-probs: {'a pass of their own before each step' if old_pass else 'from the update forward (one update per step)'}; {g.mini_batches * g.epochs_per_step} update(s) per step")
 
     ckpts = Checkpoints(run_dir, r.checkpoint.keep_last)
     start, state = resume_from(ckpts, resume, learners, check=lambda s: (stream or mixer).load_state_dict(s["tasks"]))
@@ -235,23 +237,28 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False, pr
             # Learners: old log-probs (and the train/inference mismatch), reference log-probs, then the update.
             t0 = time.perf_counter()
             seqs = to_sequences(ro.train_groups, routed_experts=g.routing_replay == "rollout")
-            per_rank = micro_batches(seqs, learners.size, r.accumulation_steps, tokenizer.pad_token_id, g.loss_aggregation)
+            updates = update_batches(seqs, g.mini_batches, learners.size, r.accumulation_steps, tokenizer.pad_token_id, g.loss_aggregation, r.seed + step)
+            # Every micro-batch of the step per rank, for the passes that run before any update (the same dicts).
+            per_rank = [[mb for u in updates for mb in u[rank]] for rank in range(learners.size)]
             extra = {}
             if old_pass:
                 _attach(per_rank, "old_logprobs", learners.compute(per_rank, logprob_fn))
                 extra = mismatch(per_rank)
             env_of = [t.env for grp in ro.train_groups for t in grp.trajectories]
             if g.max_seq_logprob_error is not None:
-                masked = mask_mismatched(per_rank, g.max_seq_logprob_error, g.loss_aggregation, env_of)
+                masked = mask_mismatched(updates, g.max_seq_logprob_error, g.loss_aggregation, env_of)
                 extra.update({f"{k}/seq_masked_share" if k else "seq_masked_share": v for k, v in masked.items()})
             if reference is not None:
                 _attach(per_rank, "ref_logprobs", reference.compute(learners, per_rank, logprob_fn))
                 kl = mean_k3(per_rank, "old_logprobs", "ref_logprobs", env_of)
                 extra.update({f"{k}/kl" if k else "kl": v for k, v in kl.items()})
-            train_metrics: dict[str, float] = {}
+            update_metrics: list[dict[str, float]] = []
             for _ in range(g.epochs_per_step):
-                train_metrics = learners.train_step(per_rank, objective)
-                nonfinite.after_step(step + 1, train_metrics)
+                update_metrics = []  # the metrics of the last epoch's updates
+                for u in updates:
+                    update_metrics.append(learners.train_step(u, objective))
+                    nonfinite.after_step(step + 1, update_metrics[-1])
+            train_metrics = combine_updates(update_metrics)
             if not old_pass:  # pi_old came from the update's forward; the objective summed the mismatch
                 n = max(train_metrics["tokens"], 1.0)
                 extra.update(mismatch_kl=train_metrics["mismatch_k3_sum"] / n, mismatch_abs_logp=train_metrics["mismatch_abs_sum"] / n)

@@ -79,9 +79,9 @@ class GRPOObjective:
 def needs_old_pass(g: GRPOSettings, has_reference: bool) -> bool:
     """Whether a step needs the learner's log-probs in a pass of their own, before its update.
 
-    Only where something reads them before the update: more than one update per step (each must
-    clip against the same pi_old), sequence masking by log-prob error, or the KL to a reference
+    Only where something reads them before the update: more than one update per step (epochs or
+    mini-batches: each must clip against the same pi_old), sequence masking by log-prob error, or the KL to a reference
     (its per-environment metric). Otherwise the update's own forward gives them for free, as TRL
     does when ``num_iterations == 1``: a step then costs one forward fewer.
     """
-    return g.epochs_per_step > 1 or g.max_seq_logprob_error is not None or has_reference
+    return g.epochs_per_step > 1 or g.mini_batches > 1 or g.max_seq_logprob_error is not None or has_reference
