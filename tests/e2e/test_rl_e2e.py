@@ -61,9 +61,11 @@ sys.exit(run(load_recipe("nano3-multienv-tiny", args), resume="--resume" in sys.
 def test_one_full_rl_step_in_process(tmp_path: Path) -> None:
     """The driver without Ray (learner and vLLM engine in one process). That process is a fresh
     interpreter, not pytest's: both leave process-wide state (torch.distributed, vLLM) behind."""
-    args = [*QUICK, "grpo.max_steps=1", "grpo.eval_every_steps=1", "grpo.max_seq_logprob_error=2", f"output_dir={tmp_path}"]
+    # Two optimizer updates of 8 sequences each (grpo.mini_batches), both against one old-log-prob pass.
+    args = [*QUICK, "grpo.max_steps=1", "grpo.eval_every_steps=1", "grpo.max_seq_logprob_error=2", "grpo.mini_batches=2", f"output_dir={tmp_path}"]
     proc = subprocess.run([sys.executable, "-c", IN_PROCESS, *args], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "a pass of their own before each step; 2 update(s) per step" in proc.stdout, proc.stdout[-2000:]
     step = _records(tmp_path, "train")[1]
     for key in ("reward", "math/reward", "instruction_following/reward", "time_rollout_s", "time_learner_s", "time_sync_s",
                 "mismatch_kl", "grad_norm", "seq_masked_share", "math/seq_masked_share", "instruction_following/seq_masked_share"):  # fmt: skip
