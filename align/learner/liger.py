@@ -19,6 +19,9 @@ Setting ``learner.liger_kernel`` (:func:`choose_liger`):
 - ``true``: on, or a :class:`LigerUnavailable` error naming what is missing;
 - ``false``: off.
 
+Liger's own per-call choice among its kernel languages is pinned to Triton
+(:func:`pin_triton_kernels`: its CuTe DSL rotary kernel recompiled for every packed length).
+
 Limits: the rotary patch is process-wide (every model of that family in the learner's process
 uses it, as transformers resolves ``apply_rotary_pos_emb`` at call time); Liger's RMSNorm
 backward writes its gradient in place (its Llama default). Nothing here imports Liger, Triton or
@@ -28,6 +31,7 @@ transformers until :func:`apply_liger` runs, so CPU jobs import nothing more.
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -93,10 +97,26 @@ def choose_liger(setting: Setting, model_type: str | None, cuda: bool, have_pack
     return LigerChoice(True, f"liger kernels on ({model_type}: rms_norm, swiglu, rope; auto)")
 
 
+def pin_triton_kernels() -> None:
+    """Make Liger run its Triton kernels for the patched ops, unless the user chose (``LIGER_KERNEL_IMPL[_<OP>]``).
+
+    Liger 0.8.5 picks, per call, its CuTe DSL rotary kernel over the Triton one for large bf16
+    inputs (head_dim >= 128, >= 131,072 query rows: the 1B policy's packed micro-batches). That
+    kernel is compiled for each input shape, and packed rows change length with every
+    micro-batch: on the H200 it cost 12.6 ms of CPU per forward call and 14.1 ms per backward,
+    0.85 s of a 1.5 s learner step, while its GPU time was 2.4 ms (bench/README.md section 7,
+    session 8). The Triton kernels compile once per head layout and dtype.
+    """
+    for op in ("ROPE", "RMS_NORM", "SWIGLU"):
+        if not (os.environ.get("LIGER_KERNEL_IMPL") or os.environ.get(f"LIGER_KERNEL_IMPL_{op}")):
+            os.environ[f"LIGER_KERNEL_IMPL_{op}"] = "nvidia-triton"
+
+
 def apply_liger(model: Any) -> None:
     """Patch ``model`` (a transformers model, before LoRA or compilation) with :data:`PATCHES`."""
     from liger_kernel.transformers.monkey_patch import _apply_liger_kernel_to_instance
 
+    pin_triton_kernels()
     _apply_liger_kernel_to_instance(model=model, **PATCHES)
 
 

@@ -74,3 +74,21 @@ def test_true_on_cpu_stops_before_touching_the_model() -> None:
 def test_the_pin_is_the_gpu_extras() -> None:
     extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"]
     assert PIN in extra
+
+
+def test_triton_kernels_are_pinned_unless_the_user_chose(monkeypatch) -> None:
+    import os
+
+    from align.learner.liger import pin_triton_kernels
+
+    for name in ("LIGER_KERNEL_IMPL", "LIGER_KERNEL_IMPL_ROPE", "LIGER_KERNEL_IMPL_RMS_NORM", "LIGER_KERNEL_IMPL_SWIGLU"):
+        monkeypatch.setenv(name, "")  # recorded, so the test's changes are undone after it
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("LIGER_KERNEL_IMPL_ROPE", "nvidia-cutedsl")
+    pin_triton_kernels()
+    assert (os.environ["LIGER_KERNEL_IMPL_ROPE"], os.environ["LIGER_KERNEL_IMPL_RMS_NORM"], os.environ["LIGER_KERNEL_IMPL_SWIGLU"]) == (
+        "nvidia-cutedsl", "nvidia-triton", "nvidia-triton")  # fmt: skip
+    monkeypatch.delenv("LIGER_KERNEL_IMPL_SWIGLU")
+    monkeypatch.setenv("LIGER_KERNEL_IMPL", "nvidia-cutile")  # a global choice holds for every op
+    pin_triton_kernels()
+    assert "LIGER_KERNEL_IMPL_SWIGLU" not in os.environ

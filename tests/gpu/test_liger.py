@@ -18,8 +18,10 @@ import torch
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 # float32: the fused kernels compute what the eager ops do, up to summation order; bf16: each
-# rounds its intermediates at different points (Liger's RMSNorm keeps them in float32).
-TOLERANCE = {"fp32": {"logp": 1e-4, "loss": 1e-5, "grad": 1e-4}, "bf16": {"logp": 0.1, "loss": 2e-2, "grad": 5e-2}}
+# rounds its intermediates at different points (Liger's RMSNorm keeps them in float32). Measured
+# on an H200 (2026-12-01): max |logp diff| 9.5e-7 (fp32) and 4.0e-3 (bf16; 9.2e-3 after one
+# update); loss and grad norm equal to 6 digits in both.
+TOLERANCE = {"fp32": {"logp": 1e-4, "loss": 1e-5, "grad": 1e-4}, "bf16": {"logp": 3e-2, "loss": 1e-3, "grad": 1e-2}}
 
 
 @pytest.fixture(scope="module")
