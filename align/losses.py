@@ -31,11 +31,12 @@ def shift(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, tor
     return logits[:, :-1, :], labels[:, 1:]
 
 
-def sft_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Summed next-token cross-entropy over supervised tokens, and their count."""
+def sft_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token cross-entropy over supervised tokens, and their count (a 0-d tensor on the
+    logits' device: reading it as a number would wait for the GPU)."""
     lg, lb = shift(logits, labels)
     loss = F.cross_entropy(lg.reshape(-1, lg.size(-1)).float(), lb.reshape(-1), ignore_index=IGNORE, reduction="sum")
-    return loss, int((lb != IGNORE).sum())
+    return loss, (lb != IGNORE).sum()
 
 
 # ------------------------------------------------------------------------- preference losses

@@ -100,6 +100,7 @@ class Settings:
     max_staleness: int = 1
     lengths: str = "fixed"  # fixed: every completion runs to new_tokens (ignore_eos); natural: it stops at EOS
     compile: bool = False  # align's learner.compile (side align-compile)
+    liger: str = "auto"  # align's learner.liger_kernel: auto (the default: on for llama where installed), true (-liger), false (-noliger)
     old_pass: bool = False  # side align-oldpass: old log-probs in a pass of their own, as before 7cc6de2
     gpus: int = 1  # colocated: a learner and an engine on each; separate: half learners, half engines
     profile_step: int = 0  # >0: align's learners record this train step with torch.profiler (learner.profile)
@@ -195,7 +196,7 @@ output_dir: {out}
 init_from: {ckpt}
 model: {{arch: {POLICIES[policy]['arch']}, dtype: {'bfloat16' if gpu else 'float32'}, tiny: {{max_position_embeddings: {max(4096, max_len)}}}}}
 cluster: {{num_learners: {s.engines}, gpus_per_learner: {learner_gpu}, num_rollout_engines: {s.engines}, gpus_per_rollout_engine: {engine_gpu}}}
-learner: {{zero_stage: {s.zero}, micro_batch_size_per_device: {s.micro_batch}, lr: {s.lr}, lr_schedule: constant, warmup_steps: 0, precision: {'bf16' if gpu else 'fp32'}, gradient_checkpointing: false, max_seq_len: {max_len}, compile: {str(s.compile).lower()}{f", profile: {{steps: [{s.profile_step}], dir: {out / 'profile'}}}" if s.profile_step else ""}}}
+learner: {{zero_stage: {s.zero}, micro_batch_size_per_device: {s.micro_batch}, lr: {s.lr}, lr_schedule: constant, warmup_steps: 0, precision: {'bf16' if gpu else 'fp32'}, gradient_checkpointing: false, max_seq_len: {max_len}, compile: {str(s.compile).lower()}, liger_kernel: {s.liger}{f", profile: {{steps: [{s.profile_step}], dir: {out / 'profile'}}}" if s.profile_step else ""}}}
 checkpoint: {{every_steps: {s.steps + 1}, keep_last: 1}}
 rollout:
   gpu_memory_utilization: {0.35 if gpu else 0.1}
@@ -232,7 +233,7 @@ grpo:
 
 def side_settings(s: Settings, side: str) -> Settings:
     """A side's settings: ``align`` as given; ``align-asyncN`` align's async GRPO at max staleness N; otherwise
-    ``align`` plus modifiers joined by ``-``: ``compile`` (learner.compile), ``oldpass`` (the separate
+    ``align`` plus modifiers joined by ``-``: ``compile`` (learner.compile), ``liger`` / ``noliger`` (learner.liger_kernel true / false; auto without either), ``oldpass`` (the separate
     old-log-prob pass) and ``mbN`` (micro-batches of N sequences), e.g. ``align-compile-mb32``; ``trl`` as given."""
     if side.startswith("align-async"):
         return replace(s, mode="async", max_staleness=int(side.removeprefix("align-async") or 1))
@@ -241,12 +242,14 @@ def side_settings(s: Settings, side: str) -> Settings:
     for mod in side.split("-")[1:]:
         if mod == "compile":
             s = replace(s, compile=True)
+        elif mod in ("liger", "noliger"):
+            s = replace(s, liger="true" if mod == "liger" else "false")
         elif mod == "oldpass":  # a masking threshold no sequence reaches: the same update, plus the separate pass
             s = replace(s, old_pass=True)
         elif mod.startswith("mb") and mod[2:].isdigit():
             s = replace(s, micro_batch=int(mod[2:]))
         else:
-            raise ValueError(f"side {side!r}: unknown modifier {mod!r} (compile, oldpass, mbN)")
+            raise ValueError(f"side {side!r}: unknown modifier {mod!r} (compile, liger, noliger, oldpass, mbN)")
     return s
 
 
@@ -434,7 +437,7 @@ def scaling(entries: dict[str, Any], gpu_counts: list[int]) -> list[dict[str, An
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--policies", default="llama-1b,hybrid-1b")
-    ap.add_argument("--sides", default="align,trl", help="align, trl, vllm (bare vLLM generating one engine's requests), align with modifiers (align-compile: learner.compile; "
+    ap.add_argument("--sides", default="align,trl", help="align, trl, vllm (bare vLLM generating one engine's requests), align with modifiers (align-compile: learner.compile; align-liger / align-noliger: learner.liger_kernel true / false, auto otherwise; "
                     "align-oldpass: old log-probs in a pass of their own; align-mbN: micro-batches of N; e.g. align-compile-mb32), "
                     "and align-asyncN: align's async GRPO at max staleness N (separate placement)")
     ap.add_argument("--placement", choices=["colocated", "separate"], default="colocated")

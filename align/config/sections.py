@@ -140,6 +140,9 @@ class LearnerConfig(Strict):
     # torch.compile the model's forward (nn.Module.compile, dynamic shapes; DeepSpeed's optimizer
     # stays outside). CUDA only; the learner logs which path it took. Measured: bench/README.md 7.
     compile: bool = False
+    # Liger Kernel's fused RMSNorm/SwiGLU/rotary Triton kernels (align/learner/liger.py; never its
+    # fused cross-entropy). auto: on with CUDA, the package and a measured model type (llama).
+    liger_kernel: Literal["auto"] | bool = "auto"
     lora: LoraConfig | None = None
     max_seq_len: int = Field(512, ge=8)
     # MoE layers (align/learner/moe.py). auto: grouped_mm on CUDA, eager on CPU. freeze_router null:

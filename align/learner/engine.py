@@ -34,6 +34,7 @@ from torch import nn
 
 from align.config.schema import LearnerConfig
 from align.learner.ds_build import import_deepspeed
+from align.learner.liger import use_liger
 from align.learner.loading import REWARD_KINDS, load_for_training
 from align.learner.moe import configure_moe, lora_target_parameters
 from align.learner.step_stats import DeviceTotals, step_profile
@@ -123,6 +124,7 @@ class Learner:
         # MoE layers: experts kernel and router freezing (freeze_router null means off here; the RL
         # driver resolves it to on before it gets here). Dense models are left alone.
         configure_moe(model, cfg, freeze_router=bool(cfg.freeze_router))
+        kernels = use_liger(model, cfg.liger_kernel, torch.cuda.is_available())  # fused Triton kernels, before LoRA and compile
         # GPU: Mamba2 kernels and packed rows inside the forward (objectives still see padded
         # tensors); CPU: padded batches, unchanged.
         self.packing = enable_packed_forward(model)
@@ -132,7 +134,7 @@ class Learner:
         if torch.cuda.is_available():  # the forward path taken, in the job's log (CPU: always eager, padded)
             if cfg.compile:
                 model.compile(dynamic=True)  # in place: parameter names (checkpoints, weight sync) are unchanged
-            print(f"learner {self.rank}: forward {'torch.compile' if cfg.compile else 'eager'}, {'packed' if self.packing else 'padded'} rows", flush=True)
+            print(f"learner {self.rank}: forward {'torch.compile' if cfg.compile else 'eager'}, {'packed' if self.packing else 'padded'} rows, {kernels}", flush=True)
         if cfg.lora is not None:
             from peft import LoraConfig as PeftLora
             from peft import get_peft_model

@@ -1,7 +1,10 @@
 """Objectives: picklable functions ``objective(model, micro_batch) -> (loss_sum, metrics)``.
 
 They run inside learner actors. Each returns a *sum* over its units; the learner divides by
-``micro_batch["loss_denominator"]``, the unit count of the whole global batch.
+``micro_batch["loss_denominator"]``, the unit count of the whole global batch. Metrics computed
+on the device stay detached 0-d tensors (the learner sums them there and reads them back once a
+step, align/learner/step_stats.py); ``float()`` on them would wait for the GPU per micro-batch.
+Counts known from shapes are plain floats.
 """
 
 from __future__ import annotations
@@ -15,10 +18,13 @@ from torch import nn
 from align.losses import IGNORE, bradley_terry_losses, dpo_losses, regression_loss_sum, shift, sft_loss_sum, token_logprobs
 
 
-def sft_objective(model: nn.Module, mb: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+Metrics = dict[str, float | torch.Tensor]
+
+
+def sft_objective(model: nn.Module, mb: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Metrics]:
     logits = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"]).logits
     loss, tokens = sft_loss_sum(logits, mb["labels"])
-    return loss, {"tokens": float(tokens)}
+    return loss, {"tokens": tokens}
 
 
 def sequence_token_logprobs(model: nn.Module, mb: dict[str, torch.Tensor], temperature: float = 1.0) -> torch.Tensor:
@@ -99,7 +105,7 @@ class DPOObjective:
     label_smoothing: float = 0.0
     sft_weight: float = 1.0
 
-    def __call__(self, model: nn.Module, mb: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(self, model: nn.Module, mb: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Metrics]:
         chosen_tok, rejected_tok, chosen_mask, rejected_mask = pair_token_logprobs(model, mb)
         chosen, rejected = chosen_tok.sum(-1), rejected_tok.sum(-1)
         ref_chosen, ref_rejected = mb["ref_chosen_logps"].to(chosen), mb["ref_rejected_logps"].to(rejected)
@@ -120,13 +126,13 @@ class DPOObjective:
             margin = chosen_reward - rejected_reward
             metrics = {
                 "pairs": float(chosen.numel()),
-                "accuracy": float((margin > 0).sum()),
-                "margin": float(margin.sum()),
-                "chosen_reward": float(chosen_reward.sum()),
-                "rejected_reward": float(rejected_reward.sum()),
-                "chosen_logps": float(chosen.sum()),
-                "rejected_logps": float(rejected.sum()),
-                "chosen_nll_per_token": float(nll.sum()),
+                "accuracy": (margin > 0).sum(),
+                "margin": margin.sum(),
+                "chosen_reward": chosen_reward.sum(),
+                "rejected_reward": rejected_reward.sum(),
+                "chosen_logps": chosen.sum(),
+                "rejected_logps": rejected.sum(),
+                "chosen_nll_per_token": nll.sum(),
             }
         return losses.sum(), metrics
 
@@ -144,7 +150,7 @@ class BradleyTerryObjective:
 
     center_rewards_coefficient: float = 0.0
 
-    def __call__(self, model: nn.Module, mb: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(self, model: nn.Module, mb: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Metrics]:
         rewards = model(input_ids=_both_sides(mb, "input_ids"), attention_mask=_both_sides(mb, "attention_mask"))[:, 0]
         n = mb["chosen_input_ids"].size(0)
         chosen, rejected = rewards[:n], rewards[n:]
@@ -155,15 +161,15 @@ class BradleyTerryObjective:
             margin = chosen - rejected
             metrics = {
                 "pairs": float(n),
-                "accuracy": float((margin > 0).sum()),
-                "margin": float(margin.sum()),
-                "chosen_reward": float(chosen.sum()),
-                "rejected_reward": float(rejected.sum()),
+                "accuracy": (margin > 0).sum(),
+                "margin": margin.sum(),
+                "chosen_reward": chosen.sum(),
+                "rejected_reward": rejected.sum(),
             }
         return losses.sum(), metrics
 
 
-def regression_objective(model: nn.Module, mb: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+def regression_objective(model: nn.Module, mb: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Metrics]:
     """Squared error over every (row, attribute) rating; per-attribute sums ``sq_err_<i>`` as metrics.
 
     Units are ratings (rows x attributes), so the loss is the mean squared error per rating.
@@ -173,7 +179,7 @@ def regression_objective(model: nn.Module, mb: dict[str, torch.Tensor]) -> tuple
     loss = regression_loss_sum(pred, target)
     with torch.no_grad():
         sq = ((pred - target) ** 2).sum(0)
-        metrics = {"rows": float(pred.size(0)), **{f"sq_err_{i}": float(v) for i, v in enumerate(sq)}}
+        metrics: Metrics = {"rows": float(pred.size(0)), **{f"sq_err_{i}": v for i, v in enumerate(sq)}}
     return loss, metrics
 
 

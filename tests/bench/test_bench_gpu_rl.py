@@ -50,6 +50,11 @@ def test_side_modifiers_reach_the_recipe(tmp_path) -> None:
     r = load_recipe(str(bench.align_recipe(tmp_path / "ckpt", "llama-1b", s, tmp_path / "run")), [], job="rl").recipe
     assert (r.learner.compile, r.learner.micro_batch_size_per_device) == (True, 32)
     assert r.grpo.max_seq_logprob_error is None  # no oldpass modifier
+    assert r.learner.liger_kernel == "auto"  # the product's default path unless a side says otherwise
+    liger = bench.side_settings(bench.Settings(), "align-liger-mb32")
+    r2 = load_recipe(str(bench.align_recipe(tmp_path / "ckpt", "llama-1b", liger, tmp_path / "run2")), [], job="rl").recipe
+    assert (r2.learner.liger_kernel, r2.learner.micro_batch_size_per_device) == (True, 32)
+    assert bench.side_settings(bench.Settings(), "align-noliger-mb32").liger == "false"
     assert r.learner.profile is not None and (r.learner.profile.steps, r.learner.profile.dir) == ([3], str(tmp_path / "run" / "profile"))
     assert bench.side_settings(bench.Settings(), "align-oldpass").old_pass
     assert bench.side_settings(bench.Settings(), "trl") == bench.Settings()
