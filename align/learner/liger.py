@@ -40,7 +40,7 @@ from align.errors import AlignError
 PACKAGE = "liger_kernel"
 PIN = "liger-kernel==0.8.5"  # as in pyproject's gpu extra
 # auto turns Liger on only for these model types: the ones whose Liger path was checked against
-# the eager model (tests/gpu/test_liger.py) and measured (bench/README.md section 7).
+# the eager model (tests/gpu/test_liger_gpu.py) and measured (bench/README.md section 7).
 AUTO_MODEL_TYPES = ("llama",)
 # The kernels asked for; never Liger's (fused linear) cross-entropy.
 PATCHES = {"rope": True, "rms_norm": True, "swiglu": True, "cross_entropy": False, "fused_linear_cross_entropy": False}

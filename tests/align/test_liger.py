@@ -1,7 +1,7 @@
 """``learner.liger_kernel``: which setting turns Liger on where, and the errors of ``true``.
 
 CPU only, without the package: the choice is made before anything of Liger is imported. The
-kernels themselves are checked against the eager model on a GPU (tests/gpu/test_liger.py).
+kernels themselves are checked against the eager model on a GPU (tests/gpu/test_liger_gpu.py).
 """
 
 from __future__ import annotations
