@@ -125,3 +125,13 @@ def test_the_checks_catch_a_cycle_and_relative_imports(tmp_path: Path) -> None:
 def test_no_module_over_400_lines(package: str) -> None:
     long = {str(f.relative_to(REPO)): n for f in (REPO / package).rglob("*.py") if (n := len(f.read_text().splitlines())) > 400}
     assert not long, f"modules over 400 lines (split them by concern): {long}"
+
+
+def test_test_module_names_are_unique() -> None:
+    """pytest imports test modules by basename (no __init__.py under tests/): two files of one name
+    in different folders stop the whole run at collection ("import file mismatch")."""
+    seen: dict[str, list[str]] = {}
+    for f in (REPO / "tests").rglob("test_*.py"):
+        seen.setdefault(f.name, []).append(str(f.relative_to(REPO)))
+    dupes = {name: paths for name, paths in seen.items() if len(paths) > 1}
+    assert not dupes, f"rename one of each: {dupes}"
