@@ -140,10 +140,11 @@ def update_batches(
     out = []
     for u in range(updates):
         part = perm[u * size : (u + 1) * size]
+        step_index = torch.tensor(part, dtype=torch.long)  # position in ``seqs`` of each of this part's sequences
         per_rank = micro_batches([seqs[i] for i in part], world_size, accumulation, pad_id, aggregation)
         for mbs in per_rank:
             for mb in mbs:
-                mb["sequence_index"] = torch.tensor(part, dtype=torch.long)[mb["sequence_index"]]
+                mb["sequence_index"] = step_index[mb["sequence_index"]]
         out.append(per_rank)
     return out
 
