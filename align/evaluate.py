@@ -7,7 +7,10 @@ with no thinking). :func:`summarize` is a pure function of trajectories, so the 
 tested on constructed trajectories with known answers.
 
 Decoding is greedy (temperature 0), one sample per task and mode: the numbers are the model's
-deterministic behaviour, not a sampling estimate.
+deterministic behaviour, not a sampling estimate. One mode may sample instead
+(:func:`standard_modes`' ``sampled_temperature``): ``think_sampled`` plays /think once per task
+at the RL stage's temperature, the quantity GRPO's reward optimizes. A policy can gain there
+(it samples its right answers more often) while its greedy answer stays the same.
 """
 
 from __future__ import annotations
@@ -31,13 +34,18 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class EvalMode:
-    label: str  # "think", "no_think", "budget_32", ...
+    label: str  # "think", "no_think", "budget_32", "think_sampled"
     mode: ReasoningMode
+    temperature: float = 0.0  # 0: greedy
 
 
-def standard_modes(budgets: Sequence[int] = ()) -> list[EvalMode]:
+def standard_modes(budgets: Sequence[int] = (), sampled_temperature: float | None = None) -> list[EvalMode]:
+    """/think, /no_think, each budget (greedy), and /think sampled once at ``sampled_temperature`` if given."""
     modes = [EvalMode("think", ReasoningMode(True)), EvalMode("no_think", ReasoningMode(False))]
-    return modes + [EvalMode(f"budget_{b}", ReasoningMode(True, b)) for b in budgets]
+    modes += [EvalMode(f"budget_{b}", ReasoningMode(True, b)) for b in budgets]
+    if sampled_temperature is not None:
+        modes.append(EvalMode("think_sampled", ReasoningMode(True), temperature=sampled_temperature))
+    return modes
 
 
 class EvalCell(TypedDict):
@@ -104,7 +112,7 @@ async def play(
     seed: int,
     budget_grace_fraction: float = 0.0,
 ) -> list[tuple[str, Trajectory]]:
-    """Every task in every mode, greedy, all episodes concurrent through one batcher.
+    """Every task in every mode (at the mode's temperature), all episodes concurrent through one batcher.
 
     ``budget_grace_fraction``: the grace window after a thinking budget (:mod:`rollout.episode`);
     evaluate with the one the policy was trained with.
@@ -112,13 +120,22 @@ async def play(
     from rollout.collect import collect
     from rollout.batcher import Batcher
 
-    greedy = sampling.model_copy(update={"temperature": 0.0})
     batcher = Batcher(generate)
-    pairs = [(task, m.mode) for m in modes for task in tasks]
-    groups = await collect(envs, pairs, 1, tokenizer=tokenizer, generate=batcher, sampling=greedy, max_turns=max_turns, seed=seed,
-                           budget_grace_fraction=budget_grace_fraction)  # fmt: skip
-    labels = [m.label for m in modes for _ in tasks]
-    return [(label, g[0]) for label, g in zip(labels, groups, strict=True)]
+
+    def one(temperature: float, ms: list[EvalMode]) -> Any:
+        pairs = [(task, m.mode) for m in ms for task in tasks]
+        return collect(envs, pairs, 1, tokenizer=tokenizer, generate=batcher, sampling=sampling.model_copy(update={"temperature": temperature}),
+                       max_turns=max_turns, seed=seed, budget_grace_fraction=budget_grace_fraction)  # fmt: skip
+
+    by_temperature: dict[float, list[EvalMode]] = defaultdict(list)
+    for m in modes:
+        by_temperature[m.temperature].append(m)
+    played = await asyncio.gather(*(one(t, ms) for t, ms in by_temperature.items()))
+    out = []
+    for ms, groups in zip(by_temperature.values(), played, strict=True):
+        labels = [m.label for m in ms for _ in tasks]
+        out += [(label, g[0]) for label, g in zip(labels, groups, strict=True)]
+    return out
 
 
 def make_envs(names: Sequence[str], params: dict[str, dict[str, Any]] | None = None) -> dict[str, Environment]:

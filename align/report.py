@@ -27,8 +27,8 @@ def evaluate_stages(r: PipelineRecipe, finals: dict[str, Path], stages: list[Loa
     out: dict[str, Any] = {"tasks_per_env": {n: sum(t.env == n for t in tasks) for n in envs}, OUTCOMES: {}}
     for name, path in finals.items():
         samples = Path(r.output_dir) / f"eval_{name}.jsonl"
-        summary = evaluate_checkpoint(path, envs, tasks, standard_modes(r.eval.budgets), sampling, r.eval.max_turns, r.seed,
-                                      samples_path=samples, budget_grace_fraction=r.eval.budget_grace_fraction)  # fmt: skip
+        summary = evaluate_checkpoint(path, envs, tasks, standard_modes(r.eval.budgets, r.eval.sampled_temperature), sampling, r.eval.max_turns,
+                                      r.seed, samples_path=samples, budget_grace_fraction=r.eval.budget_grace_fraction)  # fmt: skip
         print_table(summary, f"stage {name}: held-out evaluation")
         out[name] = summary
         out[OUTCOMES][name] = read_outcomes(samples)
@@ -61,6 +61,8 @@ def headline(summary: dict[str, Any], budgets: list[int]) -> dict[str, float | N
     row["budget_adherence_min"] = min(adherence) if adherence else None
     for b in budgets:
         row[f"accuracy_budget_{b}"] = a.get(f"budget_{b}", {}).get("accuracy")
+    if "think_sampled" in a:
+        row["accuracy_think_sampled"] = a["think_sampled"]["accuracy"]
     return row
 
 
@@ -117,7 +119,8 @@ def write_report(run_dir: Path, r: PipelineRecipe, evals: dict[str, Any], timing
     heads = {s: headline(evals[s], r.eval.budgets) for s in stages}
     changes = _Changes(evals)
     lines = ["# align pipeline report", "", f"Recipe `{r.description or 'pipeline'}`, seed {r.seed}. Held-out tasks per environment: "
-             + ", ".join(f"{k} {v}" for k, v in evals["tasks_per_env"].items()) + " (greedy decoding).", ""]  # fmt: skip
+             + ", ".join(f"{k} {v}" for k, v in evals["tasks_per_env"].items()) + " (greedy decoding"
+             + (f"; think_sampled at temperature {r.eval.sampled_temperature}" if r.eval.sampled_temperature else "") + ").", ""]  # fmt: skip
     short = heldout_shortfall(evals["tasks_per_env"], r.eval.envs)
     lines += short + ([""] if short else [])
     cols = list(next(iter(heads.values())).keys()) if heads else []
@@ -133,11 +136,12 @@ def write_report(run_dir: Path, r: PipelineRecipe, evals: dict[str, Any], timing
         prev = s
     lines += ["", NOTE, "", "## Accuracy per environment (/think and /no_think)", ""]
     env_names = [e for e in evals[stages[0]] if e != "all"] if stages else []
-    lines += ["| stage | " + " | ".join(f"{e} think | {e} no_think" for e in env_names) + " |", "|---" * (2 * len(env_names) + 1) + "|"]
+    modes = ["think", "no_think"] + (["think_sampled"] if stages and "think_sampled" in evals[stages[0]]["all"] else [])
+    lines += ["| stage | " + " | ".join(f"{e} {m}" for e in env_names for m in modes) + " |", "|---" * (len(modes) * len(env_names) + 1) + "|"]
     prev = None
     for s in stages:
         cells = [_with_interval(evals[s][e].get(m)) + changes.delta(e, m, prev, s, evals[prev][e][m]["accuracy"] if prev else None,
-                 evals[s][e][m]["accuracy"]) for e in env_names for m in ("think", "no_think")]  # fmt: skip
+                 evals[s][e][m]["accuracy"]) for e in env_names for m in modes]  # fmt: skip
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
         prev = s
     lines += _budget_table(evals, stages, ["all", *env_names], r.eval.budgets)
@@ -153,7 +157,9 @@ def write_report(run_dir: Path, r: PipelineRecipe, evals: dict[str, Any], timing
 
 NOTE = (
     "Brackets: 95% Wilson interval. Parenthesised: change from the stage before; `*` marks an accuracy change beyond "
-    "noise, McNemar's exact test p < 0.05 on the paired tasks (every stage plays the same held-out tasks, greedy)."
+    "noise, McNemar's exact test p < 0.05 on the paired tasks (every stage plays the same held-out tasks, greedy). "
+    "`think_sampled` (if present): /think with one sample per task at the RL stage's temperature, what GRPO optimizes; "
+    "its changes carry the sampling noise of one draw per task on top."
 )
 
 
@@ -171,10 +177,10 @@ def _budget_table(evals: dict[str, Any], stages: list[str], envs: list[str], bud
 
 
 def _mode_order(label: str) -> tuple[int, int]:
-    """think, no_think, then budgets in increasing order (``budget_128`` after ``budget_16``)."""
+    """think, no_think, budgets in increasing order (``budget_128`` after ``budget_16``), then think_sampled."""
     if label.startswith("budget_"):
         return 2, int(label.removeprefix("budget_"))
-    return (0 if label == "think" else 1), 0
+    return {"think": 0, "no_think": 1}.get(label, 3), 0
 
 
 def _significance_table(changes: _Changes, stages: list[str], envs: list[str], evals: dict[str, Any]) -> list[str]:

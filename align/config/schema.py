@@ -299,6 +299,9 @@ class PipelineEval(Strict):
     max_answer_tokens: int = Field(32, ge=1)
     max_turns: int = Field(3, ge=1)
     budget_grace_fraction: float = Field(0.0, ge=0, le=1)  # as the RL recipe's reasoning.budget_grace_fraction
+    # Also play /think once per task at this temperature (the RL stage's sampling one): GRPO's own
+    # objective, reported as think_sampled next to the greedy modes. null: greedy modes only.
+    sampled_temperature: float | None = Field(None, gt=0)
 
 
 class PipelineRecipe(Strict):

@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from align.config.schema import SamplingConfig
 from align.evaluate import standard_modes, summarize
 from align.reasoning import ReasoningMode
 from align.report import headline
@@ -57,6 +58,38 @@ def test_standard_modes() -> None:
     labels = [m.label for m in standard_modes([16, 64])]
     assert labels == ["think", "no_think", "budget_16", "budget_64"]
     assert standard_modes([16])[2].mode == ReasoningMode(True, 16)
+    assert {m.temperature for m in standard_modes([16])} == {0.0}
+    sampled = standard_modes([16], sampled_temperature=0.8)[-1]
+    assert (sampled.label, sampled.mode, sampled.temperature) == ("think_sampled", ReasoningMode(True), 0.8)
+
+
+def test_play_samples_only_the_sampled_mode_at_its_temperature(tiny_tokenizer) -> None:
+    """Greedy modes go out at temperature 0 and think_sampled at its own, every task in every mode,
+    through one batch function; each trajectory comes back under its mode's label."""
+    import asyncio
+
+    from align.evaluate import play
+    from envs.math.env import MathEnv, MathParams
+    from rollout.types import GenOutput
+
+    env = MathEnv(MathParams())
+    tasks = env.generate(3, seed=0)
+    seen: list[float] = []
+    answer = tiny_tokenizer.encode("<think>1</think>\\boxed{1}", add_special_tokens=False) + [tiny_tokenizer.eos_token_id]
+
+    async def generate(requests):
+        seen.extend(r.temperature for r in requests)
+        return [GenOutput(answer, [0.0] * len(answer), "stop") for _ in requests]
+
+    modes = standard_modes([16], sampled_temperature=0.7)
+    sampling = SamplingConfig(max_new_tokens=32, max_answer_tokens=8)
+    results = asyncio.run(play({"math": env}, tasks, modes, tiny_tokenizer, generate, sampling, max_turns=1, seed=0))
+    assert sorted(seen) == [0.0] * 9 + [0.7] * 3
+    by_label = {}
+    for label, t in results:
+        by_label.setdefault(label, []).append(t.task.id)
+    assert by_label == {m.label: [t.id for t in tasks] for m in modes}
+    assert all(t.mode == ReasoningMode(True) for label, t in results if label == "think_sampled")
 
 
 def test_align_eval_names_a_missing_model(tmp_path, capsys) -> None:

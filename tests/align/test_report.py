@@ -145,3 +145,33 @@ def test_paired_table_lists_modes_in_ladder_order(tmp_path: Path) -> None:
     from align.report import _mode_order
 
     assert sorted(["budget_128", "no_think", "budget_16", "think"], key=_mode_order) == ["think", "no_think", "budget_16", "budget_128"]
+
+
+def test_sampled_think_gets_its_columns_and_paired_test(tmp_path: Path) -> None:
+    """With eval.sampled_temperature the report adds think_sampled: a headline column, per-environment
+    columns and the paired rows, tested like the greedy modes."""
+    from align.config import load_recipe
+
+    r = load_recipe("tiny", [f"output_dir={tmp_path}", "eval.budgets=[16]", "eval.sampled_temperature=0.9"]).recipe
+    stages, outs = {}, {}
+    for name, k in (("sft", 4), ("rl", 12)):  # sampled: 4 -> 12 of 20 right, 8 gained, 0 lost (p = 0.0078)
+        summary, outcomes = _stage({"math": 10}, 20)
+        sampled = {f"math-{i}": i < k for i in range(20)}
+        rows = [("think_sampled", T("math", THINK, ok, float(ok), thinking_tokens=8)) for ok in sampled.values()]
+        extra = summarize(rows)
+        for env in ("math", "all"):
+            summary[env]["think_sampled"] = extra[env]["think_sampled"]
+        outcomes["math"]["think_sampled"] = sampled
+        outcomes["all"]["think_sampled"] = {f"math/{t}": ok for t, ok in sampled.items()}
+        stages[name], outs[name] = summary, outcomes
+    evals = {"tasks_per_env": {"math": 20}, **stages, OUTCOMES: outs}
+    text = write_report(tmp_path, r, evals, {"sft": 1.0, "rl": 2.0}, {"sft": tmp_path / "sft", "rl": tmp_path / "rl"}).read_text()
+    assert "think_sampled at temperature 0.9" in text
+    head = text.split("## Headline")[1].splitlines()
+    assert "accuracy_think_sampled" in head[2] and head[5].endswith("| 0.600 [0.39, 0.78] (+0.400 *) |"), head[:6]
+    env_rows = text.split("## Accuracy per environment")[1].split("##")[0].splitlines()
+    assert "| stage | math think | math no_think | math think_sampled |" in env_rows
+    assert any(row.startswith("| rl | 0.500 [") and row.endswith("| 0.600 [0.39, 0.78] (+0.400 *) |") for row in env_rows), env_rows
+    modes = [line.split("|")[2].strip() for line in text.split("paired changes")[1].splitlines() if line.startswith("| math |")]
+    assert modes == ["think", "no_think", "budget_16", "think_sampled"]
+    assert "| math | think_sampled | 20 | 0.200 | 0.600 | +0.400 | 8 | 0 | 0.00781 | yes |" in text
