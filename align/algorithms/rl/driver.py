@@ -270,7 +270,7 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False, pr
                 producer.publish(lambda: sync.push(step + 1), step + 1)
             else:
                 queue.sync(lambda job: job(), sync.snapshot(step + 1), step + 1)
-            t_sync = time.perf_counter() - t0 + queue.last_sync_s
+            t_sync = queue.sync_seconds(time.perf_counter() - t0)
 
             done = step + 1
             metrics = step_metrics(ro.all_groups, train_metrics)
