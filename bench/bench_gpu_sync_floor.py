@@ -126,7 +126,7 @@ def measure(ckpt: Path, gpu: bool, repeats: int = 5, bucket_mb: int = 512, gpu_m
         res[key.removesuffix("_all")] = statistics.median(res[key])
     if direct_ok:  # the direct path against reload_weights, on weights that change the output
         gen = torch.Generator(device=device).manual_seed(0)
-        perturbed = {n: t + 0.05 * t.float().std() * torch.randn(t.shape, generator=gen, device=device, dtype=t.dtype) for n, t in weights.items()}
+        perturbed = {n: t + 0.05 * t.float().std().nan_to_num() * torch.randn(t.shape, generator=gen, device=device, dtype=t.dtype) for n, t in weights.items()}
         items = list(perturbed.items())
         engine._loop.call(lambda: load_items(engine.llm, items, partial=False, direct=True))
         direct_out = _greedy(engine, prompt)
