@@ -7,6 +7,10 @@ Usage (on a GPU machine with the `gpu` extra installed, e.g. from ``make wheelho
     python bench/bench_gpu_rl.py --placement separate --sides align,align-async2 --lengths natural --vocab 512
         # sync vs async GRPO on 2 GPUs, long-tailed generation lengths
     python bench/bench_gpu_rl.py --quick      # CPU smoke run of the bench itself (tiny policy)
+    python bench/bench_gpu_rl.py --policies llama-1b --sides align --sync-floor
+        # and each align side's weight sync over the per-layer reload floor (bench_gpu_sync_floor.py)
+    python bench/bench_gpu_rl.py --policies hybrid-1b --sides align --new-tokens 16384 --prompts 2 --generations 4 \
+        --micro-batch 1 --steps 1 --warmup 0 --num-eval 0      # a 16K-token thinking budget's rollout and update
     python bench/bench_gpu_rl.py --policies llama-8b --gpus 8 --zero 3 --placement separate --sides align
         # one node: 4 ZeRO-3 learners + 4 engines (NCCL); --gpus 8 colocated: 8 learners, each beside an engine
 
