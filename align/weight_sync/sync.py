@@ -29,6 +29,7 @@ class WeightSync:
     def __init__(self, learners: LearnerGroup, rollout: RolloutGroup, transport: str = "auto", bucket_mb: int = 512, snapshot: bool = False) -> None:
         self.learners, self.rollout = learners, rollout
         self._buckets: list[Any] = []
+        self.last_engine_load_s: float | None = None  # cuda_ipc: the slowest engine's own load time in the last push
         self._engines_of_rank: list[list[Any]] = []
         in_process = learners.in_process or rollout.in_process
         if in_process:
@@ -87,7 +88,11 @@ class WeightSync:
                       + [e.receive_broadcast.remote(self._buckets, version) for e in self.rollout.engines])  # fmt: skip
         else:
             _wait_all([a.push_ipc.remote(self._buckets, es) for a, es in zip(self.learners.actors, self._engines_of_rank, strict=True)])
-            _wait_all([e.finish_weight_update.remote(version) for e in self.rollout.engines])
+            done = [e.finish_weight_update.remote(version) for e in self.rollout.engines]
+            _wait_all(done)
+            import ray
+
+            self.last_engine_load_s = max(ray.get(done), default=0.0)
 
     def snapshot(self, version: int | None = None) -> Callable[[], None]:
         """A job that loads the weights as they are *now* into the engines, to run later."""

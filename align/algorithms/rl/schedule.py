@@ -61,6 +61,14 @@ class EngineQueue:
 
         return self.submit(job)
 
+    def sync_seconds(self, waited: float) -> float:
+        """A step's weight-sync time, from what its caller spent in :meth:`sync` (``waited``).
+
+        Inline, that is the load itself. On the background thread the caller only queued the load,
+        so the last one the thread finished is added (an earlier bug added it inline too, which
+        reported every synchronous sync twice)."""
+        return waited + (self.last_sync_s if self._pool is not None else 0.0)
+
     def close(self) -> None:
         """Drop jobs not started yet and wait for the running one (a rollout cannot be cut short)."""
         if self._pool is not None:
