@@ -88,11 +88,8 @@ class WeightSync:
                       + [e.receive_broadcast.remote(self._buckets, version) for e in self.rollout.engines])  # fmt: skip
         else:
             _wait_all([a.push_ipc.remote(self._buckets, es) for a, es in zip(self.learners.actors, self._engines_of_rank, strict=True)])
-            done = [e.finish_weight_update.remote(version) for e in self.rollout.engines]
-            _wait_all(done)
-            import ray
-
-            self.last_engine_load_s = max(ray.get(done), default=0.0)
+            loads = _wait_all([e.finish_weight_update.remote(version) for e in self.rollout.engines])
+            self.last_engine_load_s = max(loads, default=0.0)
 
     def snapshot(self, version: int | None = None) -> Callable[[], None]:
         """A job that loads the weights as they are *now* into the engines, to run later."""
@@ -102,12 +99,14 @@ class WeightSync:
         return lambda: self.rollout.update_weights(state, version)
 
 
-def _wait_all(refs: list[Any]) -> None:
-    """``ray.get`` that raises the first failure as soon as it happens: the two sides of a
-    collective would otherwise wait for a peer that is gone until the group's timeout."""
+def _wait_all(refs: list[Any]) -> list[Any]:
+    """``ray.get`` of ``refs`` (their results, in order) that raises the first failure as soon as it
+    happens: the two sides of a collective would otherwise wait for a peer that is gone until the
+    group's timeout."""
     import ray
 
     pending = list(refs)
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)
         ray.get(ready)
+    return ray.get(list(refs))
