@@ -22,6 +22,10 @@ class CurriculumConfig(Strict):
     weighting: Literal["uniform", "learnability", "easy_first"] = "uniform"
     min_weight: float = Field(0.01, gt=0)
     unseen_pass_rate: float = Field(0.5, ge=0, le=1)  # p of a task not sampled yet
+    # A Task.meta key (the built-in generators label ``grade``): an unseen task's p is then the mean
+    # last pass rate of the seen tasks of its environment with the same value, shrunk toward
+    # unseen_pass_rate by one pseudo-task. Null: every unseen task counts as unseen_pass_rate.
+    unseen_prior_key: str | None = None
     histogram_bins: int = Field(5, ge=1, le=20)  # pass-rate histogram per environment in the metrics
 
 

@@ -125,3 +125,28 @@ def test_curriculum_state_survives_a_checkpoint() -> None:
     expected = [[t.id for t in a.next(4)] for _ in range(5)]
     assert [[t.id for t in b.next(4)] for _ in range(5)] == expected
     assert [[t.id for t in positions_only.next(4)] for _ in range(5)] != expected
+
+
+def test_an_unseen_task_takes_the_pass_rate_of_its_grade() -> None:
+    cfg = CurriculumConfig(enabled=True, weighting="learnability", min_weight=0.01, unseen_prior_key="grade")
+    cur = Curriculum(cfg, seed=2)
+    tasks = [Task(id=f"m{g}-{i}", env="math", prompt=[], answer=0, meta={"grade": g}) for g in (1, 2, 3) for i in range(20)]
+    by_grade = {g: [t for t in tasks if t.meta["grade"] == g] for g in (1, 2, 3)}
+    for t in by_grade[1][:3]:  # grade 1 failed every time, grade 2 half the time; grade 3 never seen
+        cur.observe([_group(t, [False] * 4)])
+    for t in by_grade[2][:3]:
+        cur.observe([_group(t, [True, True, False, False])])
+    # one pseudo-task at unseen_pass_rate (0.5) beside the seen ones: grade 1 (0+0+0+0.5)/4
+    assert cur.priors("math", tasks) == pytest.approx({1: 0.125, 2: 0.5, 3: 0.5})
+    weights = dict(zip((t.id for t in tasks), cur._weights("math", tasks)))
+    unseen1, unseen2 = by_grade[1][5], by_grade[2][5]
+    assert weights[unseen1.id] == pytest.approx(0.125 * 0.875 + 0.01) and weights[unseen2.id] == pytest.approx(0.25 + 0.01)
+    drawn = Counter(t.meta["grade"] for position in range(300) for t in cur.draw("math", tasks, 4, position))
+    # weights per task: grade 1 ~0.12, grades 2 and 3 ~0.26: grade 1 gets under a fifth of the draws
+    assert drawn[1] < 0.2 * sum(drawn.values()) and min(drawn[2], drawn[3]) > drawn[1] * 1.5, drawn
+    metrics = cur.metrics({"math": tasks})
+    assert metrics["math/pass_rate_by_grade/1"] == pytest.approx(0.125) and metrics["math/pass_rate_by_grade/2"] == 0.5
+    plain = Curriculum(CurriculumConfig(enabled=True, weighting="learnability"), seed=2)
+    plain.stats = cur.stats
+    plain_weights = dict(zip((t.id for t in tasks), plain._weights("math", tasks)))
+    assert plain.priors("math", tasks) == {} and plain_weights[unseen1.id] == plain_weights[unseen2.id] == pytest.approx(0.26)
