@@ -17,6 +17,11 @@ class BudgetParams(BaseModel):
     forced_close_penalty: float = Field(0.5, ge=0)
     # Subtracted in full at 2x the budget, in proportion below that: min(1, over / budget) * this.
     overrun_penalty: float = Field(0.5, ge=0)
+    # Subtracted when thinking ran past the budget at all, forced or not. With a grace window
+    # (reasoning.budget_grace_fraction) the overrun is at most a tenth of the budget, so
+    # overrun_penalty charges it almost nothing, while the evaluation's budget adherence counts it
+    # as a miss. 0: off.
+    over_budget_penalty: float = Field(0.0, ge=0)
     # Subtracted when a /no_think trajectory thinks anyway (a non-empty think block).
     no_think_penalty: float = Field(1.0, ge=0)
     # Subtracted from correct budgeted trajectories in proportion to the share of the budget their
@@ -30,7 +35,8 @@ class ReasoningBudgetReward:
     * ``/no_think``: any thinking (``thinking_tokens > 0`` or a non-empty think block in the
       completion) costs ``no_think_penalty``.
     * ``/think`` with a budget: a forced close costs ``forced_close_penalty``; thinking past the
-      budget (possible when the rollout does not enforce it) costs up to ``overrun_penalty``.
+      budget (possible when the rollout does not enforce it) costs up to ``overrun_penalty``;
+      any thinking past it, or a forced close, costs ``over_budget_penalty`` (off by default).
       The budget is the ladder step the system turn carried (``round_budget``).
     * ``/think`` with a budget and a correct answer: ``budget_share_penalty`` (off by default)
       costs ``min(1, thinking / budget)`` of it. Among right answers the shorter thinking then
@@ -59,6 +65,11 @@ class ReasoningBudgetReward:
     ...     trajectory("<think>2+2=4</think>5", budget=16, thinking_tokens=4, correct=False),
     ... ])
     [-0.1, -0.025, 0.0]
+    >>> ReasoningBudgetReward(BudgetParams(over_budget_penalty=0.3)).score([
+    ...     trajectory("<think>...</think>4", budget=32, thinking_tokens=34),  # closed in the grace window
+    ...     trajectory("<think>...</think>4", budget=32, thinking_tokens=32),
+    ... ])
+    [-0.33125, 0.0]
     """
 
     name: ClassVar[str] = "reasoning_budget"
@@ -79,6 +90,8 @@ class ReasoningBudgetReward:
         budget = round_budget(x.mode.budget)
         over = max(0, x.thinking_tokens - budget) / budget
         penalty = (p.forced_close_penalty if x.forced_close else 0.0) + p.overrun_penalty * min(1.0, over)
+        if x.thinking_tokens > budget or x.forced_close:
+            penalty += p.over_budget_penalty
         if x.correct:
             penalty += p.budget_share_penalty * min(1.0, x.thinking_tokens / budget)
         return -penalty if penalty else 0.0

@@ -241,3 +241,18 @@ def test_budget_share_penalty_is_set_and_checked_from_the_recipe() -> None:
     assert fn.params.budget_share_penalty == 0.3
     with pytest.raises(RecipeError, match=r"rewards\.0 \(reasoning_budget\)[\s\S]*budget_share_penalty"):
         load_recipe("nano3-multienv-tiny", ["rewards=[{name: reasoning_budget, params: {budget_share_penalty: -1}}]"])
+
+
+def test_over_budget_penalty_charges_a_close_in_the_grace_window() -> None:
+    """overrun_penalty is proportional, so the 1-3 tokens a grace window lets thinking run past the
+    budget cost almost nothing; over_budget_penalty charges them as the evaluation's adherence does."""
+    fn = make_reward("reasoning_budget", {"over_budget_penalty": 0.5})
+    graced, on_time, forced = fn.score([
+        trajectory("<think>a\n</think>4", budget=32, thinking_tokens=34, correct=True),
+        trajectory("<think>a</think>4", budget=32, thinking_tokens=32, correct=True),
+        trajectory("<think>a</think>4", budget=32, thinking_tokens=36, correct=True, forced_close=True),
+    ])  # fmt: skip
+    assert on_time == 0.0
+    assert graced == pytest.approx(-(0.5 + 0.5 * 2 / 32)) and forced == pytest.approx(-(0.5 + 0.5 + 0.5 * 4 / 32))
+    plain = ReasoningBudgetReward().score([trajectory("<think>a\n</think>4", budget=32, thinking_tokens=34, correct=True)])
+    assert plain == [pytest.approx(-0.5 * 2 / 32)]  # off by default: the old, proportional charge only
