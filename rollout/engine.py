@@ -143,7 +143,7 @@ class VLLMEngine:
         self.llm = self._loop.llm
         self.recompute_kv_on_update = recompute_kv_on_update
         self._direct_load: bool | None = None  # how weights load in place (rollout.weight_load), asked of the model once
-        self._ipc_load_s = 0.0  # engine-side seconds of the CUDA IPC update in progress
+        self._ipc_load_s, self._ipc_left = 0.0, 0  # the CUDA IPC update in progress: engine-side seconds, buckets to come
         self._ipc_view: Any = None  # the learner's CUDA IPC buffer, mapped once (align.weight_sync.transports.IpcView)
         self._sampling_params_cls = vllm.SamplingParams
         self._delta = RequestOutputKind.DELTA
@@ -293,27 +293,30 @@ class VLLMEngine:
 
         self._loop.call(lambda: self._swap(load, version))
 
-    def load_ipc_bucket(self, bucket: Any, arena_key: str, handle: Any, offset: int, last: bool = False, version: int | None = None) -> float | None:
-        """Load one bucket from the learner's GPU buffer (same GPU), at ``offset`` in the buffer
-        ``arena_key`` (mapped by ``handle`` at its first bucket, kept mapped after).
+    def load_ipc_bucket(self, bucket: Any, arena_key: str, handle: Any, offset: int, count: int, version: int | None = None) -> float | None:
+        """Load one of the ``count`` buckets of an update from the learner's GPU buffer (same GPU), at
+        ``offset`` in the buffer ``arena_key`` (mapped by ``handle`` at its first bucket, kept mapped after).
 
-        No step runs from the first bucket until the ``last`` one (a half-loaded model samples
-        nothing); after it, cached prefixes are dropped, ``version`` is set (as in
-        :meth:`update_weights`) and stepping resumes. The last bucket returns the seconds this
-        update spent loading on the engine (the rest of a sync's time is the learner's packing,
-        Ray and the waits between); the others None."""
+        No step runs from the first bucket of an update until all ``count`` are in (a half-loaded
+        model samples nothing); then cached prefixes are dropped, ``version`` is set (as in
+        :meth:`update_weights`) and stepping resumes. The learner sends the next bucket before this
+        one is done, and Ray may run an async actor's calls out of order, so the update ends at
+        its ``count``-th bucket, whichever that is. That call returns the seconds the update spent
+        loading on the engine (the rest of a sync is the learner's packing, Ray and the waits between);
+        the others None."""
         from align.weight_sync.transports import IpcView, load_ipc
 
         def load() -> float | None:
             if not self._loop.paused:  # the first bucket of an update
                 self._loop.quiesce()
-                self._loop.paused, self._ipc_load_s = True, 0.0
+                self._loop.paused, self._ipc_load_s, self._ipc_left = True, 0.0, count
             t0 = time.perf_counter()
             if self._ipc_view is None:
                 self._ipc_view = IpcView()
             load_ipc(bucket, self._ipc_view.bucket(arena_key, handle, bucket, offset), self._load_items)
             self._ipc_load_s += time.perf_counter() - t0
-            if not last:
+            self._ipc_left -= 1
+            if self._ipc_left > 0:
                 return None
             try:
                 self._loaded(version)

@@ -334,8 +334,8 @@ class Learner:
 
     def push_ipc(self, buckets: list[Any], engines: list[Any], version: int | None = None) -> float:
         """Hand each bucket to ``engines`` (the rollout engines on this rank's GPU) over CUDA IPC, from a
-        buffer kept across syncs; the last bucket's request also sets the engines' weights ``version``
-        and lets them step again. Returns the slowest engine's own load seconds for this update."""
+        buffer kept across syncs; each engine sets its weights ``version`` and steps again once it
+        holds them all. Returns the slowest engine's own load seconds for this update."""
         from align.weight_sync.transports import IpcArena, send_ipc
 
         with self._hf_weights() as sd:
@@ -344,14 +344,14 @@ class Learner:
             if self._ipc_arena is None or not self._ipc_arena.fits(buckets):
                 self._ipc_arena = None  # the old arena is freed before the new one is made
                 self._ipc_arena = IpcArena(buckets, torch.device("cuda", torch.cuda.current_device()))
-            arena, last = self._ipc_arena, len(buckets) - 1
+            arena = self._ipc_arena
 
             def start(i: int, bucket: Any, offset: int) -> Callable[[], list[Any]]:
-                futures = [e.load_ipc_bucket.remote(bucket, arena.key, arena.handle, offset, i == last, version).future() for e in engines]
+                futures = [e.load_ipc_bucket.remote(bucket, arena.key, arena.handle, offset, len(buckets), version).future() for e in engines]
                 return lambda: [f.result() for f in futures]
 
-            answers = send_ipc(buckets, sd, arena, start)
-            return max(answers[-1], default=0.0)
+            answers = send_ipc(buckets, sd, arena, start)  # per bucket, per engine: None, or the update's load time
+            return max((a for per_engine in answers for a in per_engine if a is not None), default=0.0)
 
     def save_hf(self, path: str, tokenizer_path: str | None = None) -> None:
         """Write an HF folder (rank 0 writes; every rank must call it under ZeRO-3)."""

@@ -87,7 +87,7 @@ class WeightSync:
             _wait_all([a.push_broadcast.remote(self._buckets) for a in self.learners.actors]
                       + [e.receive_broadcast.remote(self._buckets, version) for e in self.rollout.engines])  # fmt: skip
         else:
-            # One call per learner rank; each calls its engines once per bucket, the last one finishing the update.
+            # One call per learner rank; it calls its engines once per bucket, and each engine finishes the update at its last.
             loads = _wait_all([a.push_ipc.remote(self._buckets, es, version) for a, es in zip(self.learners.actors, self._engines_of_rank, strict=True)])
             self.last_engine_load_s = max(loads, default=0.0)
 
