@@ -325,6 +325,8 @@ class VLLMEngine:
                 self._loop.resume()
             return self._ipc_load_s
 
+        return self._loop.call(load)
+
     def _load_items(self, items: list[tuple[str, torch.Tensor]], partial: bool = True) -> None:
         """Load ``items`` (all the weights, or whole layers of them) in place: the model's own
         ``load_weights`` where nothing is processed after loading, else vLLM's ``reload_weights``

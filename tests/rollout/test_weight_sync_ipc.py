@@ -107,3 +107,42 @@ def test_engine_maps_an_arena_once_across_syncs() -> None:
     view.bucket(fresh.key, "new handle", buckets[0], 0)
     assert opened[-1] == "new handle" and view.opened == 2 and view.key == fresh.key
     assert [n for n, _ in unpack(buckets[0], view.bucket(fresh.key, "unused", buckets[0], 0))] == [e.name for e in buckets[0].entries]
+
+
+def test_engine_loads_an_update_from_the_arena_as_update_weights_does(tiny_checkpoint, tokenizer, make_engine) -> None:
+    """The engine's side (``VLLMEngine.load_ipc_bucket``) on CPU, the mapping replaced by the arena itself:
+    after a bucketed update its greedy output is the one ``update_weights`` gives for the same
+    weights, its version is the one sent, and a second update through the same arena restores the start."""
+    from align.models import load_model
+    from rollout.types import GenRequest
+
+    start = {k: v.detach().clone() for k, v in load_model(tiny_checkpoint, "float32").state_dict().items()}
+    g = torch.Generator().manual_seed(3)
+    changed = {k: v + 0.05 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v for k, v in start.items()}
+    prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in ("What is 12 + 30?", "echo 3 then answer 7")]
+    buckets = _plan(start, 256 * 1024)
+    assert len(buckets) >= 3
+    arena = IpcArena(buckets, torch.device("cpu"), share=lambda t: "handle")
+    engine = make_engine(tiny_checkpoint)
+    engine._ipc_view = IpcView(lambda handle: arena.buffer)
+
+    def greedy() -> list[list[int]]:
+        return [o.token_ids for o in engine.generate([GenRequest(p, 16, temperature=0.0) for p in prompts])]
+
+    def push(weights: dict[str, torch.Tensor], version: int) -> list[Any]:
+        def begin(i: int, bucket: Any, offset: int) -> Any:
+            answer = engine.load_ipc_bucket(bucket, arena.key, arena.handle, offset, len(buckets), version)
+            return lambda: answer
+
+        return send_ipc(buckets, weights, arena, begin)
+
+    before = greedy()
+    answers = push(changed, 7)
+    assert answers[:-1] == [None] * (len(buckets) - 1) and answers[-1] > 0  # the update's load seconds, at its last bucket
+    after = greedy()
+    assert engine.weights_version() == 7 and after != before
+    engine.update_weights(changed)
+    assert greedy() == after
+    push(start, 9)
+    assert greedy() == before and engine.weights_version() == 9
+    assert engine._ipc_view.opened == 1
