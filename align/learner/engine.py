@@ -351,7 +351,10 @@ class Learner:
                 return lambda: [f.result() for f in futures]
 
             answers = send_ipc(buckets, sd, arena, start)  # per bucket, per engine: None, or the update's load time
-            return max((a for per_engine in answers for a in per_engine if a is not None), default=0.0)
+            loads = [a for per_engine in answers for a in per_engine if a is not None]
+            if len(loads) != len(engines):  # a sync that loads nothing would otherwise pass unseen
+                raise RuntimeError(f"cuda_ipc weight sync: {len(engines) - len(loads)} of {len(engines)} engines did not finish the update")
+            return max(loads)
 
     def save_hf(self, path: str, tokenizer_path: str | None = None) -> None:
         """Write an HF folder (rank 0 writes; every rank must call it under ZeRO-3)."""
