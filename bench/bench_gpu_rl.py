@@ -110,6 +110,7 @@ class Settings:
     gpus: int = 1  # colocated: a learner and an engine on each; separate: half learners, half engines
     profile_step: int = 0  # >0: align's learners record this train step with torch.profiler (learner.profile)
     zero: int = 0  # the learners' ZeRO stage (align learner.zero_stage; TRL through accelerate's DeepSpeed plugin)
+    bucket_mb: int = 512  # align's rollout.weight_sync_bucket_mb (side align-bucketN)
     num_eval: int = 1  # align's held-out math tasks, played at step 0 and at the end (0 for long generations: each runs to new_tokens)
 
     @property
@@ -206,6 +207,7 @@ learner: {{zero_stage: {s.zero}, micro_batch_size_per_device: {s.micro_batch}, l
 checkpoint: {{every_steps: {s.steps + 1}, keep_last: 1}}
 rollout:
   gpu_memory_utilization: {0.35 if gpu else 0.1}
+  weight_sync_bucket_mb: {s.bucket_mb}
   kv_cache_memory_mb: {'null' if gpu else 256}
   max_model_len: {max_len}
   enforce_eager: {'false' if gpu else 'true'}
@@ -240,7 +242,7 @@ grpo:
 def side_settings(s: Settings, side: str) -> Settings:
     """A side's settings: ``align`` as given; ``align-asyncN`` align's async GRPO at max staleness N; otherwise
     ``align`` plus modifiers joined by ``-``: ``compile`` (learner.compile), ``liger`` / ``noliger`` (learner.liger_kernel true / false; auto without either), ``oldpass`` (the separate
-    old-log-prob pass) and ``mbN`` (micro-batches of N sequences), e.g. ``align-compile-mb32``; ``trl`` as given."""
+    old-log-prob pass), ``mbN`` (micro-batches of N sequences) and ``bucketN`` (weight-sync buckets of N MiB), e.g. ``align-compile-mb32``; ``trl`` as given."""
     if side.startswith("align-async"):
         return replace(s, mode="async", max_staleness=int(side.removeprefix("align-async") or 1))
     if not side.startswith("align"):
@@ -254,8 +256,10 @@ def side_settings(s: Settings, side: str) -> Settings:
             s = replace(s, old_pass=True)
         elif mod.startswith("mb") and mod[2:].isdigit():
             s = replace(s, micro_batch=int(mod[2:]))
+        elif mod.startswith("bucket") and mod[6:].isdigit():
+            s = replace(s, bucket_mb=int(mod[6:]))
         else:
-            raise ValueError(f"side {side!r}: unknown modifier {mod!r} (compile, liger, noliger, oldpass, mbN)")
+            raise ValueError(f"side {side!r}: unknown modifier {mod!r} (compile, liger, noliger, oldpass, mbN, bucketN)")
     return s
 
 
@@ -464,7 +468,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--policies", default="llama-1b,hybrid-1b")
     ap.add_argument("--sides", default="align,trl", help="align, trl, vllm (bare vLLM generating one engine's requests), align with modifiers (align-compile: learner.compile; align-liger / align-noliger: learner.liger_kernel true / false, auto otherwise; "
-                    "align-oldpass: old log-probs in a pass of their own; align-mbN: micro-batches of N; e.g. align-compile-mb32), "
+                    "align-oldpass: old log-probs in a pass of their own; align-mbN: micro-batches of N; align-bucketN: weight-sync buckets of N MiB; e.g. align-compile-mb32), "
                     "and align-asyncN: align's async GRPO at max staleness N (separate placement)")
     ap.add_argument("--placement", choices=["colocated", "separate"], default="colocated")
     ap.add_argument("--gpus", default="", help="GPUs of this node to use, or a list run in turn for scaling (2,4,8); default 1 colocated, "

@@ -143,7 +143,8 @@ class VLLMEngine:
         self.llm = self._loop.llm
         self.recompute_kv_on_update = recompute_kv_on_update
         self._direct_load: bool | None = None  # how weights load in place (rollout.weight_load), asked of the model once
-        self._ipc_load_s = 0.0  # engine-side seconds of the CUDA IPC update in progress
+        self._ipc_load_s, self._ipc_left = 0.0, 0  # the CUDA IPC update in progress: engine-side seconds, buckets to come
+        self._ipc_view: Any = None  # the learner's CUDA IPC buffer, mapped once (align.weight_sync.transports.IpcView)
         self._sampling_params_cls = vllm.SamplingParams
         self._delta = RequestOutputKind.DELTA
         self._next_id = 0
@@ -292,38 +293,39 @@ class VLLMEngine:
 
         self._loop.call(lambda: self._swap(load, version))
 
-    def load_ipc_bucket(self, bucket: Any, handle: Any) -> None:
-        """Load one bucket from the learner's GPU buffer (same GPU); :meth:`finish_weight_update` after the last.
+    def load_ipc_bucket(self, bucket: Any, arena_key: str, handle: Any, offset: int, count: int, version: int | None = None) -> float | None:
+        """Load one of the ``count`` buckets of an update from the learner's GPU buffer (same GPU), at
+        ``offset`` in the buffer ``arena_key`` (mapped by ``handle`` at its first bucket, kept mapped after).
 
-        No step runs from the first bucket until :meth:`finish_weight_update`: a half-loaded model samples nothing."""
-        from align.weight_sync.transports import load_ipc
+        No step runs from the first bucket of an update until all ``count`` are in (a half-loaded
+        model samples nothing); then cached prefixes are dropped, ``version`` is set (as in
+        :meth:`update_weights`) and stepping resumes. The learner sends the next bucket before this
+        one is done, and Ray may run an async actor's calls out of order, so the update ends at
+        its ``count``-th bucket, whichever that is. That call returns the seconds the update spent
+        loading on the engine (the rest of a sync is the learner's packing, Ray and the waits between);
+        the others None."""
+        from align.weight_sync.transports import IpcView, load_ipc
 
-        def load() -> None:
-            if not self._loop.paused:
+        def load() -> float | None:
+            if not self._loop.paused:  # the first bucket of an update
                 self._loop.quiesce()
-                self._loop.paused = True
+                self._loop.paused, self._ipc_load_s, self._ipc_left = True, 0.0, count
             t0 = time.perf_counter()
-            load_ipc(bucket, handle, self._load_items)
+            if self._ipc_view is None:
+                self._ipc_view = IpcView()
+            load_ipc(bucket, self._ipc_view.bucket(arena_key, handle, bucket, offset), self._load_items)
             self._ipc_load_s += time.perf_counter() - t0
-
-        self._loop.call(load)
-
-    def finish_weight_update(self, version: int | None = None) -> float:
-        """After the last IPC bucket: drop cached prefixes, set ``version`` (as in :meth:`update_weights`), step again.
-
-        Returns the seconds this update spent mapping and loading buckets on the engine (the rest of a
-        sync's time is the learner's packing, Ray and the waits between)."""
-
-        def finish() -> float:
+            self._ipc_left -= 1
+            if self._ipc_left > 0:
+                return None
             try:
                 self._loaded(version)
             finally:
                 self._loop.paused = False
                 self._loop.resume()
-            spent, self._ipc_load_s = self._ipc_load_s, 0.0
-            return spent
+            return self._ipc_load_s
 
-        return self._loop.call(finish)
+        return self._loop.call(load)
 
     def _load_items(self, items: list[tuple[str, torch.Tensor]], partial: bool = True) -> None:
         """Load ``items`` (all the weights, or whole layers of them) in place: the model's own

@@ -87,8 +87,8 @@ class WeightSync:
             _wait_all([a.push_broadcast.remote(self._buckets) for a in self.learners.actors]
                       + [e.receive_broadcast.remote(self._buckets, version) for e in self.rollout.engines])  # fmt: skip
         else:
-            _wait_all([a.push_ipc.remote(self._buckets, es) for a, es in zip(self.learners.actors, self._engines_of_rank, strict=True)])
-            loads = _wait_all([e.finish_weight_update.remote(version) for e in self.rollout.engines])
+            # One call per learner rank; it calls its engines once per bucket, and each engine finishes the update at its last.
+            loads = _wait_all([a.push_ipc.remote(self._buckets, es, version) for a, es in zip(self.learners.actors, self._engines_of_rank, strict=True)])
             self.last_engine_load_s = max(loads, default=0.0)
 
     def snapshot(self, version: int | None = None) -> Callable[[], None]:

@@ -10,10 +10,11 @@ Three transports, one contract (after a push every engine generates with the lea
   buckets of ``bucket_mb``, broadcast from learner rank 0. Each engine loads bucket ``i`` while
   bucket ``i + 1`` is in flight. For learners and engines on *different* GPUs (NCCL refuses two
   ranks on one GPU); on CPU it is the gloo form of the same code, which the tests run.
-- ``cuda_ipc``: learner and engine share a GPU. The learner packs a bucket into a GPU buffer and
-  hands the engine a CUDA IPC handle to it (a few hundred bytes through Ray); the engine maps the
-  buffer, loads from it, and answers; only then is the buffer refilled. Two buffers alternate, so
-  the learner packs bucket ``i + 1`` while the engines load bucket ``i``.
+- ``cuda_ipc``: learner and engine share a GPU. The learner packs a bucket into a slot of a GPU
+  buffer it keeps across syncs (:class:`IpcArena`) and tells the engine its offset; the engine
+  maps the buffer once (by a CUDA IPC handle of a few hundred bytes through Ray), loads from it,
+  and answers; only then is the slot refilled. Two slots alternate, and the request for bucket
+  ``i + 1`` is sent while the engines still load bucket ``i``.
 
 A bucket is a byte buffer holding whole layers in state-dict order (vLLM fuses tensors within a
 layer and processes a layer once all of it has arrived, so a layer never straddles two buckets);
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -201,34 +203,85 @@ def open_cuda(handle: tuple[Any, tuple[Any, ...]]) -> torch.Tensor:
     return rebuild(*args)
 
 
-def send_ipc(buckets: list[Bucket], tensors: Mapping[str, torch.Tensor], start_load: Callable[[Bucket, Any], Callable[[], None]]) -> None:
-    """The learner's side of ``cuda_ipc``: for each bucket, pack it on the GPU and call
-    ``start_load(bucket, handle)``, which starts the engines loading and returns a function that
-    waits until they are done. Two buffers alternate: bucket ``i + 1`` is packed while the
-    engines load bucket ``i``."""
-    device = torch.device("cuda", torch.cuda.current_device())
-    buffers = _buffers(buckets, device, 2)
-    wait: Callable[[], None] | None = None
+class IpcArena:
+    """The learner's GPU buffer for ``cuda_ipc``, kept from one sync to the next, and the handle the
+    engines map it by, made once (``key`` names it, so an engine maps a new arena only when the
+    learner made one).
+
+    ``slots`` slots (two, or one for a single-bucket plan), each sized for the largest bucket.
+    Allocating the buffers afresh at every sync made every engine map and unmap them bucket by
+    bucket (``cudaIpcOpenMemHandle`` and torch's IPC reference counting each time); kept, the
+    engines map the arena once. Its cost: the slots stay allocated on the learner's GPU between
+    syncs (at most twice the largest bucket: ``rollout.weight_sync_bucket_mb``, or the largest layer).
+    """
+
+    def __init__(self, buckets: list[Bucket], device: torch.device, share: Callable[[torch.Tensor], Any] | None = None) -> None:
+        self.slot_bytes = max((b.nbytes for b in buckets), default=0)
+        self.slots = min(2, len(buckets))
+        self.buffer = torch.empty(self.slot_bytes * self.slots, dtype=torch.uint8, device=device)
+        self.key = uuid.uuid4().hex
+        self.handle = (share or share_cuda)(self.buffer)
+
+    def fits(self, buckets: list[Bucket]) -> bool:
+        """Whether ``buckets`` can go through this arena as well as through a new one."""
+        return self.slots >= min(2, len(buckets)) and all(b.nbytes <= self.slot_bytes for b in buckets)
+
+    def offset(self, i: int) -> int:
+        """Where bucket ``i`` goes: the slots alternate."""
+        return (i % self.slots) * self.slot_bytes
+
+
+def send_ipc(buckets: list[Bucket], tensors: Mapping[str, torch.Tensor], arena: IpcArena, start_load: Callable[[int, Bucket, int], Callable[[], Any]]) -> list[Any]:
+    """The learner's side of ``cuda_ipc``: for bucket ``i``, wait until the engines are done with the
+    slot it goes to (bucket ``i - slots`` was loaded from it), pack it there, finish the copies
+    (another process reads them), and call ``start_load(i, bucket, offset)``, which starts the
+    engines loading and returns a function that waits for them and returns what they answered.
+
+    The requests are not waited for one by one: the one for bucket ``i + 1`` is on its way while
+    the engines load bucket ``i`` (an actor runs its calls in the order they were made), so the
+    round trips overlap the loads. Returns the answers, in bucket order."""
+    answers: list[Any] = [None] * len(buckets)
+    waits: list[Callable[[], Any]] = []
     for i, bucket in enumerate(buckets):
-        flat = pack(bucket, tensors, buffers[i % 2])  # slot freed when bucket i-2 was waited for
-        torch.cuda.current_stream().synchronize()  # another process reads it: the copies must be done
-        if wait is not None:
-            wait()
-        wait = start_load(bucket, share_cuda(flat))
-    if wait is not None:
-        wait()
-    del buffers
-    torch.cuda.ipc_collect()
+        if i >= arena.slots:
+            answers[i - arena.slots] = waits[i - arena.slots]()
+        offset = arena.offset(i)
+        pack(bucket, tensors, arena.buffer[offset : offset + arena.slot_bytes])
+        if arena.buffer.is_cuda:
+            torch.cuda.current_stream().synchronize()
+        waits.append(start_load(i, bucket, offset))
+    for j in range(max(0, len(buckets) - arena.slots), len(buckets)):
+        answers[j] = waits[j]()
+    return answers
 
 
-def load_ipc(bucket: Bucket, handle: Any, load: Callable[[list[tuple[str, torch.Tensor]]], None]) -> None:
-    """An engine's side of ``cuda_ipc``: map the learner's buffer, ``load`` from it, and finish every
-    copy out of it before returning (the learner refills it afterwards)."""
-    flat = open_cuda(handle)[: bucket.nbytes]
+class IpcView:
+    """An engine's mapping of the learner's :class:`IpcArena`: opened at the first bucket from an
+    arena, kept while the learner sends from the same one (``key``), replaced when it sends from
+    a new one."""
+
+    def __init__(self, open_handle: Callable[[Any], torch.Tensor] | None = None) -> None:
+        self._open = open_handle or open_cuda
+        self.key: str | None = None
+        self._buffer: torch.Tensor | None = None
+        self.opened = 0  # arenas mapped so far
+
+    def bucket(self, key: str, handle: Any, bucket: Bucket, offset: int) -> torch.Tensor:
+        """The bytes of ``bucket`` at ``offset`` in the arena ``key`` (mapped at its first bucket, by ``handle``)."""
+        if key != self.key or self._buffer is None:
+            self._buffer = None  # the old mapping goes before the new one is opened
+            self._buffer, self.key = self._open(handle), key
+            self.opened += 1
+        return self._buffer[offset : offset + bucket.nbytes]
+
+
+def load_ipc(bucket: Bucket, flat: torch.Tensor, load: Callable[[list[tuple[str, torch.Tensor]]], None]) -> None:
+    """An engine's side of ``cuda_ipc``: ``load`` the bucket from ``flat`` (its bytes in the learner's
+    arena, :meth:`IpcView.bucket`) and finish every copy out of it before returning (the learner
+    refills the slot afterwards)."""
     load(unpack(bucket, flat))
-    torch.cuda.current_stream().synchronize()
-    del flat
-    torch.cuda.ipc_collect()
+    if flat.is_cuda:
+        torch.cuda.current_stream().synchronize()
 
 
 def gpu_uuid() -> str | None:

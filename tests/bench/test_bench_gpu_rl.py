@@ -57,6 +57,10 @@ def test_side_modifiers_reach_the_recipe(tmp_path) -> None:
     assert bench.side_settings(bench.Settings(), "align-noliger-mb32").liger == "false"
     assert r.learner.profile is not None and (r.learner.profile.steps, r.learner.profile.dir) == ([3], str(tmp_path / "run" / "profile"))
     assert bench.side_settings(bench.Settings(), "align-oldpass").old_pass
+    assert bench.side_settings(bench.Settings(), "align-bucket2048-mb16") == bench.Settings(bucket_mb=2048, micro_batch=16)
+    big = bench.side_settings(bench.Settings(), "align-bucket2048")
+    r3 = load_recipe(str(bench.align_recipe(tmp_path / "ckpt", "llama-1b", big, tmp_path / "run3")), [], job="rl").recipe
+    assert (r.rollout.weight_sync_bucket_mb, r3.rollout.weight_sync_bucket_mb) == (512, 2048)
     assert bench.side_settings(bench.Settings(), "trl") == bench.Settings()
     with pytest.raises(ValueError, match="unknown modifier 'fast'"):
         bench.side_settings(bench.Settings(), "align-fast")

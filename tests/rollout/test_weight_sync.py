@@ -3,7 +3,8 @@ from DeepSpeed learners to vLLM engines through Ray after which the engines' gre
 transformers' on the learners' new weights.
 
 On CPU the "broadcast" transport runs over gloo; on GPUs the same code runs over NCCL, and
-"cuda_ipc" (GPU only) is covered by tests/gpu/test_weight_sync_gpu.py.
+"cuda_ipc" is pushed on a GPU by tests/gpu/test_rl_gpu.py; its protocol (slots, mapping once) runs on CPU
+in tests/rollout/test_weight_sync_ipc.py.
 """
 
 from __future__ import annotations
