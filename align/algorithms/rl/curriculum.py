@@ -89,8 +89,9 @@ class Curriculum:
                 acc[1] += 1
         return {value: total / n for value, (total, n) in sums.items()}
 
-    def _weights(self, env: str, tasks: Sequence[Task]) -> list[float]:
-        priors = self.priors(env, tasks)
+    def _weights(self, env: str, tasks: Sequence[Task], priors: dict[Any, float] | None = None) -> list[float]:
+        """Each task's :meth:`weight`; ``priors``: :meth:`priors` of ``tasks`` when the caller has them."""
+        priors = self.priors(env, tasks) if priors is None else priors
         key = self.cfg.unseen_prior_key
         return [self.weight(env, t.id, priors.get(t.meta.get(key)) if key else None) for t in tasks]
 
@@ -112,8 +113,9 @@ class Curriculum:
             rates = [r for r, _ in self.stats.get(env, {}).values()]
             out[f"{env}/tasks_seen"] = float(len(rates))
             out[f"{env}/tasks_solved"] = float(sum(self.solved(env, t.id) for t in ts))
-            out[f"{env}/tasks_active"] = float(sum(w > 0 for w in self._weights(env, ts)))
-            for value, p in sorted(self.priors(env, ts).items(), key=lambda kv: str(kv[0])):
+            priors = self.priors(env, ts)
+            out[f"{env}/tasks_active"] = float(sum(w > 0 for w in self._weights(env, ts, priors)))
+            for value, p in sorted(priors.items(), key=lambda kv: str(kv[0])):
                 out[f"{env}/pass_rate_by_{self.cfg.unseen_prior_key}/{value}"] = p
             counts = [0] * bins
             for r in rates:
