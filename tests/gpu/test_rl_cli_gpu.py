@@ -40,21 +40,30 @@ def _report(log: Path) -> str:
     return "key lines:\n" + "\n".join(key) + f"\n--- log tail ({log}):\n" + text[-4000:]
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop the run's whole process group (its Ray processes with it): SIGTERM, 30 s, then SIGKILL."""
+    with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def _run(cmd: list[str], log: Path, budget_s: float) -> int:
-    """Run ``cmd`` in a session of its own with its output in ``log``; past ``budget_s``, stop the
-    whole process group (SIGTERM, 30 s, SIGKILL: the run's Ray processes with it) and fail with the log."""
+    """Run ``cmd`` in a session of its own with its output in ``log``; past ``budget_s``, stop it and
+    fail with the log. Interrupted (Ctrl-C, ``timeout -s INT``, pytest-timeout), stop it too: its own
+    session does not get the terminal's or ``timeout``'s signals, and it holds GPU memory."""
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             return proc.wait(timeout=budget_s)
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=30)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            _stop(proc)
             pytest.fail(f"align rl did not finish within {budget_s:.0f} s (ALIGN_TEST_RUN_BUDGET_S)\n{_report(log)}")
+        except BaseException:
+            _stop(proc)
+            raise
 
 
 @pytest.mark.timeout(BUDGET_S + 100)
