@@ -124,15 +124,17 @@ def apply_liger(model: Any) -> None:
     """Patch ``model`` (a transformers model, before LoRA or compilation) with :data:`PATCHES`.
 
     Only the instance changes, plus the rotary function (see the module docstring): the classes
-    Liger swaps in the model's modeling module are put back afterwards.
+    Liger swaps in the modeling modules of the model's parts are put back afterwards.
     """
     from liger_kernel.transformers.monkey_patch import _apply_liger_kernel_to_instance
 
     pin_triton_kernels()
-    family = sys.modules.get(type(model).__module__)  # e.g. transformers.models.llama.modeling_llama
-    classes = {name: value for name, value in vars(family).items() if isinstance(value, type)} if family else {}
+    # The modeling modules of the model's parts (transformers.models.llama.modeling_llama, also
+    # under align's reward model) and their classes as they are now.
+    families = {sys.modules[type(m).__module__] for m in model.modules() if type(m).__module__.startswith("transformers.models.")}
+    classes = [(family, name, value) for family in families for name, value in vars(family).items() if isinstance(value, type)]
     _apply_liger_kernel_to_instance(model=model, **PATCHES)
-    for name, cls in classes.items():
+    for family, name, cls in classes:
         if getattr(family, name, None) is not cls:
             setattr(family, name, cls)
 

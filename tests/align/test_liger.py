@@ -110,7 +110,16 @@ def _undo_after_test(monkeypatch, module, names: tuple[str, ...]) -> None:
         monkeypatch.delenv(f"LIGER_KERNEL_IMPL_{op}")
 
 
-def test_apply_liger_leaves_models_built_later_alone(monkeypatch) -> None:
+class _Wrapped(torch.nn.Module):
+    """A Llama backbone under a class of another module, as in align's reward model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = _llama().model
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_apply_liger_leaves_models_built_later_alone(monkeypatch, wrapped: bool) -> None:
     """Liger's patch function swaps transformers' classes (``modeling_llama.LlamaRMSNorm = LigerRMSNorm``,
     ``LlamaMLP = LigerSwiGLUMLP``) as well as patching the instance; apply_liger puts the classes back.
 
@@ -147,7 +156,7 @@ def test_apply_liger_leaves_models_built_later_alone(monkeypatch) -> None:
     _undo_after_test(monkeypatch, modeling_llama, ("apply_rotary_pos_emb", "LlamaRMSNorm", "LlamaMLP"))
     eager_norm, eager_mlp = modeling_llama.LlamaRMSNorm, modeling_llama.LlamaMLP
 
-    patched = _llama()
+    patched = _Wrapped() if wrapped else _llama()
     apply_liger(patched)
     assert "forward" in vars(patched.model.norm)  # the instance is patched
     assert modeling_llama.apply_rotary_pos_emb is fused_rope  # process-wide by necessity (module docstring)
