@@ -26,12 +26,20 @@ Limits: the rotary patch is process-wide (every model of that family in the lear
 uses it, as transformers resolves ``apply_rotary_pos_emb`` at call time); Liger's RMSNorm
 backward writes its gradient in place (its Llama default). Nothing here imports Liger, Triton or
 transformers until :func:`apply_liger` runs, so CPU jobs import nothing more.
+
+Liger's ``apply_liger_kernel_to_<family>`` also swaps the family's classes in transformers'
+module (``modeling_llama.LlamaRMSNorm = LigerRMSNorm``, ``LlamaMLP = LigerSwiGLUMLP``), even
+when given an instance. Every model of that family built later in the process would then be a
+Liger model: with ``liger_kernel: false``, and on CPU, where its Triton kernels cannot run (this
+failed ``tests/gpu/test_packing.py``'s Llama case, run after the Liger test in one process).
+:func:`apply_liger` puts those classes back; the patched instance keeps its Liger forwards.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -113,11 +121,22 @@ def pin_triton_kernels() -> None:
 
 
 def apply_liger(model: Any) -> None:
-    """Patch ``model`` (a transformers model, before LoRA or compilation) with :data:`PATCHES`."""
+    """Patch ``model`` (a transformers model, before LoRA or compilation) with :data:`PATCHES`.
+
+    Only the instance changes, plus the rotary function (see the module docstring): the classes
+    Liger swaps in the modeling modules of the model's parts are put back afterwards.
+    """
     from liger_kernel.transformers.monkey_patch import _apply_liger_kernel_to_instance
 
     pin_triton_kernels()
+    # The modeling modules of the model's parts (transformers.models.llama.modeling_llama, also
+    # under align's reward model) and their classes as they are now.
+    families = {sys.modules[type(m).__module__] for m in model.modules() if type(m).__module__.startswith("transformers.models.")}
+    classes = [(family, name, value) for family in families for name, value in vars(family).items() if isinstance(value, type)]
     _apply_liger_kernel_to_instance(model=model, **PATCHES)
+    for family, name, cls in classes:
+        if getattr(family, name, None) is not cls:
+            setattr(family, name, cls)
 
 
 def use_liger(model: Any, setting: Setting, cuda: bool) -> str:

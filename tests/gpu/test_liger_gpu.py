@@ -54,6 +54,7 @@ def test_liger_learner_matches_eager(checkpoint, precision, monkeypatch, capfd) 
 
     # Liger's rotary patch is process-wide: put transformers' function back after this test.
     monkeypatch.setattr(modeling_llama, "apply_rotary_pos_emb", modeling_llama.apply_rotary_pos_emb)
+    eager_classes = (modeling_llama.LlamaRMSNorm, modeling_llama.LlamaMLP)
     mb = _micro_batch(len(load_tokenizer(checkpoint)))
     mask = (mb["labels"][:, 1:] != -100).float()
     got: dict[bool, dict[str, object]] = {}
@@ -67,6 +68,9 @@ def test_liger_learner_matches_eager(checkpoint, precision, monkeypatch, capfd) 
         after = learner.compute([dict(mb)], TokenLogprobs(1.0))[0] * mask
         got[liger] = {"logp": logp, "loss": stats["loss"], "grad": stats["grad_norm"], "after": after}
         del learner
+    # Liger swaps these classes in transformers' module; the learner puts them back, or every Llama
+    # built later in this process (test_packing.py's CPU reference) would get Liger's Triton modules.
+    assert (modeling_llama.LlamaRMSNorm, modeling_llama.LlamaMLP) == eager_classes
     out = capfd.readouterr().out
     assert "liger kernels off (learner.liger_kernel: false)" in out and "liger kernels on (llama: rms_norm, swiglu, rope)" in out
     e, f, tol = got[False], got[True], TOLERANCE[precision]
