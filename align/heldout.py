@@ -26,6 +26,7 @@ from collections.abc import Iterable, Sequence
 from align.config import LoadedRecipe
 from align.data.generated import env_seed, generated_envs, prompt_key, report_overlap, split_counts
 from envs.base import Environment, Task, task_source
+from envs.registry import make_env
 
 EVAL_SEED_OFFSET = 1_000_003
 # Candidates drawn per task asked for. The tiny world's code generator needs about 16x for 200
@@ -102,5 +103,7 @@ def training_prompts(envs: dict[str, Environment], stages: Iterable[LoadedRecipe
                     keys.update(task_key(envs[name], t) for t in source.generate(n, env_seed(gen.seed, name)))
         for spec in getattr(r, "envs", ()):
             if spec.name in envs and spec.data_path is None:
-                keys.update(task_key(envs[spec.name], t) for t in task_source(envs[spec.name]).generate(spec.num_train, r.seed))
+                # The stage's own params (grade_weights, templates) decide what its generator draws.
+                source = make_env(spec.name, spec.params) if spec.params else envs[spec.name]
+                keys.update(task_key(envs[spec.name], t) for t in task_source(source).generate(spec.num_train, r.seed))
     return keys

@@ -1,7 +1,8 @@
 """InstructionFollowingEnv: single-turn answers scored by code-checked constraints.
 
 The answer is the text after the think block (an unclosed block leaves no answer). Reward is
-the fraction of the task's constraints the answer meets; ``correct`` means all of them.
+the fraction of the task's constraints the answer meets (IFEval's instruction-level score), or
+with ``reward: all`` 1.0 only when it meets every one (prompt-level, what ``correct`` means).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -37,6 +38,11 @@ class InstructionFollowingParams(BaseModel):
     # Generated tasks are drawn uniformly from these templates (envs/instruction_following/generator.py).
     templates: tuple[Template, ...] = Field(TEMPLATES, min_length=1)
     grade_weights: dict[int, float] = GRADE_WEIGHTS_FIELD
+    # fraction: partial credit per constraint met. all: 1.0 when every constraint is met, else 0.
+    # With partial credit an answer that keeps the easy constraints and drops the hard one (the
+    # keyword kept, the word count wrong) still earns most of the reward, so RL has little reason
+    # to get the hard one right; the evaluation counts only answers that meet all of them.
+    reward: Literal["fraction", "all"] = "fraction"
 
     @model_validator(mode="after")
     def _grades(self) -> "InstructionFollowingParams":
@@ -66,14 +72,18 @@ class InstructionFollowingEnv:
         constraints = parse_constraints(task.answer)
         _, answer = split_thinking(action)
         met = score(answer, constraints)
-        reward = sum(met) / len(met) if met else 0.0
+        correct = bool(met) and all(met)
+        if self.params.reward == "all":
+            reward = float(correct)
+        else:
+            reward = sum(met) / len(met) if met else 0.0
         info = {
             "answer": answer,
             "met": [{"kind": c.kind, "ok": ok} for c, ok in zip(constraints, met)],
             "failed": [c.describe() for c, ok in zip(constraints, met) if not ok],
         }
         info["reason"] = f"unmet: {'; '.join(info['failed'])}" if info["failed"] else f"met all {len(met)} constraints"
-        return StepResult(reward=reward, done=True, correct=bool(met) and all(met), info=info)
+        return StepResult(reward=reward, done=True, correct=correct, info=info)
 
     def generate(self, n: int, seed: int) -> list[Task]:
         rng = random.Random(seed)

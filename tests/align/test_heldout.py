@@ -15,6 +15,7 @@ from align.data.generated import prompt_key
 from align.evaluate import make_envs
 from align.heldout import EVAL_SEED_OFFSET, heldout_tasks, take_by_grade, task_key, training_prompts
 from envs.base import Environment, Task, task_source
+from envs.registry import make_env
 
 
 def _opening(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -27,7 +28,8 @@ def trained_prompt_keys(loaded: LoadedRecipe, envs: dict[str, Environment]) -> s
     """Prompt keys of the rows or tasks a stage trains on, read through the loaders the drivers use."""
     r = loaded.recipe
     if r.job == "rl":
-        return {task_key(envs[s.name], t) for s in r.envs for t in load_tasks(s, envs[s.name], s.num_train, r.seed, "train")}
+        # The driver's own environments: built with each entry's params (align/algorithms/rl/driver.py).
+        return {task_key(envs[s.name], t) for s in r.envs for t in load_tasks(s, make_env(s.name, s.params), s.num_train, r.seed, "train")}
     kind = "sft" if r.job == "sft" else "preference"
     rows = load_splits(r.data, kind, r.seed).train
     return {prompt_key(_opening(row["messages"]) if kind == "sft" else row["prompt"]) for row in rows}
@@ -85,6 +87,19 @@ class _RepetitiveMath:
         monkeypatch.setattr(ENVS, "_explicit", {})
         register_env(RepetitiveMath)
         return RepetitiveMath
+
+
+def test_an_rl_stage_with_env_params_excludes_what_its_own_generator_draws() -> None:
+    """An RL stage whose params change what the generator draws (here math's grade 4 only) must
+    have those tasks excluded, not the ones the default params would draw."""
+    stage = load_recipe("nano3-multienv-tiny", ["envs.0.num_train=300", "envs.0.params.grade_weights={4: 1}"])
+    envs = make_envs(["math"])
+    excluded = training_prompts(envs, [stage])
+    own = {task_key(envs["math"], t) for t in task_source(make_env("math", {"grade_weights": {4: 1}})).generate(300, stage.recipe.seed)}
+    assert {t.meta["grade"] for t in task_source(make_env("math", stage.recipe.envs[0].params)).generate(50, 0)} == {4}
+    assert own <= excluded
+    default = {task_key(envs["math"], t) for t in task_source(envs["math"]).generate(300, stage.recipe.seed)}
+    assert not default <= excluded  # the default draw (grades 1-4) is not what this stage trains on
 
 
 def test_dropped_overlapping_eval_items_are_printed_per_environment(monkeypatch, capsys) -> None:

@@ -98,8 +98,8 @@ def _task(constraints: list[dict]) -> Task:
     return Task(id="t", env="instruction_following", prompt=[{"role": "user", "content": "x"}], answer=constraints)
 
 
-def _step(task: Task, action: str):
-    env = InstructionFollowingEnv()
+def _step(task: Task, action: str, **params):
+    env = InstructionFollowingEnv(InstructionFollowingParams(**params))
     return asyncio.run(env.step(task, env.reset(task), action))
 
 
@@ -111,6 +111,17 @@ def test_reward_is_the_fraction_met_and_correct_means_all() -> None:
     assert two.reward == pytest.approx(2 / 3) and two.correct is False
     assert two.info["failed"] == ["no commas"]
     assert [m["ok"] for m in two.info["met"]] == [True, False, True]
+
+
+def test_reward_all_pays_only_an_answer_that_meets_every_constraint() -> None:
+    task = _task([{"kind": "word_count", "min_words": 4, "max_words": 4}, {"kind": "include_keywords", "keywords": ["27"]}])
+    keyword_only = _step(task, "<think>four words with 27</think>sun 27 moon", reward="all")
+    assert (keyword_only.reward, keyword_only.correct) == (0.0, False)
+    assert _step(task, "<think>x</think>sun 27 moon", reward="fraction").reward == 0.5
+    right = _step(task, "<think>x</think>sun 27 moon tree", reward="all")
+    assert (right.reward, right.correct) == (1.0, True)
+    with pytest.raises(ValidationError):
+        InstructionFollowingParams(reward="most")
 
 
 def test_answer_is_the_text_after_the_think_block() -> None:
