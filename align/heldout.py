@@ -103,7 +103,8 @@ def training_prompts(envs: dict[str, Environment], stages: Iterable[LoadedRecipe
                     keys.update(task_key(envs[name], t) for t in source.generate(n, env_seed(gen.seed, name)))
         for spec in getattr(r, "envs", ()):
             if spec.name in envs and spec.data_path is None:
-                # The stage's own params (grade_weights, templates) decide what its generator draws.
-                source = make_env(spec.name, spec.params) if spec.params else envs[spec.name]
+                # The stage's own environment, as its driver builds it: its params (grade_weights,
+                # templates) decide what the generator draws, whatever params ``envs`` were built with.
+                source = make_env(spec.name, spec.params)
                 keys.update(task_key(envs[spec.name], t) for t in task_source(source).generate(spec.num_train, r.seed))
     return keys
