@@ -126,12 +126,14 @@ def _set_path(data: dict[str, Any], path: list[str], value: Any, text: str) -> N
                 raise RecipeError(f"{OVERRIDE_SOURCE} '{text}': {where} is a list of {len(node)} items; "
                                   f"'{part}' is not an index of it (0 to {len(node) - 1})")  # fmt: skip
             index: Any = int(part)
+        elif part not in node and part.isdigit() and int(part) in node:
+            index = int(part)  # a YAML key written as a number ({1: 2} in grade_weights) parses as an int
         else:
             index = part
         if last:
             node[index] = value
             return
-        nxt = node[index] if isinstance(node, list) else node.get(part)
+        nxt = node[index] if isinstance(node, list) else node.get(index)
         if not isinstance(nxt, (dict, list)):
             nxt = {}
             node[index] = nxt

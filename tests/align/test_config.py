@@ -59,6 +59,14 @@ def test_override_is_revalidated() -> None:
         load_recipe("tiny-sft", ["learner.lr=-1"])
 
 
+def test_override_of_a_numeric_dict_key_replaces_it() -> None:
+    """grade_weights' keys are YAML ints; `...grade_weights.1=8` edits grade 1, not a new key '1' beside it."""
+    params = load_recipe("tiny-sft", ["data.generated.params.math.grade_weights.1=8"]).recipe.data.generated.params
+    assert params["math"]["grade_weights"] == {1: 8, 2: 4, 3: 3, 4: 3}
+    added = load_recipe("tiny-sft", ["data.generated.params.math.grade_weights.7=1"]).recipe.data.generated.params
+    assert added["math"]["grade_weights"] == {1: 2, 2: 4, 3: 3, 4: 3, "7": 1}
+
+
 def test_streaming_weight_sync_with_overlap_is_refused() -> None:
     ok = load_recipe("nano3-multienv-tiny", ["grpo.off_policy_overlap=true"]).recipe
     assert ok.rollout.weight_sync == "auto"
