@@ -66,6 +66,8 @@ from bench_vs_trl import StepTimer, grpo_prompts, job_env, load1, run_header  # 
 
 RESULTS = ROOT / "bench" / "results" / "bench_gpu_rl.json"
 RUNS = ROOT / "runs" / "bench_gpu_rl"
+# Where a cuda_ipc sync goes (align.weight_sync.transports.push_ipc), per step in metrics.jsonl.
+SYNC_PARTS = ("time_sync_tail_s", "time_sync_state_dict_s", "time_sync_pack_s", "time_sync_wait_s", "time_sync_engine_load_s", "time_sync_push_s")
 PY = sys.executable
 
 # Policies built from config (model.tiny fields; tokenizer.vocab_size). The 1B shapes follow
@@ -276,7 +278,7 @@ def run_align(ckpt: Path, policy: str, s: Settings, out: Path, timeout_s: float)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     train = sorted((r for r in rows if r["split"] == "train"), key=lambda r: r["step"])
     res: dict[str, Any] = {"side": "align", "wall_s": time.time() - t0, "first_step_end_s": train[0]["time"] - t0, "peak_gpu_mib": mem.peak_mib, "log": str(log)}
-    for key in ("time_step_s", "time_rollout_s", "time_score_s", "time_learner_s", "time_sync_s", "time_sync_engine_load_s", "engine_idle_share", "learner_idle_share"):
+    for key in ("time_step_s", "time_rollout_s", "time_score_s", "time_learner_s", "time_sync_s", *SYNC_PARTS, "engine_idle_share", "learner_idle_share"):
         res[key] = [float(r[key]) for r in train if key in r]
     res["step_times_s"] = res["time_step_s"]
     res["completion_tokens"] = [float(r.get("math/length", float("nan"))) for r in train]
@@ -404,6 +406,17 @@ def run_sync_floor(ckpt: Path, s: Settings, out: Path, timeout_s: float) -> dict
     return run_worker(cmd, s, out, [], timeout_s, "sync floor", env)[0]
 
 
+def sync_parts_line(runs: list[dict[str, Any]]) -> str:
+    """Where a side's sync went, medians over its runs in ms: the learners' parts (``cuda_ipc``; the
+    engines' loads are inside ``wait``), and the rest of ``sync`` (the driver's Ray round trip)."""
+    med = {k: statistics.median(v) * 1e3 for k in ("sync_s", *(p.removeprefix("time_") for p in SYNC_PARTS))
+           if (v := [r["summary"][k] for r in runs if r["summary"].get(k) is not None])}  # fmt: skip
+    if "sync_push_s" not in med:
+        return "no parts of the sync recorded (not cuda_ipc)"
+    parts = ", ".join(f"{k.removeprefix('sync_').removesuffix('_s')} {v:.1f}" for k, v in med.items() if k not in ("sync_s", "sync_push_s"))
+    return f"sync parts (ms): {parts}; learners' push {med['sync_push_s']:.1f}, outside it {med['sync_s'] - med['sync_push_s']:.1f}"
+
+
 def sync_over_floor(entry: dict[str, Any]) -> dict[str, float]:
     """Per align side: its median ``sync`` over the floor (issue 15: at most 2)."""
     floor = entry.get("sync_floor", {}).get("floor_s")
@@ -441,7 +454,7 @@ def summarize(res: dict[str, Any], s: Settings, prompt_tokens: float, n_body: in
     gen, total = seqs * length, seqs * (length + prompt_tokens)
     out = {"step_s": step, "gen_tokens_per_s_per_gpu": gen / step / gpus if step else None, "tokens_per_s_per_gpu": total / step / gpus if step else None,
            "completion_tokens": med("completion_tokens"), "peak_gpu_gib": res.get("peak_gpu_mib", 0) / 1024, "first_step_end_s": res.get("first_step_end_s")}  # fmt: skip
-    for key in ("time_rollout_s", "time_score_s", "time_learner_s", "time_sync_s", "time_sync_engine_load_s", "engine_idle_share", "learner_idle_share"):
+    for key in ("time_rollout_s", "time_score_s", "time_learner_s", "time_sync_s", *SYNC_PARTS, "engine_idle_share", "learner_idle_share"):
         if res.get(key):
             out[key.removeprefix("time_")] = med(key)
     learner = out.get("learner_s")
@@ -572,6 +585,7 @@ def main() -> int:
                     load = f", of which the engine's loads {statistics.median(loads) * 1e3:.1f} ms" if loads else ""
                     sync_ms = ratio * entry["sync_floor"]["floor_s"] * 1e3
                     console.print(f"{key} {side}: sync {sync_ms:.1f} ms{load}; sync / floor = {ratio:.1f} (target <= 2)")
+                    console.print(f"{key} {side}: {sync_parts_line(entry['runs'][side])}")
             except (RuntimeError, subprocess.TimeoutExpired) as e:
                 report["errors"].append({"policy": policy, "side": "sync-floor", "error": str(e)[-2000:]})
                 console.print(f"[red]{policy} sync floor: {str(e)[-400:]}")

@@ -332,29 +332,24 @@ class Learner:
             if self.rank == 0:
                 send_broadcast(self._weight_group, buckets, sd)
 
-    def push_ipc(self, buckets: list[Any], engines: list[Any], version: int | None = None) -> float:
+    def push_ipc(self, buckets: list[Any], engines: list[Any], version: int | None = None) -> dict[str, float]:
         """Hand each bucket to ``engines`` (the rollout engines on this rank's GPU) over CUDA IPC, from a
-        buffer kept across syncs; each engine sets its weights ``version`` and steps again once it
-        holds them all. Returns the slowest engine's own load seconds for this update."""
-        from align.weight_sync.transports import IpcArena, send_ipc
+        buffer kept across syncs (:func:`align.weight_sync.transports.push_ipc` says what it returns)."""
+        from time import perf_counter
 
+        from align.weight_sync.transports import IpcArena, push_ipc
+
+        t0 = perf_counter()
+        torch.cuda.current_stream().synchronize()  # the step's queued GPU work, timed apart from the push
+        times = {"tail": perf_counter() - t0}
         with self._hf_weights() as sd:
+            times["state_dict"] = perf_counter() - t0 - times["tail"]
             if not engines or not buckets:
-                return 0.0
+                return {}
             if self._ipc_arena is None or not self._ipc_arena.fits(buckets):
                 self._ipc_arena = None  # the old arena is freed before the new one is made
                 self._ipc_arena = IpcArena(buckets, torch.device("cuda", torch.cuda.current_device()))
-            arena = self._ipc_arena
-
-            def start(i: int, bucket: Any, offset: int) -> Callable[[], list[Any]]:
-                futures = [e.load_ipc_bucket.remote(bucket, arena.key, arena.handle, offset, len(buckets), version).future() for e in engines]
-                return lambda: [f.result() for f in futures]
-
-            answers = send_ipc(buckets, sd, arena, start)  # per bucket, per engine: None, or the update's load time
-            loads = [a for per_engine in answers for a in per_engine if a is not None]
-            if len(loads) != len(engines):  # a sync that loads nothing would otherwise pass unseen
-                raise RuntimeError(f"cuda_ipc weight sync: {len(engines) - len(loads)} of {len(engines)} engines did not finish the update")
-            return max(loads)
+            return push_ipc(buckets, sd, self._ipc_arena, engines, version, times) | {"push": perf_counter() - t0}
 
     def save_hf(self, path: str, tokenizer_path: str | None = None) -> None:
         """Write an HF folder (rank 0 writes; every rank must call it under ZeRO-3)."""

@@ -29,7 +29,8 @@ class WeightSync:
     def __init__(self, learners: LearnerGroup, rollout: RolloutGroup, transport: str = "auto", bucket_mb: int = 512, snapshot: bool = False) -> None:
         self.learners, self.rollout = learners, rollout
         self._buckets: list[Any] = []
-        self.last_engine_load_s: float | None = None  # cuda_ipc: the slowest engine's own load time in the last push
+        # cuda_ipc: the last push's seconds by part (transports.push_ipc), the slowest learner rank's each
+        self.last_push_times: dict[str, float] = {}
         self._engines_of_rank: list[list[Any]] = []
         in_process = learners.in_process or rollout.in_process
         if in_process:
@@ -88,8 +89,8 @@ class WeightSync:
                       + [e.receive_broadcast.remote(self._buckets, version) for e in self.rollout.engines])  # fmt: skip
         else:
             # One call per learner rank; it calls its engines once per bucket, and each engine finishes the update at its last.
-            loads = _wait_all([a.push_ipc.remote(self._buckets, es, version) for a, es in zip(self.learners.actors, self._engines_of_rank, strict=True)])
-            self.last_engine_load_s = max(loads, default=0.0)
+            ranks = [t for t in _wait_all([a.push_ipc.remote(self._buckets, es, version) for a, es in zip(self.learners.actors, self._engines_of_rank, strict=True)]) if t]
+            self.last_push_times = {k: max(t[k] for t in ranks) for k in ranks[0]} if ranks else {}
 
     def snapshot(self, version: int | None = None) -> Callable[[], None]:
         """A job that loads the weights as they are *now* into the engines, to run later."""

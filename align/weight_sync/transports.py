@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -231,7 +232,13 @@ class IpcArena:
         return (i % self.slots) * self.slot_bytes
 
 
-def send_ipc(buckets: list[Bucket], tensors: Mapping[str, torch.Tensor], arena: IpcArena, start_load: Callable[[int, Bucket, int], Callable[[], Any]]) -> list[Any]:
+def send_ipc(
+    buckets: list[Bucket],
+    tensors: Mapping[str, torch.Tensor],
+    arena: IpcArena,
+    start_load: Callable[[int, Bucket, int], Callable[[], Any]],
+    times: dict[str, float] | None = None,
+) -> list[Any]:
     """The learner's side of ``cuda_ipc``: for bucket ``i``, wait until the engines are done with the
     slot it goes to (bucket ``i - slots`` was loaded from it), pack it there, finish the copies
     (another process reads them), and call ``start_load(i, bucket, offset)``, which starts the
@@ -239,20 +246,50 @@ def send_ipc(buckets: list[Bucket], tensors: Mapping[str, torch.Tensor], arena: 
 
     The requests are not waited for one by one: the one for bucket ``i + 1`` is on its way while
     the engines load bucket ``i`` (an actor runs its calls in the order they were made), so the
-    round trips overlap the loads. Returns the answers, in bucket order."""
+    round trips overlap the loads. Returns the answers, in bucket order. ``times`` gets the seconds
+    spent packing (copies finished included) as ``pack``, and waiting for the engines as ``wait``."""
     answers: list[Any] = [None] * len(buckets)
     waits: list[Callable[[], Any]] = []
+    spent = {"pack": 0.0, "wait": 0.0}
+
+    def wait(j: int) -> None:
+        t = time.perf_counter()
+        answers[j] = waits[j]()
+        spent["wait"] += time.perf_counter() - t
+
     for i, bucket in enumerate(buckets):
         if i >= arena.slots:
-            answers[i - arena.slots] = waits[i - arena.slots]()
+            wait(i - arena.slots)
+        t = time.perf_counter()
         offset = arena.offset(i)
         pack(bucket, tensors, arena.buffer[offset : offset + arena.slot_bytes])
         if arena.buffer.is_cuda:
             torch.cuda.current_stream().synchronize()
+        spent["pack"] += time.perf_counter() - t
         waits.append(start_load(i, bucket, offset))
     for j in range(max(0, len(buckets) - arena.slots), len(buckets)):
-        answers[j] = waits[j]()
+        wait(j)
+    if times is not None:
+        times.update(spent)
     return answers
+
+
+def push_ipc(buckets: list[Bucket], tensors: Mapping[str, torch.Tensor], arena: IpcArena, engines: list[Any], version: int | None, times: dict[str, float]) -> dict[str, float]:
+    """A learner rank's ``cuda_ipc`` push to ``engines`` (Ray actors of :class:`rollout.engine.VLLMEngine`
+    on its GPU): :func:`send_ipc` through ``arena``, each engine ending the update (setting
+    ``version``) at its last bucket. Returns ``times`` (what the caller measured before: ``tail``,
+    the learner's queued GPU work, and ``state_dict``) with ``pack`` and ``wait`` (:func:`send_ipc`)
+    and ``engine_load``, the slowest engine's own loads (part of ``wait``); all in seconds."""
+
+    def start(i: int, bucket: Bucket, offset: int) -> Callable[[], list[Any]]:
+        futures = [e.load_ipc_bucket.remote(bucket, arena.key, arena.handle, offset, len(buckets), version).future() for e in engines]
+        return lambda: [f.result() for f in futures]
+
+    answers = send_ipc(buckets, tensors, arena, start, times)  # per bucket, per engine: None, or the update's load time
+    loads = [a for per_engine in answers for a in per_engine if a is not None]
+    if len(loads) != len(engines):  # a sync that loads nothing would otherwise pass unseen
+        raise RuntimeError(f"cuda_ipc weight sync: {len(engines) - len(loads)} of {len(engines)} engines did not finish the update")
+    return {**times, "engine_load": max(loads)}
 
 
 class IpcView:

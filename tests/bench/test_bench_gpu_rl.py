@@ -82,6 +82,14 @@ def test_sync_over_floor_per_align_side() -> None:
     assert bench.sync_over_floor({"runs": entry["runs"]}) == {}  # no floor measured
 
 
+def test_sync_parts_line_splits_a_side_s_sync() -> None:
+    parts = {"sync_tail_s": 0.004, "sync_state_dict_s": 0.001, "sync_pack_s": 0.003, "sync_wait_s": 0.02, "sync_engine_load_s": 0.014, "sync_push_s": 0.029}
+    runs = [{"summary": {"sync_s": 0.036, **parts}}, {"summary": {"sync_s": 0.040, **parts}}]
+    assert bench.sync_parts_line(runs) == ("sync parts (ms): tail 4.0, state_dict 1.0, pack 3.0, wait 20.0, engine_load 14.0; "
+                                          "learners' push 29.0, outside it 9.0")  # fmt: skip
+    assert "not cuda_ipc" in bench.sync_parts_line([{"summary": {"sync_s": 0.05}}])
+
+
 def test_long_generations_can_skip_the_eval(tmp_path) -> None:
     s = bench.Settings(new_tokens=16384, num_eval=0)
     r = load_recipe(str(bench.align_recipe(tmp_path / "ckpt", "hybrid-1b", s, tmp_path / "run")), [], job="rl").recipe

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import torch
 
-from align.weight_sync.transports import IpcArena, IpcView, load_ipc, plan_buckets, send_ipc, unpack
+from align.weight_sync.transports import IpcArena, IpcView, load_ipc, plan_buckets, push_ipc, send_ipc, unpack
 
 
 def _weights() -> dict[str, torch.Tensor]:
@@ -51,8 +52,10 @@ def test_send_ipc_pipelines_requests_and_refills_a_slot_only_after_its_load() ->
     arena = IpcArena(buckets, torch.device("cpu"), share=lambda t: None)
     assert arena.slots == 2 and arena.slot_bytes == max(b.nbytes for b in buckets)
     engine = _LazyEngine(arena)
-    answers = send_ipc(buckets, sd, arena, engine.start)
+    times: dict[str, float] = {}
+    answers = send_ipc(buckets, sd, arena, engine.start, times)
     assert answers == [f"bucket {i}" for i in range(len(buckets))]
+    assert set(times) == {"pack", "wait"} and times["pack"] > 0 and times["wait"] > 0  # the engine loads when waited for
     assert set(engine.loaded) == set(sd)
     for name, t in sd.items():
         assert torch.equal(engine.loaded[name], t), name
@@ -64,6 +67,43 @@ def test_send_ipc_pipelines_requests_and_refills_a_slot_only_after_its_load() ->
         expected += [("loaded", i - 2), ("request", i)]
     expected += [("loaded", n - 2), ("loaded", n - 1)]
     assert engine.events == expected
+
+
+class _Call:
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def future(self) -> "_Call":
+        return self
+
+    def result(self) -> Any:
+        return self.value
+
+
+class _ActorEngine:
+    """An engine actor's ``load_ipc_bucket`` as ``push_ipc`` calls it (``.remote(...).future()``),
+    answering its load seconds at the update's last bucket, or never (``finishes=False``)."""
+
+    def __init__(self, load_s: float, finishes: bool = True) -> None:
+        self.load_s, self.finishes, self.seen = load_s, finishes, 0
+        self.load_ipc_bucket = self
+
+    def remote(self, bucket: Any, key: str, handle: Any, offset: int, count: int, version: int | None) -> _Call:
+        self.seen += 1
+        return _Call(self.load_s if self.finishes and self.seen == count else None)
+
+
+def test_push_ipc_reports_where_the_time_went_and_refuses_an_update_not_finished() -> None:
+    sd = _weights()
+    buckets = _plan(sd, 600)
+    arena = IpcArena(buckets, torch.device("cpu"), share=lambda t: None)
+    engines = [_ActorEngine(0.010), _ActorEngine(0.014)]
+    times = push_ipc(buckets, sd, arena, engines, 3, {"tail": 0.001, "state_dict": 0.002})
+    assert set(times) == {"tail", "state_dict", "pack", "wait", "engine_load"}
+    assert (times["tail"], times["state_dict"], times["engine_load"]) == (0.001, 0.002, 0.014)  # the slowest engine's
+    assert all(e.seen == len(buckets) for e in engines)
+    with pytest.raises(RuntimeError, match="1 of 2 engines did not finish"):
+        push_ipc(buckets, sd, arena, [_ActorEngine(0.01), _ActorEngine(0.01, finishes=False)], 4, {})
 
 
 def test_arena_is_kept_for_the_same_plan_and_sized_by_it() -> None:

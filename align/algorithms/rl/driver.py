@@ -281,8 +281,8 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False, pr
                            time_step_s=time.perf_counter() - t_step, rollout_tokens_per_s=ro.rollout_tokens / max(ro.time_rollout_s, 1e-9),
                            groups_kept=float(len(ro.kept)), groups_dropped=float(len(ro.dropped)))  # fmt: skip
             metrics.update(ro.reward_metrics)
-            if sync.last_engine_load_s is not None:  # cuda_ipc: the engines' own share of time_sync_s
-                metrics.update(time_sync_engine_load_s=sync.last_engine_load_s)
+            # cuda_ipc: where time_sync_s went (time_sync_push_s: the learners' part; the rest is Ray's round trip)
+            metrics.update({f"time_sync_{k}_s": v for k, v in sync.last_push_times.items()})
             metrics.update(ro.metrics, learner_idle_share=t_wait / metrics["time_step_s"], tokens_per_s=ro.rollout_tokens / metrics["time_step_s"],
                            engine_idle_share=max(0.0, 1 - ro.time_rollout_s / metrics["time_step_s"]))  # fmt: skip
             if producer is not None and ledger is not None:
