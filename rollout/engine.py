@@ -146,7 +146,7 @@ class VLLMEngine:
         self._ipc_load_s, self._ipc_left = 0.0, 0  # the CUDA IPC update in progress: engine-side seconds, buckets to come
         self._ipc_view: Any = None  # the learner's CUDA IPC buffer, mapped once (align.weight_sync.transports.IpcView)
         self._sampling_params_cls = vllm.SamplingParams
-        self._delta = RequestOutputKind.DELTA
+        self._final_only = RequestOutputKind.FINAL_ONLY  # whole outputs at the end (rollout.engine_loop says why)
         self._next_id = 0
         self._recorder: RoutingRecorder | None = None
         if return_routed_experts and not self._native_routes:
@@ -199,7 +199,7 @@ class VLLMEngine:
                 ignore_eos=req.ignore_eos,
                 logprobs=0,  # only the sampled token's
                 detokenize=False,  # callers decode with their own tokenizer
-                output_kind=self._delta,  # each step's new tokens, stamped with the version that sampled them
+                output_kind=self._final_only,
             )
             todo.append((req, params, future))
         if todo:
@@ -267,7 +267,7 @@ class VLLMEngine:
         and recomputes their KV cache with the new weights when they are next scheduled.
         """
         self.llm.llm_engine.reset_prefix_cache(reset_running_requests=self.recompute_kv_on_update)
-        self._loop.version = self._loop.version + 1 if version is None else version
+        self._loop.set_version(self._loop.version + 1 if version is None else version)
 
     # Bucketed weight sync (align.weight_sync): the engine's side of "broadcast" and "cuda_ipc".
 

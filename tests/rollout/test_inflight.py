@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from align.models import load_model
+from rollout.engine_loop import token_versions
 from rollout.types import GenOutput, GenRequest
 
 LONG = 160  # tokens per request in the in-flight tests: long enough to update mid-way
@@ -86,12 +87,21 @@ def test_a_short_request_returns_while_a_long_one_runs(tiny_checkpoint, make_eng
     assert short_done < 0.5 * long_done, f"the short request waited for the long one: {short_done:.2f}s vs {long_done:.2f}s"
 
 
+def test_token_versions_follow_the_update_marks():
+    """The engine returns whole outputs; each token's version is rebuilt from the marks updates left."""
+    assert token_versions([(0, 0)], 3) == [0, 0, 0]
+    assert token_versions([(0, 0), (2, 5)], 4) == [0, 0, 5, 5]
+    assert token_versions([(0, 0), (0, 1)], 2) == [1, 1]  # an update before the first token
+    assert token_versions([(0, 0), (3, 1), (3, 2), (5, 3)], 6) == [0, 0, 0, 2, 2, 3]  # two between the same steps
+    assert token_versions([(0, 0), (4, 1)], 4) == [0, 0, 0, 0]  # an update after the last token
+
+
 def update_mid_way(engine, prompts: list[list[int]], new_weights: dict[str, torch.Tensor], at_tokens: int) -> list[GenOutput]:
     """Start one long greedy request per prompt, load ``new_weights`` as version 1 once each has
     ``at_tokens`` tokens (asked of the engine loop's running requests), return the outputs."""
     futures = engine._start([greedy(LONG, p) for p in prompts])
     deadline = time.monotonic() + 120
-    while min((len(r.token_ids) for r in engine._loop._running.values()), default=0) < at_tokens:
+    while min(engine._loop.call(engine._loop.produced).values(), default=0) < at_tokens:
         assert time.monotonic() < deadline and not all(f.done() for f in futures), "the requests finished before the update"
         time.sleep(0.002)
     engine.update_weights(new_weights, version=1)
@@ -123,7 +133,7 @@ def test_update_from_another_thread_while_episodes_stream(tiny_checkpoint, make_
 
     async def run() -> list[GenOutput]:
         tasks = [asyncio.ensure_future(engine.generate_one(greedy(LONG, p))) for p in prompts * 2]
-        while min((len(r.token_ids) for r in engine._loop._running.values()), default=0) < 10:
+        while min(engine._loop.call(engine._loop.produced).values(), default=0) < 10:
             await asyncio.sleep(0.002)
         pusher = threading.Thread(target=engine.update_weights, args=(weights["new"],), kwargs={"version": 7})
         pusher.start()
