@@ -67,7 +67,8 @@ from bench_vs_trl import StepTimer, grpo_prompts, job_env, load1, run_header  # 
 RESULTS = ROOT / "bench" / "results" / "bench_gpu_rl.json"
 RUNS = ROOT / "runs" / "bench_gpu_rl"
 # Where a cuda_ipc sync goes (align.weight_sync.transports.push_ipc), per step in metrics.jsonl.
-SYNC_PARTS = ("time_sync_tail_s", "time_sync_state_dict_s", "time_sync_pack_s", "time_sync_wait_s", "time_sync_engine_load_s", "time_sync_push_s")
+SYNC_PARTS = ("time_sync_tail_s", "time_sync_state_dict_s", "time_sync_pack_s", "time_sync_wait_s", "time_sync_engine_quiesce_s",
+              "time_sync_engine_load_s", "time_sync_engine_finish_s", "time_sync_engine_span_s", "time_sync_push_s")
 PY = sys.executable
 
 # Policies built from config (model.tiny fields; tokenizer.vocab_size). The 1B shapes follow
@@ -408,13 +409,17 @@ def run_sync_floor(ckpt: Path, s: Settings, out: Path, timeout_s: float) -> dict
 
 def sync_parts_line(runs: list[dict[str, Any]]) -> str:
     """Where a side's sync went, medians over its runs in ms: the learners' parts (``cuda_ipc``; the
-    engines' loads are inside ``wait``), and the rest of ``sync`` (the driver's Ray round trip)."""
+    engines' parts are inside ``wait``), and the rest of ``sync`` (the driver's Ray round trip)."""
     med = {k: statistics.median(v) * 1e3 for k in ("sync_s", *(p.removeprefix("time_") for p in SYNC_PARTS))
            if (v := [r["summary"][k] for r in runs if r["summary"].get(k) is not None])}  # fmt: skip
     if "sync_push_s" not in med:
         return "no parts of the sync recorded (not cuda_ipc)"
     parts = ", ".join(f"{k.removeprefix('sync_').removesuffix('_s')} {v:.1f}" for k, v in med.items() if k not in ("sync_s", "sync_push_s"))
-    return f"sync parts (ms): {parts}; learners' push {med['sync_push_s']:.1f}, outside it {med['sync_s'] - med['sync_push_s']:.1f}"
+    line = f"sync parts (ms): {parts}; learners' push {med['sync_push_s']:.1f}, outside it {med['sync_s'] - med['sync_push_s']:.1f}"
+    if "sync_engine_span_s" in med:  # the engines' span: their own parts, and idle while the next bucket comes (packing, Ray)
+        idle = med["sync_engine_span_s"] - sum(med.get(f"sync_engine_{k}_s", 0.0) for k in ("quiesce", "load", "finish"))
+        line += f"; engine idle between buckets {idle:.1f}, push outside the engines' span {med['sync_push_s'] - med['sync_engine_span_s']:.1f}"
+    return line
 
 
 def sync_over_floor(entry: dict[str, Any]) -> dict[str, float]:

@@ -143,7 +143,8 @@ class VLLMEngine:
         self.llm = self._loop.llm
         self.recompute_kv_on_update = recompute_kv_on_update
         self._direct_load: bool | None = None  # how weights load in place (rollout.weight_load), asked of the model once
-        self._ipc_load_s, self._ipc_left = 0.0, 0  # the CUDA IPC update in progress: engine-side seconds, buckets to come
+        self._ipc_times: dict[str, float] = {}  # the CUDA IPC update in progress: its engine-side seconds so far
+        self._ipc_left = 0  # and its buckets to come
         self._ipc_view: Any = None  # the learner's CUDA IPC buffer, mapped once (align.weight_sync.transports.IpcView)
         self._sampling_params_cls = vllm.SamplingParams
         self._final_only = RequestOutputKind.FINAL_ONLY  # whole outputs at the end (rollout.engine_loop says why)
@@ -293,7 +294,7 @@ class VLLMEngine:
 
         self._loop.call(lambda: self._swap(load, version))
 
-    def load_ipc_bucket(self, bucket: Any, arena_key: str, handle: Any, offset: int, count: int, version: int | None = None) -> float | None:
+    def load_ipc_bucket(self, bucket: Any, arena_key: str, handle: Any, offset: int, count: int, version: int | None = None) -> dict[str, float] | None:
         """Load one of the ``count`` buckets of an update from the learner's GPU buffer (same GPU), at
         ``offset`` in the buffer ``arena_key`` (mapped by ``handle`` at its first bucket, kept mapped after).
 
@@ -301,29 +302,37 @@ class VLLMEngine:
         model samples nothing); then cached prefixes are dropped, ``version`` is set (as in
         :meth:`update_weights`) and stepping resumes. The learner sends the next bucket before this
         one is done, and Ray may run an async actor's calls out of order, so the update ends at
-        its ``count``-th bucket, whichever that is. That call returns the seconds the update spent
-        loading on the engine (the rest of a sync is the learner's packing, Ray and the waits between);
-        the others None."""
+        its ``count``-th bucket, whichever that is. That call returns where the update's time went on
+        the engine thread, in seconds (the others None): ``engine_quiesce`` (the step in flight
+        collected), ``engine_load`` (the buckets' loads), ``engine_finish`` (prefix cache dropped,
+        version set, stepping resumed) and ``engine_span``, from the first bucket's start to the end,
+        whose rest is the engine thread waiting for the next bucket. The rest of a sync is the
+        learner's packing and the Ray calls."""
         from align.weight_sync.transports import IpcView, load_ipc
 
-        def load() -> float | None:
+        def load() -> dict[str, float] | None:
+            t0 = time.perf_counter()
             if not self._loop.paused:  # the first bucket of an update
                 self._loop.quiesce()
-                self._loop.paused, self._ipc_load_s, self._ipc_left = True, 0.0, count
-            t0 = time.perf_counter()
+                self._loop.paused, self._ipc_left = True, count
+                self._ipc_times = {"engine_quiesce": time.perf_counter() - t0, "engine_load": 0.0, "start": t0}
+            t1 = time.perf_counter()
             if self._ipc_view is None:
                 self._ipc_view = IpcView()
             load_ipc(bucket, self._ipc_view.bucket(arena_key, handle, bucket, offset), self._load_items)
-            self._ipc_load_s += time.perf_counter() - t0
+            self._ipc_times["engine_load"] += time.perf_counter() - t1
             self._ipc_left -= 1
             if self._ipc_left > 0:
                 return None
+            t2 = time.perf_counter()
             try:
                 self._loaded(version)
             finally:
                 self._loop.paused = False
                 self._loop.resume()
-            return self._ipc_load_s
+            end = time.perf_counter()
+            start = self._ipc_times.pop("start")
+            return {**self._ipc_times, "engine_finish": end - t2, "engine_span": end - start}
 
         return self._loop.call(load)
 

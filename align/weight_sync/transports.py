@@ -279,17 +279,19 @@ def push_ipc(buckets: list[Bucket], tensors: Mapping[str, torch.Tensor], arena: 
     on its GPU): :func:`send_ipc` through ``arena``, each engine ending the update (setting
     ``version``) at its last bucket. Returns ``times`` (what the caller measured before: ``tail``,
     the learner's queued GPU work, and ``state_dict``) with ``pack`` and ``wait`` (:func:`send_ipc`)
-    and ``engine_load``, the slowest engine's own loads (part of ``wait``); all in seconds."""
+    and the engines' side of the update, within ``wait`` (:meth:`rollout.engine.VLLMEngine.load_ipc_bucket`:
+    ``engine_quiesce``, ``engine_load``, ``engine_finish``, ``engine_span``; each the slowest
+    engine's); all in seconds."""
 
     def start(i: int, bucket: Bucket, offset: int) -> Callable[[], list[Any]]:
         futures = [e.load_ipc_bucket.remote(bucket, arena.key, arena.handle, offset, len(buckets), version).future() for e in engines]
         return lambda: [f.result() for f in futures]
 
-    answers = send_ipc(buckets, tensors, arena, start, times)  # per bucket, per engine: None, or the update's load time
-    loads = [a for per_engine in answers for a in per_engine if a is not None]
-    if len(loads) != len(engines):  # a sync that loads nothing would otherwise pass unseen
-        raise RuntimeError(f"cuda_ipc weight sync: {len(engines) - len(loads)} of {len(engines)} engines did not finish the update")
-    return {**times, "engine_load": max(loads)}
+    answers = send_ipc(buckets, tensors, arena, start, times)  # per bucket, per engine: None, or the update's engine-side times
+    ends = [a for per_engine in answers for a in per_engine if a is not None]
+    if len(ends) != len(engines):  # a sync that loads nothing would otherwise pass unseen
+        raise RuntimeError(f"cuda_ipc weight sync: {len(engines) - len(ends)} of {len(engines)} engines did not finish the update")
+    return {**times, **{k: max(e[k] for e in ends) for k in ends[0]}}
 
 
 class IpcView:

@@ -88,6 +88,9 @@ def test_sync_parts_line_splits_a_side_s_sync() -> None:
     assert bench.sync_parts_line(runs) == ("sync parts (ms): tail 4.0, state_dict 1.0, pack 3.0, wait 20.0, engine_load 14.0; "
                                           "learners' push 29.0, outside it 9.0")  # fmt: skip
     assert "not cuda_ipc" in bench.sync_parts_line([{"summary": {"sync_s": 0.05}}])
+    engine = {"sync_engine_quiesce_s": 0.001, "sync_engine_finish_s": 0.002, "sync_engine_span_s": 0.018}
+    line = bench.sync_parts_line([{"summary": {"sync_s": 0.036, **parts, **engine}}])
+    assert line.endswith("; engine idle between buckets 1.0, push outside the engines' span 11.0")  # 18 - 1 - 14 - 2; 29 - 18
 
 
 def test_long_generations_can_skip_the_eval(tmp_path) -> None:

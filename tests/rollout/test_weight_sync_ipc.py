@@ -82,7 +82,7 @@ class _Call:
 
 class _ActorEngine:
     """An engine actor's ``load_ipc_bucket`` as ``push_ipc`` calls it (``.remote(...).future()``),
-    answering its load seconds at the update's last bucket, or never (``finishes=False``)."""
+    answering its times at the update's last bucket, or never (``finishes=False``)."""
 
     def __init__(self, load_s: float, finishes: bool = True) -> None:
         self.load_s, self.finishes, self.seen = load_s, finishes, 0
@@ -90,7 +90,8 @@ class _ActorEngine:
 
     def remote(self, bucket: Any, key: str, handle: Any, offset: int, count: int, version: int | None) -> _Call:
         self.seen += 1
-        return _Call(self.load_s if self.finishes and self.seen == count else None)
+        ends = self.finishes and self.seen == count
+        return _Call({"engine_load": self.load_s, "engine_span": 2 * self.load_s} if ends else None)
 
 
 def test_push_ipc_reports_where_the_time_went_and_refuses_an_update_not_finished() -> None:
@@ -99,8 +100,8 @@ def test_push_ipc_reports_where_the_time_went_and_refuses_an_update_not_finished
     arena = IpcArena(buckets, torch.device("cpu"), share=lambda t: None)
     engines = [_ActorEngine(0.010), _ActorEngine(0.014)]
     times = push_ipc(buckets, sd, arena, engines, 3, {"tail": 0.001, "state_dict": 0.002})
-    assert set(times) == {"tail", "state_dict", "pack", "wait", "engine_load"}
-    assert (times["tail"], times["state_dict"], times["engine_load"]) == (0.001, 0.002, 0.014)  # the slowest engine's
+    assert set(times) == {"tail", "state_dict", "pack", "wait", "engine_load", "engine_span"}
+    assert (times["tail"], times["state_dict"], times["engine_load"], times["engine_span"]) == (0.001, 0.002, 0.014, 0.028)  # the slowest engine's
     assert all(e.seen == len(buckets) for e in engines)
     with pytest.raises(RuntimeError, match="1 of 2 engines did not finish"):
         push_ipc(buckets, sd, arena, [_ActorEngine(0.01), _ActorEngine(0.01, finishes=False)], 4, {})
@@ -178,7 +179,9 @@ def test_engine_loads_an_update_from_the_arena_as_update_weights_does(tiny_check
 
     before = greedy()
     answers = push(changed, 7)
-    assert answers[:-1] == [None] * (len(buckets) - 1) and answers[-1] > 0  # the update's load seconds, at its last bucket
+    end = answers[-1]  # the update's engine-side times, at its last bucket
+    assert answers[:-1] == [None] * (len(buckets) - 1) and set(end) == {"engine_quiesce", "engine_load", "engine_finish", "engine_span"}
+    assert end["engine_load"] > 0 and end["engine_span"] >= end["engine_quiesce"] + end["engine_load"] + end["engine_finish"]
     after = greedy()
     assert engine.weights_version() == 7 and after != before
     engine.update_weights(changed)
