@@ -143,8 +143,8 @@ class VLLMEngine:
         self.llm = self._loop.llm
         self.recompute_kv_on_update = recompute_kv_on_update
         self._direct_load: bool | None = None  # how weights load in place (rollout.weight_load), asked of the model once
-        self._ipc_times: dict[str, float] = {}  # the CUDA IPC update in progress: its engine-side seconds so far
-        self._ipc_left = 0  # and its buckets to come
+        self._ipc_times: dict[str, float] = {}  # the CUDA IPC update in progress: its engine-side seconds so far,
+        self._ipc_start, self._ipc_left = 0.0, 0  # when its first bucket started, and its buckets to come
         self._ipc_view: Any = None  # the learner's CUDA IPC buffer, mapped once (align.weight_sync.transports.IpcView)
         self._sampling_params_cls = vllm.SamplingParams
         self._final_only = RequestOutputKind.FINAL_ONLY  # whole outputs at the end (rollout.engine_loop says why)
@@ -314,8 +314,8 @@ class VLLMEngine:
             t0 = time.perf_counter()
             if not self._loop.paused:  # the first bucket of an update
                 self._loop.quiesce()
-                self._loop.paused, self._ipc_left = True, count
-                self._ipc_times = {"engine_quiesce": time.perf_counter() - t0, "engine_load": 0.0, "start": t0}
+                self._loop.paused, self._ipc_start, self._ipc_left = True, t0, count
+                self._ipc_times = {"engine_quiesce": time.perf_counter() - t0, "engine_load": 0.0}
             t1 = time.perf_counter()
             if self._ipc_view is None:
                 self._ipc_view = IpcView()
@@ -331,8 +331,7 @@ class VLLMEngine:
                 self._loop.paused = False
                 self._loop.resume()
             end = time.perf_counter()
-            start = self._ipc_times.pop("start")
-            return {**self._ipc_times, "engine_finish": end - t2, "engine_span": end - start}
+            return {**self._ipc_times, "engine_finish": end - t2, "engine_span": end - self._ipc_start}
 
         return self._loop.call(load)
 
