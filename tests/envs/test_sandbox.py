@@ -96,7 +96,10 @@ def test_memory_bomb() -> None:
 
 
 def test_infinite_loop_hits_the_wall_clock(marker: str) -> None:
-    result = run_program("while True:\n    pass", argv=[marker], config=SandboxConfig(timeout_s=1.0))
+    # cpu_s well above the wall clock: with the default (ceil(timeout_s) = 1 CPU-second) the
+    # RLIMIT_CPU's SIGXCPU wins the race whenever this process is descheduled past the deadline
+    # (CI, 2026-12-02: status "timeout", exit code 152), and that is test_cpu_limit_... below.
+    result = run_program("while True:\n    pass", argv=[marker], config=SandboxConfig(timeout_s=1.0, cpu_s=30))
     assert (result.status, result.exit_code) == ("timeout", None)
     assert 1.0 <= result.wall_s < 4.0
     assert leftovers(marker) == []
