@@ -42,6 +42,12 @@ class GRPOSettings(Strict):
     # start weights) or lora_disabled (the policy's learners with the LoRA adapters off; needs learner.lora).
     reference: Literal["separate_group", "lora_disabled"] = "separate_group"
     loss_aggregation: Literal["token", "sequence"] = "token"
+    # Scales negative advantages (1: plain GRPO). Below 1 the step leans on the samples that beat
+    # their group. Zhu et al. 2025 ("The Surprising Effectiveness of Negative Reinforcement in LLM
+    # Reasoning") found that reinforcing the right samples raises pass@1 and narrows the output,
+    # while penalizing the wrong ones spreads probability and keeps pass@k; their W-REINFORCE weighs
+    # the positives 0.1 for pass@k. This is the other way round, for greedy (pass@1) accuracy.
+    negative_advantage_scale: float = Field(1.0, ge=0, le=1)
     dynamic_sampling: bool = True
     max_refill_rounds: int = Field(2, ge=0)
     overlong_filtering: bool = True

@@ -47,6 +47,15 @@ def test_leave_one_out_advantages_and_overlong_filtering() -> None:
     assert g2.keep == [1, 1, 1]
 
 
+def test_negative_advantage_scale_shrinks_only_the_samples_below_their_group() -> None:
+    rewards = [1.0, 0.5, 0.0, 0.0]  # leave-one-out: 5/6, 1/6, -1/2, -1/2
+    g = finalize(Scored([_traj(2, 3)] * 4, rewards), GRPOSettings(negative_advantage_scale=0.1))
+    assert g.advantages == pytest.approx([5 / 6, 1 / 6, -0.05, -0.05])
+    assert finalize(Scored([_traj(2, 3)] * 4, rewards), GRPOSettings()).advantages == pytest.approx([5 / 6, 1 / 6, -0.5, -0.5])
+    with pytest.raises(ValueError, match="negative_advantage_scale"):
+        GRPOSettings(negative_advantage_scale=1.5)
+
+
 def test_dynamic_sampling_drops_all_equal_groups_and_fills_with_zero_mask() -> None:
     cfg = GRPOSettings()
     informative = finalize(Scored([_traj(2, 3), _traj(2, 3)], [1.0, 0.0]), cfg)

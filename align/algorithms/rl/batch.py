@@ -47,13 +47,14 @@ class Scored:
 
 
 def finalize(group: Scored, cfg: GRPOSettings) -> Scored:
-    """Advantages (leave-one-out or mean/std) and overlong filtering for one group.
+    """Advantages (leave-one-out or mean/std, negatives scaled by ``negative_advantage_scale``)
+    and overlong filtering for one group.
 
     Overlong filtering (DAPO): a truncated trajectory is left out of the loss, since its reward
     says nothing about an answer it never gave; it still counts in the group's baseline.
     """
     adv = group_advantages(torch.tensor(group.rewards, dtype=torch.float64), cfg.baseline).tolist()
-    group.advantages = adv
+    group.advantages = [a * cfg.negative_advantage_scale if a < 0 else a for a in adv]
     group.keep = [0 if (cfg.overlong_filtering and t.truncated) else 1 for t in group.trajectories]
     return group
 
