@@ -37,6 +37,7 @@ async def collect(
     seed: int,
     step_timeout_s: float | None = None,
     budget_grace_fraction: float = 0.0,
+    greedy: bool = False,
 ) -> list[list[Trajectory]]:
     """One group of ``generations_per_prompt`` trajectories per ``(task, mode)``, in input order.
 
@@ -46,7 +47,8 @@ async def collect(
     A task listed twice gets different seeds for its second group. An environment failure
     fails only its own samples (``step_timeout_s`` bounds each environment step); an engine
     failure cancels the other episodes and raises. ``budget_grace_fraction``: see
-    :func:`rollout.episode.run_episode`.
+    :func:`rollout.episode.run_episode`. ``greedy``: each group ends with one more episode, played
+    at temperature 0 (grpo.baseline=greedy), so it holds ``generations_per_prompt + 1``.
     """
     if generations_per_prompt < 1:
         raise ValueError(f"generations_per_prompt must be at least 1, got {generations_per_prompt}")
@@ -64,10 +66,11 @@ async def collect(
     for task, mode in tasks_with_modes:
         occurrence = occurrences.get(task.id, 0)
         occurrences[task.id] = occurrence + 1
-        for index in range(generations_per_prompt):
+        for index in range(generations_per_prompt + greedy):
             episode_seed = derive_seed(seed, task.id, occurrence, index)
             env = env_by_name[task.env]
-            coro = run_episode(env, task, mode, tokenizer, generate_one, sampling, max_turns, episode_seed, step_timeout_s, budget_grace_fraction)
+            how = sampling.model_copy(update={"temperature": 0.0}) if index == generations_per_prompt else sampling
+            coro = run_episode(env, task, mode, tokenizer, generate_one, how, max_turns, episode_seed, step_timeout_s, budget_grace_fraction)
             episodes.append(asyncio.ensure_future(coro))
     try:
         trajectories = await asyncio.gather(*episodes)
@@ -75,5 +78,8 @@ async def collect(
         for episode in episodes:
             episode.cancel()
         raise
-    g = generations_per_prompt
-    return [list(trajectories[i : i + g]) for i in range(0, len(trajectories), g)]
+    g = generations_per_prompt + greedy
+    groups = [list(trajectories[i : i + g]) for i in range(0, len(trajectories), g)]
+    for group in groups if greedy else ():
+        group[-1].info["greedy"] = True
+    return groups

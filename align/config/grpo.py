@@ -33,7 +33,12 @@ class GRPOSettings(Strict):
     max_steps: int = Field(50, ge=1)
     prompts_per_step: int = Field(8, ge=1)
     generations_per_prompt: int = Field(4, ge=2)
-    baseline: Literal["mean_std", "leave_one_out"] = "leave_one_out"
+    # greedy: each group also plays its prompt once greedily, and a sample's advantage is its reward
+    # minus that one's (ReMax, Li et al. 2023; self-critical training, Rennie et al. 2017). What is
+    # judged greedily then trains where it is wrong: right samples of a prompt the greedy answer
+    # fails are pushed up, wrong samples of a prompt it passes are pushed down, and a prompt whose
+    # samples all agree still trains when its greedy answer differs. Costs one more episode a group.
+    baseline: Literal["mean_std", "leave_one_out", "greedy"] = "leave_one_out"
     clip_low: float = Field(0.2, gt=0)
     clip_high: float = Field(0.28, gt=0)
     # k3 KL to the frozen start policy, per token in the loss (0: off, as Nemotron 3 Nano).

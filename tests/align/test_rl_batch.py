@@ -38,6 +38,11 @@ def _traj(n_prompt: int, n_completion: int, truncated: bool = False, observation
                           [-0.5 if m else 0.0 for m in mask], truncated)  # fmt: skip
 
 
+def _greedy(t: FakeTrajectory) -> FakeTrajectory:
+    t.info["greedy"] = True  # as rollout.collect marks the episode it plays at temperature 0
+    return t
+
+
 def test_leave_one_out_advantages_and_overlong_filtering() -> None:
     g = finalize(Scored([_traj(3, 4), _traj(3, 4), _traj(3, 4, truncated=True)], [1.0, 0.0, 0.0]), GRPOSettings(baseline="leave_one_out"))
     assert g.advantages == pytest.approx([1.0, -0.5, -0.5])  # r_i - mean of the others
@@ -54,6 +59,23 @@ def test_negative_advantage_scale_shrinks_only_the_samples_below_their_group() -
     assert finalize(Scored([_traj(2, 3)] * 4, rewards), GRPOSettings()).advantages == pytest.approx([5 / 6, 1 / 6, -0.5, -0.5])
     with pytest.raises(ValueError, match="negative_advantage_scale"):
         GRPOSettings(negative_advantage_scale=1.5)
+
+
+def test_greedy_baseline_scores_samples_against_the_greedy_episode_and_drops_it() -> None:
+    cfg = GRPOSettings(baseline="greedy", negative_advantage_scale=0.5)
+    trajs = [_traj(2, 3), _traj(2, 3), _traj(2, 3, truncated=True), _greedy(_traj(2, 5))]
+    g = finalize(Scored(trajs, [1.0, 0.5, 0.0, 0.5], {"budget": [0.1, 0.2, 0.3, 0.4]}), cfg)
+    assert g.trajectories == trajs[:3] and g.greedy is trajs[3] and g.greedy_reward == 0.5
+    assert g.advantages == pytest.approx([0.5, 0.0, -0.25]) and g.keep == [1, 1, 0]
+    assert g.components == {"budget": [0.1, 0.2, 0.3]}
+    assert len(to_sequences([g])) == 3  # the greedy episode is not trained on
+    # Samples that agree still train when the greedy answer differs; they carry nothing when it agrees.
+    agree = finalize(Scored([_traj(2, 3), _traj(2, 3), _greedy(_traj(2, 3))], [1.0, 1.0, 0.0]), cfg)
+    flat = finalize(Scored([_traj(2, 3), _traj(2, 3), _greedy(_traj(2, 3))], [1.0, 1.0, 1.0]), cfg)
+    assert agree.advantages == [1.0, 1.0]
+    assert select_groups([flat, agree], needed=1, dynamic_sampling=True) == ([agree], [flat])
+    with pytest.raises(AlignError, match="no greedy episode"):  # groups collected without it
+        finalize(Scored([_traj(2, 3)] * 3, [1.0, 0.0, 0.0]), cfg)
 
 
 def test_dynamic_sampling_drops_all_equal_groups_and_fills_with_zero_mask() -> None:

@@ -61,3 +61,17 @@ def test_async_rl_resumes_after_kill_9_with_no_prompt_skipped_or_repeated(tmp_pa
     # The producer ran ahead of the learner: some step trained on tokens of older weights.
     assert max(m["staleness"] for m in train.values()) >= 1
     assert (run_dir / "final" / "config.json").is_file()
+
+
+def test_async_rl_with_the_greedy_baseline(tmp_path: Path) -> None:
+    """`grpo.baseline=greedy` through the async producer: each group plays one greedy episode more,
+    scored as its baseline and logged per environment, and trains on the sampled ones only."""
+    args = [sys.executable, "-c", IN_PROCESS, *QUICK, "grpo.mode=async", "grpo.baseline=greedy", "grpo.dynamic_sampling=false",
+            "grpo.max_steps=2", "grpo.eval_every_steps=100", f"output_dir={tmp_path}"]  # fmt: skip
+    proc = subprocess.run(args, env=dict(os.environ, PYTHONUNBUFFERED="1"), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    train = _records(tmp_path, "train")
+    assert sorted(train) == [1, 2]
+    for m in train.values():
+        for env in ("math", "instruction_following"):
+            assert 0.0 <= m[f"{env}/greedy_accuracy"] <= 1.0

@@ -176,7 +176,7 @@ def chat(tokenizer) -> ChatTokens:
     return ChatTokens.from_tokenizer(tokenizer)
 
 
-def play(engine, tokenizer, envs, tasks_modes, g=1, max_turns=1, seed=0, generate=None, step_timeout_s=None, **sampling):
+def play(engine, tokenizer, envs, tasks_modes, g=1, max_turns=1, seed=0, generate=None, step_timeout_s=None, greedy=False, **sampling):
     return asyncio.run(
         collect(
             {env.name: env for env in envs},
@@ -189,6 +189,7 @@ def play(engine, tokenizer, envs, tasks_modes, g=1, max_turns=1, seed=0, generat
             max_turns=max_turns,
             seed=seed,
             step_timeout_s=step_timeout_s,
+            greedy=greedy,
         )
     )
 
@@ -425,6 +426,21 @@ def test_collect_is_reproducible_and_groups_differ(policy, tokenizer):
     for group in a:
         assert len({tuple(x) for x in ids([group])[0]}) == 3, "the G samples of a group should differ"
         assert len({t.seed for t in group}) == 3
+
+
+def test_greedy_episode_ends_each_group_and_ignores_the_seed(policy, tokenizer):
+    """grpo.baseline=greedy: G sampled episodes, then one at temperature 0, the same whatever the seed."""
+    engine = policy.use("random")
+    tasks_modes = [(t, ReasoningMode(True, 16)) for t in make_tasks("oneshot", 2)]
+    kwargs = dict(g=3, temperature=1.0, max_new_tokens=12, max_answer_tokens=4)
+    a = play(engine, tokenizer, [OneShotEnv()], tasks_modes, seed=11, greedy=True, **kwargs)
+    c = play(engine, tokenizer, [OneShotEnv()], tasks_modes, seed=12, greedy=True, **kwargs)
+    alone = play(engine, tokenizer, [OneShotEnv()], tasks_modes, seed=13, **{**kwargs, "g": 1, "temperature": 0.0})
+    assert [len(g) for g in a] == [4, 4]
+    for ga, gc, g1 in zip(a, c, alone, strict=True):
+        assert ga[-1].completion_ids == gc[-1].completion_ids == g1[0].completion_ids
+        assert [bool(t.info.get("greedy")) for t in ga] == [False, False, False, True] and not g1[0].info.get("greedy")
+        assert [t.completion_ids for t in ga[:-1]] != [t.completion_ids for t in gc[:-1]]
 
 
 @pytest.mark.slow

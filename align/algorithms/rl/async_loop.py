@@ -120,7 +120,7 @@ class AsyncProducer:
         async def play(prompt: Prompt, batcher: Batcher, seed: int) -> list[Trajectory]:
             groups = await collect(envs, [(prompt.task, prompt.mode)], g.generations_per_prompt, tokenizer=tokenizer, generate=batcher,
                                    sampling=r.rollout.sampling, max_turns=r.rollout.max_turns, seed=seed,
-                                   budget_grace_fraction=r.reasoning.budget_grace_fraction)  # fmt: skip
+                                   budget_grace_fraction=r.reasoning.budget_grace_fraction, greedy=g.baseline == "greedy")  # fmt: skip
             return groups[0]
 
         generate = rollout.engines[0].generate.remote if rollout.in_process else rollout.generate

@@ -29,9 +29,15 @@ class Scored:
     advantages: list[float] = field(default_factory=list)
     # 0 drops a sequence from the loss (overlong filtering, or a filler group).
     keep: list[int] = field(default_factory=list)
+    # grpo.baseline=greedy: the group's greedy episode, its baseline; not trained on (finalize).
+    greedy: Trajectory | None = None
+    greedy_reward: float | None = None
 
     @property
     def all_equal(self) -> bool:
+        """No sample differs from its baseline: the group carries no signal."""
+        if self.greedy_reward is not None:
+            return all(abs(r - self.greedy_reward) < 1e-9 for r in self.rewards)
         return max(self.rewards) - min(self.rewards) < 1e-9
 
     @property
@@ -47,13 +53,22 @@ class Scored:
 
 
 def finalize(group: Scored, cfg: GRPOSettings) -> Scored:
-    """Advantages (leave-one-out or mean/std, negatives scaled by ``negative_advantage_scale``)
-    and overlong filtering for one group.
+    """Advantages (leave-one-out, mean/std, or against the greedy episode; negatives scaled by
+    ``negative_advantage_scale``) and overlong filtering for one group.
 
     Overlong filtering (DAPO): a truncated trajectory is left out of the loss, since its reward
     says nothing about an answer it never gave; it still counts in the group's baseline.
     """
-    adv = group_advantages(torch.tensor(group.rewards, dtype=torch.float64), cfg.baseline).tolist()
+    if cfg.baseline == "greedy":
+        # The last trajectory is the greedy episode (rollout.collect, greedy=True): the baseline.
+        if not group.trajectories[-1].info.get("greedy"):
+            raise AlignError(f"grpo.baseline=greedy: the group of task {group.trajectories[-1].task.id!r} has no greedy episode (collect it with greedy=True)")
+        *group.trajectories, group.greedy = group.trajectories
+        *group.rewards, group.greedy_reward = group.rewards
+        group.components = {k: v[:-1] for k, v in group.components.items()}
+        adv = [r - group.greedy_reward for r in group.rewards]
+    else:
+        adv = group_advantages(torch.tensor(group.rewards, dtype=torch.float64), cfg.baseline).tolist()
     group.advantages = [a * cfg.negative_advantage_scale if a < 0 else a for a in adv]
     group.keep = [0 if (cfg.overlong_filtering and t.truncated) else 1 for t in group.trajectories]
     return group
@@ -329,6 +344,12 @@ def step_metrics(groups: list[Scored], train: dict[str, float]) -> dict[str, flo
     per_env: dict[str, list[Trajectory]] = defaultdict(list)
     for t in trajs:
         per_env[t.env].append(t)
+    greedy: dict[str, list[Trajectory]] = defaultdict(list)
+    for g in groups:
+        if g.greedy is not None:
+            greedy[g.greedy.env].append(g.greedy)
+    for env, ts in greedy.items():  # grpo.baseline=greedy: how the training prompts fare greedily
+        out[f"{env}/greedy_accuracy"] = sum(1.0 for t in ts if t.correct) / len(ts)
     for env, ts in per_env.items():
         out[f"{env}/reward"] = sum(t.reward for t in ts) / len(ts)
         out[f"{env}/accuracy"] = sum(1.0 for t in ts if t.correct) / len(ts)

@@ -191,7 +191,7 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False, pr
             t0 = time.perf_counter()
             groups = asyncio.run(collect(envs, pairs, g.generations_per_prompt, tokenizer=tokenizer, generate=rollout.generate,
                                          sampling=r.rollout.sampling, max_turns=r.rollout.max_turns, seed=rng_seed + 7 * round_,
-                                         budget_grace_fraction=r.reasoning.budget_grace_fraction))  # fmt: skip
+                                         budget_grace_fraction=r.reasoning.budget_grace_fraction, greedy=g.baseline == "greedy"))  # fmt: skip
             out.time_rollout_s += time.perf_counter() - t0
             out.rollout_tokens += sum(t.num_policy_tokens for grp in groups for t in grp)
             t0 = time.perf_counter()
@@ -201,7 +201,7 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False, pr
                 for k, v in (fn.step_metrics() if hasattr(fn, "step_metrics") else {}).items():
                     out.reward_metrics[k] = out.reward_metrics.get(k, 0.0) + v
             out.all_groups += scored
-            out.curriculum = mixer.observe(groups)  # pass rates by task (grpo.curriculum); {} when off
+            out.curriculum = mixer.observe([s.trajectories for s in scored])  # pass rates by task (grpo.curriculum); {} when off
             new_kept, new_dropped = select_groups(scored, needed - len(kept), g.dynamic_sampling, env_signal=bool(rewards) and not g.keep_reward_only_groups)
             kept += new_kept
             out.dropped += new_dropped
