@@ -61,6 +61,7 @@ async def collect(
         assert generate is not None
         generate_one = (generate if isinstance(generate, Batcher) else Batcher(generate)).generate
 
+    greedy_sampling = sampling.model_copy(update={"temperature": 0.0})
     occurrences: dict[str, int] = {}
     episodes: list[asyncio.Task[Trajectory]] = []
     for task, mode in tasks_with_modes:
@@ -69,7 +70,7 @@ async def collect(
         for index in range(generations_per_prompt + greedy):
             episode_seed = derive_seed(seed, task.id, occurrence, index)
             env = env_by_name[task.env]
-            how = sampling.model_copy(update={"temperature": 0.0}) if index == generations_per_prompt else sampling
+            how = greedy_sampling if index == generations_per_prompt else sampling
             coro = run_episode(env, task, mode, tokenizer, generate_one, how, max_turns, episode_seed, step_timeout_s, budget_grace_fraction)
             episodes.append(asyncio.ensure_future(coro))
     try:
