@@ -66,6 +66,9 @@ class StepResult:
     ``reward`` is the environment's score for the episode so far (used when ``done``);
     ``correct`` is whether the final answer is right (None: not applicable);
     ``observation`` holds messages (usually ``role="tool"``) appended before the next policy turn.
+    ``info["blame"]`` (optional, with a wrong answer): the ``(start, end)`` characters of the
+    action that made it wrong, such as its first false step (envs/math/steps.py); the rollout
+    turns it into completion tokens for GRPO's ``credit: blamed_step``.
     """
 
     reward: float

@@ -156,6 +156,8 @@ async def run_episode(
 
     assert result is not None  # the first turn always runs: the completion starts empty
     info = dict(result.info)
+    if "blame" in info and (span := blame_tokens(tokenizer, text_ids, info["blame"])) is not None:
+        info["blame_tokens"] = [turn_start + span[0], turn_start + span[1]]  # of the last turn, where the answer is
     if stopped_early:
         info.setdefault("stopped", f"max_turns={max_turns} reached before the environment was done")
     return Trajectory(
@@ -181,6 +183,32 @@ async def run_episode(
         routed_experts=pad_routes(stream.routes, len(stream.prompt_ids) + len(completion)),
         weight_versions=stream.weight_versions(),
     )
+
+
+def blame_tokens(tokenizer: PreTrainedTokenizerBase, ids: list[int], span: object) -> tuple[int, int] | None:
+    """The tokens ``[i, j)`` of ``ids`` that spell characters ``span = (start, end)`` of their decoded text.
+
+    None for a span that is not two ordered character offsets inside that text: an environment's
+    malformed blame loses the step-level credit, never the sample. A prefix's decoded length
+    never shrinks as tokens are added, so each end is found by bisection (a few decodes).
+    """
+
+    def first(chars: int) -> int:  # the fewest tokens whose decode is longer than ``chars``
+        lo, hi = 1, len(ids)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if len(tokenizer.decode(ids[:mid], skip_special_tokens=True)) > chars:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    if not (isinstance(span, (list, tuple)) and len(span) == 2 and all(isinstance(c, int) for c in span)):
+        return None
+    start, end = span
+    if not ids or not 0 <= start < end <= len(tokenizer.decode(ids, skip_special_tokens=True)):
+        return None
+    return first(start) - 1, first(end - 1)
 
 
 def _failed_step(env: Environment, task: Task, error: str) -> StepResult:

@@ -53,6 +53,14 @@ class GRPOSettings(Strict):
     # while penalizing the wrong ones spreads probability and keeps pass@k; their W-REINFORCE weighs
     # the positives 0.1 for pass@k. This is the other way round, for greedy (pass@1) accuracy.
     negative_advantage_scale: float = Field(1.0, ge=0, le=1)
+    # Which tokens carry a sample's advantage. sequence: all of its policy tokens (plain GRPO).
+    # blamed_step: a sample below its group whose environment blamed a span of its answer
+    # (StepResult.info["blame"], such as math's first false step, envs/math/steps.py) trains from
+    # that span to its end, so the correct steps before the mistake are not pushed down with it
+    # (the tail stays: it carries the mistake on, and any overrun of a thinking budget); every
+    # other sample keeps its whole sequence. The first-error credit of step-labelled process
+    # supervision (Lightman et al. 2023), from a verifier instead of a learned model.
+    credit: Literal["sequence", "blamed_step"] = "sequence"
     dynamic_sampling: bool = True
     max_refill_rounds: int = Field(2, ge=0)
     overlong_filtering: bool = True

@@ -20,6 +20,7 @@ from align.reasoning import THINK_CLOSE, THINK_OPEN
 from envs.base import Message, SelfCheck, StepResult, Task
 from envs.grades import GRADE_WEIGHTS_FIELD, check_grade_weights, draw_grade
 from envs.math.generator import LEVELS, make_problem, prompt_text, solve, worked_trace
+from envs.math.steps import first_false_step
 from envs.math.verify import DEFAULT_TIMEOUT_S, fast_grade, grade, plain_number
 
 EXAMPLES_PATH = Path(__file__).parent / "data" / "examples.jsonl"
@@ -71,6 +72,8 @@ class MathEnv:
         info = {"extracted": verdict.extracted, "reason": verdict.reason, "gold": gold, "method": verdict.method}
         if verdict.error:
             info["verify_error"] = verdict.error
+        if not verdict.equal and (span := first_false_step(action)) is not None:
+            info["blame"] = span  # step-level credit (envs/math/steps.py)
         return StepResult(reward=1.0 if verdict.equal else 0.0, done=True, correct=verdict.equal, info=info)
 
     def generate(self, n: int, seed: int) -> list[Task]:

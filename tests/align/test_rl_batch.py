@@ -52,6 +52,19 @@ def test_leave_one_out_advantages_and_overlong_filtering() -> None:
     assert g2.keep == [1, 1, 1]
 
 
+def test_blamed_step_credit_spares_the_steps_before_the_blamed_one() -> None:
+    right, blamed, unblamed = _traj(2, 6), _traj(2, 6, observation_at=3), _traj(2, 6)
+    blamed.info["blame_tokens"] = [2, 3]  # the false step is completion token 2; token 3 is an observation (no loss)
+    g = finalize(Scored([right, blamed, unblamed], [1.0, 0.0, 0.0]), GRPOSettings())
+    plain, local = to_sequences([g]), to_sequences([g], blamed_step=True)
+    policy = lambda s: [k - 2 for k, label in enumerate(s.labels) if label != IGNORE]  # noqa: E731 - completion positions with a loss
+    assert [policy(s) for s in plain] == [[0, 1, 2, 3, 4, 5], [0, 1, 2, 4, 5], [0, 1, 2, 3, 4, 5]]
+    assert [policy(s) for s in local] == [[0, 1, 2, 3, 4, 5], [2, 4, 5], [0, 1, 2, 3, 4, 5]]
+    assert [s.advantage for s in local] == [s.advantage for s in plain] == pytest.approx([1.0, -0.5, -0.5])
+    lucky = finalize(Scored([_traj(2, 6), blamed], [0.0, 1.0]), GRPOSettings())  # blamed but above its group: whole
+    assert [policy(s) for s in to_sequences([lucky], blamed_step=True)] == [[0, 1, 2, 3, 4, 5], [0, 1, 2, 4, 5]]
+
+
 def test_negative_advantage_scale_shrinks_only_the_samples_below_their_group() -> None:
     rewards = [1.0, 0.5, 0.0, 0.0]  # leave-one-out: 5/6, 1/6, -1/2, -1/2
     g = finalize(Scored([_traj(2, 3)] * 4, rewards), GRPOSettings(negative_advantage_scale=0.1))

@@ -147,7 +147,7 @@ EQUIVALENCE = [
 ]
 
 
-@pytest.mark.parametrize("module", ["envs.math.verify", "envs.math.extract"])
+@pytest.mark.parametrize("module", ["envs.math.verify", "envs.math.extract", "envs.math.steps"])
 def test_docstring_examples(module: str) -> None:
     import importlib
 
@@ -279,6 +279,18 @@ def test_step_scores_single_turn_with_extracted_answer() -> None:
     assert (good.done, good.reward, good.correct, good.info["extracted"]) == (True, 1.0, True, "68")
     bad = _step(env, task, "<think>3+5=8</think>\\boxed{69}")
     assert (bad.done, bad.reward, bad.correct, bad.info["extracted"]) == (True, 0.0, False, "69")
+
+
+def test_a_wrong_answer_is_blamed_on_its_first_false_step() -> None:
+    env = MathEnv()
+    task = Task(id="t", env="math", prompt=[{"role": "user", "content": "What is 74+11-71?"}], answer="14")
+    action = "<think>74+11: 4+1=5, 7+1=9. 95; 95-71: 5-1=4, 9-7=2. 24</think>\\boxed{24}"
+    start, end = _step(env, task, action).info["blame"]
+    assert action[start - 4 : end] == "7+1=9" and action[start:end] == "9"  # not 9-7=2, which only carries it on
+    assert "blame" not in _step(env, task, "<think>74+11: 4+1=5, 7+1=8. 85; 85-71: 5-1=4, 8-7=1. 14</think>\\boxed{14}").info
+    assert "blame" not in _step(env, task, "<think>85-71 is 14</think>\\boxed{13}").info  # wrong, but no false step to blame
+    right_by_luck = "<think>74+11: 4+1=6. 14</think>\\boxed{14}"
+    assert "blame" not in _step(env, task, right_by_luck).info  # only wrong answers are blamed
 
 
 def test_answer_inside_the_think_block_does_not_count() -> None:

@@ -115,8 +115,12 @@ class Sequence_:
     routed_experts: np.ndarray | None = None  # [len(input_ids), n_moe_layers, top_k], -1: not routed
 
 
-def to_sequences(groups: Sequence[Scored], routed_experts: bool = False) -> list[Sequence_]:
+def to_sequences(groups: Sequence[Scored], routed_experts: bool = False, blamed_step: bool = False) -> list[Sequence_]:
     """Prompt + completion ids; labels only on policy tokens of kept trajectories.
+
+    ``blamed_step`` (``grpo.credit``): a trajectory with a negative advantage and
+    ``info["blame_tokens"] = [i, j)`` (completion indices, rollout/episode.py) has labels from
+    token ``i`` on: not on the correct steps before the blamed one.
 
     ``routed_experts``: carry each trajectory's rollout expert choices (routing replay); a
     trajectory without them is an error that names it.
@@ -125,7 +129,10 @@ def to_sequences(groups: Sequence[Scored], routed_experts: bool = False) -> list
     for g in groups:
         for t, adv, keep in zip(g.trajectories, g.advantages, g.keep, strict=True):
             ids = list(t.prompt_ids) + list(t.completion_ids)
-            labels = [IGNORE] * len(t.prompt_ids) + [tok if (m and keep) else IGNORE for tok, m in zip(t.completion_ids, t.loss_mask)]
+            first = t.info["blame_tokens"][0] if blamed_step and adv < 0 and "blame_tokens" in t.info else 0
+            labels = [IGNORE] * len(t.prompt_ids) + [
+                tok if (m and keep and k >= first) else IGNORE for k, (tok, m) in enumerate(zip(t.completion_ids, t.loss_mask))
+            ]
             lps = [0.0] * (len(t.prompt_ids) - 1) + list(t.rollout_logprobs)
             experts = None
             if routed_experts:
@@ -356,4 +363,7 @@ def step_metrics(groups: list[Scored], train: dict[str, float]) -> dict[str, flo
         out[f"{env}/length"] = sum(t.num_policy_tokens for t in ts) / len(ts)
         out[f"{env}/thinking_tokens"] = sum(t.thinking_tokens for t in ts) / len(ts)
         out[f"{env}/forced_close_rate"] = sum(1.0 for t in ts if t.forced_close) / len(ts)
+        wrong = [t for t in ts if t.correct is False]
+        if any("blame" in t.info for t in wrong):  # an environment that blames steps: the share of its wrong samples it could
+            out[f"{env}/blamed_rate"] = sum(1.0 for t in wrong if "blame_tokens" in t.info) / len(wrong)
     return out

@@ -236,7 +236,7 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False, pr
 
             # Learners: old log-probs (and the train/inference mismatch), reference log-probs, then the update.
             t0 = time.perf_counter()
-            seqs = to_sequences(ro.train_groups, routed_experts=g.routing_replay == "rollout")
+            seqs = to_sequences(ro.train_groups, routed_experts=g.routing_replay == "rollout", blamed_step=g.credit == "blamed_step")
             updates = update_batches(seqs, g.mini_batches, learners.size, r.accumulation_steps, tokenizer.pad_token_id, g.loss_aggregation, r.seed + step)
             # Every micro-batch of the step per rank, for the passes that run before any update (the same dicts).
             per_rank = [[mb for u in updates for mb in u[rank]] for rank in range(learners.size)]
