@@ -13,6 +13,8 @@ whole sample keeps its advantage).
 (21, 22)
 >>> first_false_step("5x=59-14=45, x=45/5=9") is None
 True
+>>> first_false_step("2+3*4=14, 1.5+2=3, (2+3)*4=21") is None  # not whole-number steps of their own
+True
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-_STEP = re.compile(r"(?<!\d)(?<!\d\.)(\d+)([+\-*/])(\d+)(?:([+\-])(\d+))?=(\d+)(?!\d|\.\d)")
+# Not inside a longer expression (2+3*4=14 is true; 3*4=14 must not be read out of it) nor a decimal.
+_STEP = re.compile(r"(?<![\d+\-*/^(])(?<!\d\.)(\d+)([+\-*/])(\d+)(?:([+\-])(\d+))?=(\d+)(?![\d+\-*/^)]|\.\d)")
 
 
 def _value(a: int, op: str, b: int) -> Fraction | None:
