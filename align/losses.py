@@ -30,16 +30,22 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, temperature: floa
 
 def top_entropy_mask(logits: torch.Tensor, mask: torch.Tensor, share: float, temperature: float = 1.0) -> torch.Tensor:
     """1.0 on the ``share`` of ``mask``'s tokens whose next-token distribution (``logits / temperature``,
-    already shifted) has the highest entropy, else 0.0; ties at the cut are all kept. No gradient."""
+    already shifted) has the highest entropy, else 0.0; ties at the cut are all kept. No gradient.
+
+    One sequence at a time, so that the extra [T, V] softmax is one row's, not the micro-batch's."""
     with torch.no_grad():
-        logp = F.log_softmax(logits.float() / temperature, dim=-1)
-        entropy = -(logp.exp() * logp).sum(-1)
+        entropy = torch.stack([_entropy(row.float() / temperature) for row in logits])
         on = mask.bool()
         n = int(on.sum())
         if n == 0:
             return torch.zeros_like(entropy)
         cut = entropy[on].topk(max(1, math.ceil(share * n))).values.min()
         return ((entropy >= cut) & on).float()
+
+
+def _entropy(logits: torch.Tensor) -> torch.Tensor:
+    logp = F.log_softmax(logits, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
 
 
 def shift(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
