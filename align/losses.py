@@ -7,6 +7,8 @@ their units (tokens, sequences, pairs); the learner divides by the global-batch 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -24,6 +26,26 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, temperature: floa
     safe = labels.clamp(min=0)
     logp = torch.gather(F.log_softmax(logits, dim=-1), -1, safe.unsqueeze(-1)).squeeze(-1)
     return logp * (labels != IGNORE)
+
+
+def top_entropy_mask(logits: torch.Tensor, mask: torch.Tensor, share: float, temperature: float = 1.0) -> torch.Tensor:
+    """1.0 on the ``share`` of ``mask``'s tokens whose next-token distribution (``logits / temperature``,
+    already shifted) has the highest entropy, else 0.0; ties at the cut are all kept. No gradient.
+
+    One sequence at a time, so that the extra [T, V] softmax is one row's, not the micro-batch's."""
+    with torch.no_grad():
+        entropy = torch.stack([_entropy(row.float() / temperature) for row in logits])
+        on = mask.bool()
+        n = int(on.sum())
+        if n == 0:
+            return torch.zeros_like(entropy)
+        cut = entropy[on].topk(max(1, math.ceil(share * n))).values.min()
+        return ((entropy >= cut) & on).float()
+
+
+def _entropy(logits: torch.Tensor) -> torch.Tensor:
+    logp = F.log_softmax(logits, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
 
 
 def shift(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -61,6 +61,12 @@ class GRPOSettings(Strict):
     # other sample keeps its whole sequence. The first-error credit of step-labelled process
     # supervision (Lightman et al. 2023), from a verifier instead of a learned model.
     credit: Literal["sequence", "blamed_step"] = "sequence"
+    # The share of each micro-batch's policy tokens, those with the highest entropy under the
+    # sampling distribution, that carry the policy gradient (1: all). Wang et al. 2025 ("Beyond the
+    # 80/20 Rule: High-Entropy Minority Tokens Drive Effective RLVR") train on the top 20%: the
+    # forks where the policy chooses. The confident rest (copied numbers, known facts) is then not
+    # pushed around by the advantages of the samples it sits in. The KL term, if any, keeps every token.
+    forking_share: float = Field(1.0, gt=0, le=1)
     dynamic_sampling: bool = True
     max_refill_rounds: int = Field(2, ge=0)
     overlong_filtering: bool = True

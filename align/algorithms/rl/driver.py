@@ -140,7 +140,7 @@ def run(loaded: LoadedRecipe, resume: bool = False, in_process: bool = False, pr
     clock.lap("actors")
     sync = WeightSync(learners, rollout, r.rollout.weight_sync, r.rollout.weight_sync_bucket_mb, snapshot=g.off_policy_overlap)
     console.print(f"weight sync: {sync.describe()}")
-    objective = GRPOObjective(g.clip_low, g.clip_high, g.loss_aggregation, g.tis_cap, g.kl_coef, r.rollout.sampling.temperature)
+    objective = GRPOObjective(g.clip_low, g.clip_high, g.loss_aggregation, g.tis_cap, g.kl_coef, r.rollout.sampling.temperature, g.forking_share)
     logprob_fn = TokenLogprobs(r.rollout.sampling.temperature)
     old_pass = needs_old_pass(g, reference is not None)
     console.print(f"old log-probs: {'a pass of their own before each step' if old_pass else 'from the update forward (one update per step)'}; {g.mini_batches * g.epochs_per_step} update(s) per step")

@@ -9,7 +9,7 @@ from torch import nn
 
 from align.config.schema import GRPOSettings
 from align.learner.routing_replay import set_replay
-from align.losses import grpo_loss_sum, kl_k3, shift, token_logprobs, truncated_is_weights
+from align.losses import grpo_loss_sum, kl_k3, shift, token_logprobs, top_entropy_mask, truncated_is_weights
 
 
 @dataclass(frozen=True)
@@ -25,10 +25,14 @@ class TokenLogprobs:
     temperature: float = 1.0
 
     def __call__(self, model: nn.Module, mb: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.with_logits(model, mb)[0]
+
+    def with_logits(self, model: nn.Module, mb: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The log-probs and the shifted logits they came from, [B, T-1, V]."""
         set_replay(model, mb.get("routed_experts"), mb["attention_mask"])
         logits = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"]).logits
         lg, lb = shift(logits, mb["labels"])
-        return token_logprobs(lg, lb, self.temperature)
+        return token_logprobs(lg, lb, self.temperature), lg
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,8 @@ class GRPOObjective:
 
     ``kl_coef > 0`` adds ``kl_coef`` x k3 KL to the frozen reference per token; the micro-batch
     must then carry ``ref_logprobs`` (the driver computes them every step, never stores them).
+    ``forking_share < 1`` keeps the clipped term on that share of the micro-batch's tokens with the
+    highest entropy (:func:`top_entropy_mask`); the rest still count in the token total.
     """
 
     clip_low: float
@@ -56,16 +62,19 @@ class GRPOObjective:
     tis_cap: float
     kl_coef: float = 0.0
     temperature: float = 1.0
+    forking_share: float = 1.0
 
     def __call__(self, model: nn.Module, mb: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
         if self.kl_coef > 0 and "ref_logprobs" not in mb:
             raise ValueError("GRPOObjective: kl_coef > 0 but the micro-batch has no ref_logprobs (the reference log-probs)")
-        logp = TokenLogprobs(self.temperature)(model, mb)
+        logp, logits = TokenLogprobs(self.temperature).with_logits(model, mb)
         mask = mb["loss_mask"]
         # Without a separate pass (see needs_old_pass) the update is the step's only one, so the
         # weights before it are the ones this forward runs: pi_old is logp itself, detached.
         old = mb["old_logprobs"] if "old_logprobs" in mb else logp.detach()
         weights = truncated_is_weights(old, mb["rollout_logprobs"], self.tis_cap) * mask
+        if self.forking_share < 1.0:
+            weights = weights * top_entropy_mask(logits, mask, self.forking_share, self.temperature)
         loss, stats = grpo_loss_sum(
             logp, old, mb["advantages"], mask, self.clip_low, self.clip_high, self.aggregation,
             is_weights=weights, ref_logp=mb.get("ref_logprobs"), kl_coef=self.kl_coef,
