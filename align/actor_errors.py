@@ -19,6 +19,8 @@ from align.errors import AlignError
 HINTS: tuple[tuple[str, str], ...] = (
     ("max_model_len", "lower rollout.max_model_len to at most the model's positions (config.json: max_position_embeddings), "
                       "or lower the prompt and rollout.sampling.max_new_tokens so they fit"),
+    ("learner.freeze", "correct learner.freeze: each entry is a regular expression searched in the model's "
+                       "parameter names (some are shown above), and at least one parameter must still train"),
 )  # fmt: skip
 
 

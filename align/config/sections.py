@@ -4,9 +4,10 @@ job recipes)."""
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from align.config.experts import check_tiny_layers
 
@@ -144,6 +145,11 @@ class LearnerConfig(Strict):
     # fused cross-entropy). auto: on with CUDA, the package and a measured model type (llama).
     liger_kernel: Literal["auto"] | bool = "auto"
     lora: LoraConfig | None = None
+    # Parameters kept out of training: regular expressions searched in the names that
+    # model.named_parameters() gives (with LoRA, in its wrapped names: a match freezes the adapters
+    # of those modules too). Each must match a parameter. Frozen weights still save and sync.
+    # The demo's GRPO freezes the tiny policy's Mamba mixers (recipes/tiny.yaml says why).
+    freeze: list[str] = []
     max_seq_len: int = Field(512, ge=8)
     # MoE layers (align/learner/moe.py). auto: grouped_mm on CUDA, eager on CPU. freeze_router null:
     # frozen in RL (as Nemotron 3 Nano), trained in SFT/DPO/RM.
@@ -152,6 +158,16 @@ class LearnerConfig(Strict):
     on_nonfinite: Literal["stop", "skip_step"] = "stop"  # align/guards.py: skip the update; stop after
     max_nonfinite_steps: int = Field(3, ge=1)  # this many non-finite steps in a row (exit 3)
     profile: ProfileConfig | None = None  # off; e.g. {steps: [3], dir: runs/x/profile}
+
+    @field_validator("freeze")
+    @classmethod
+    def _freeze_patterns_compile(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"learner.freeze: '{pattern}' is not a regular expression ({e})") from None
+        return patterns
 
 
 class CheckpointConfig(Strict):

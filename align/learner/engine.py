@@ -35,7 +35,7 @@ from torch import nn
 from align.config.schema import LearnerConfig
 from align.learner.ds_build import import_deepspeed
 from align.learner.liger import use_liger
-from align.learner.loading import REWARD_KINDS, load_for_training
+from align.learner.loading import REWARD_KINDS, freeze_matching, load_for_training
 from align.learner.moe import configure_moe, lora_target_parameters
 from align.learner.step_stats import DeviceTotals, step_profile
 from align.models import enable_packed_forward
@@ -147,6 +147,8 @@ class Learner:
                          target_modules=cfg.lora.target_modules, modules_to_save=modules_to_save,
                          target_parameters=lora_target_parameters(model, cfg.lora.target_parameters, cfg.lora.dropout)),
             )  # fmt: skip
+        if cfg.freeze:  # after LoRA, so that a pattern also keeps the adapters of its modules out of training
+            print(f"learner {self.rank}: learner.freeze kept {freeze_matching(model, cfg.freeze):,} parameters out of training", flush=True)
         self._model: nn.Module | None = model
 
     def build_engine(self, total_steps: int) -> None:

@@ -1,6 +1,9 @@
-"""The model a learner trains, loaded from a Hugging Face folder."""
+"""The model a learner trains, loaded from a Hugging Face folder, and the parameters it keeps out of training."""
 
 from __future__ import annotations
+
+import re
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -26,3 +29,27 @@ def load_for_training(path: str, kind: str, num_labels: int, bf16: bool) -> nn.M
     raise ValueError(f"unknown model kind {kind!r}; expected causal_lm, {' or '.join(REWARD_KINDS)}")
 
 
+def freeze_matching(model: nn.Module, patterns: Sequence[str]) -> int:
+    """``requires_grad=False`` on each parameter whose name one of ``patterns`` finds (``re.search``).
+
+    Returns how many elements were frozen. A pattern that finds nothing is an error, not a no-op:
+    a typo would otherwise train the whole model without a word (the message shows real names).
+    """
+    if not patterns:
+        return 0
+    found = dict.fromkeys(patterns, False)
+    frozen = 0
+    for name, param in model.named_parameters():
+        hits = [p for p in patterns if re.search(p, name)]
+        for p in hits:
+            found[p] = True
+        if hits:
+            frozen += param.numel() if param.requires_grad else 0
+            param.requires_grad_(False)
+    names = [n for n, _ in model.named_parameters()]
+    if missing := [p for p, hit in found.items() if not hit]:
+        raise ValueError(f"learner.freeze: no parameter name has a match for {' or '.join(missing)}; "
+                         f"the model's names look like {', '.join(names[:2])}, ..., {names[-1]}")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError(f"learner.freeze: {', '.join(patterns)} freeze every parameter, so nothing would train")
+    return frozen
