@@ -66,8 +66,42 @@ def wait_setup(steps: Sequence[Step], deadline: float, timeout_s: float, knob: s
         try:
             ray.get(ready)
         except Exception as e:
-            step = next(s for s in steps if s.ref == ready[0])
+            step, e = _first_failure(steps, next(s for s in steps if s.ref == ready[0]), e)
+            _read_the_rest([s.ref for s in steps])
             hint = explain(step.actor, step.what, e)
             if hint is None:
                 raise
             raise hint from e
+
+
+def _first_failure(steps: Sequence[Step], failed: Step, error: Exception) -> tuple[Step, Exception]:
+    """The first of ``failed``'s actor's steps that failed, with its error.
+
+    An actor runs its calls in order, so once one fails the next fail too (``build_engine`` after a
+    failed ``load_model`` finds no model), and ``ray.wait`` may hand over a later one first: the
+    user needs the first, the cause. The earlier calls are finished, so reading them does not wait.
+    """
+    import ray
+
+    for s in steps:
+        if s is failed:
+            break
+        if s.actor == failed.actor:
+            try:
+                ray.get(s.ref)
+            except Exception as e:
+                return s, e
+    return failed, error
+
+
+def _read_the_rest(refs: list[Any], within_s: float = 1.0) -> None:
+    """Read the errors of the calls that fail along with the first (within ``within_s``), so that
+    Ray does not print each one's traceback as an "unhandled error" after the user's message."""
+    import ray
+
+    done, _ = ray.wait(refs, num_returns=len(refs), timeout=within_s)
+    for ref in done:
+        try:
+            ray.get(ref)
+        except Exception:  # noqa: BLE001 - already reported through the first failure
+            pass

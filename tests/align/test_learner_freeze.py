@@ -2,6 +2,9 @@
 pattern that names nothing stops set-up with the learner and the key named."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,3 +87,19 @@ def test_frozen_weights_stay_put_through_deepspeed_steps_and_the_rest_train(chec
             group.setup(checkpoint, LearnerConfig(freeze=["layers.0.mlp"], **cfg), 3, seed=0)
     finally:
         group.shutdown()
+
+
+def test_a_job_with_a_pattern_that_finds_nothing_exits_2_with_one_message(tmp_path) -> None:
+    """`align sft` as a user runs it, two learners: the cause (load_model) is what is reported, not
+    the later calls that fail after it, and Ray prints none of them as an unhandled error."""
+    small = ["data.generated.envs={math: 1.0}", "data.generated.num_train=64", "data.generated.num_eval=8", "tokenizer.vocab_size=320",
+             "sft.num_eval_samples_to_generate=0", "sft.max_steps=2", "cluster.num_learners=2"]  # fmt: skip
+    root = Path(__file__).resolve().parents[2]
+    args = ["sft", "--recipe", "tiny-sft", *small, "learner.freeze=[layers.9.mixer]", f"output_dir={tmp_path / 'run'}"]
+    proc = subprocess.run([sys.executable, "-m", "align.cli", *args], capture_output=True, text=True, timeout=240, cwd=root,
+                          env=dict(os.environ, PYTHONPATH=str(root)))  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out[-3000:]
+    assert "failed in Learner.load_model" in out and "no parameter name has a match for layers.9.mixer" in out, out[-3000:]
+    assert "To fix it: correct learner.freeze" in out
+    assert "Traceback" not in out and "Unhandled error" not in out and "build_engine" not in out, out[-3000:]
