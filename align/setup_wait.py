@@ -70,7 +70,7 @@ def wait_setup(steps: Sequence[Step], deadline: float, timeout_s: float, knob: s
             _read_the_rest([s.ref for s in steps])
             hint = explain(step.actor, step.what, e)
             if hint is None:
-                raise
+                raise e  # the first failure, with its traceback: no recipe key fixes it
             raise hint from e
 
 

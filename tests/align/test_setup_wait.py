@@ -20,6 +20,9 @@ class TwoCalls:
     def build_engine(self) -> None:
         raise AttributeError("'Learner' object has no attribute '_model'")
 
+    def load_other(self) -> None:
+        raise OSError("disk full")  # no recipe key fixes it
+
 
 @pytest.fixture(scope="module")
 def steps() -> list[Step]:
@@ -42,3 +45,13 @@ def test_wait_setup_words_the_cause_and_returns_at_once(steps: list[Step]) -> No
     with pytest.raises(ActorSetupError, match=r"(?s)learner 0 \(rank 0\) failed in Learner.load_model: .*To fix it: correct learner.freeze"):
         wait_setup(steps, deadline_in(30), 30)
     assert time.monotonic() - t0 < 5
+
+
+def test_a_failure_no_key_fixes_is_raised_as_it_is_the_first_one() -> None:
+    init_ray()
+    actor = TwoCalls.remote()
+    steps = [Step("learner 0 (rank 0)", "Learner.load_model", actor.load_other.remote()),
+             Step("learner 0 (rank 0)", "Learner.build_engine", actor.build_engine.remote())]  # fmt: skip
+    ray.wait([s.ref for s in steps], num_returns=2)
+    with pytest.raises(OSError, match="disk full"):
+        wait_setup(steps, deadline_in(30), 30)
