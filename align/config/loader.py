@@ -110,8 +110,14 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise RecipeError(f"{OVERRIDE_SOURCE} '{text}': empty key in '{key}'")
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
-        value = raw
+    except yaml.YAMLError as e:
+        if raw.lstrip()[:1] in ("[", "{"):  # meant as a list or mapping: as a string it would only fail later, vaguely
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise RecipeError(
+                f"{OVERRIDE_SOURCE} '{text}': the value is not a YAML list or mapping ({problem}). "
+                f"Quote items that hold [ ] {{ }} , or ': ', e.g. {key}=['layers\\.[03]\\.mixer\\.']"
+            ) from None
+        value = raw  # a plain string the YAML reader trips on (a ': ' inside, say)
     return key.split("."), value
 
 

@@ -79,6 +79,7 @@ class Learner:
         self.engine: Any = None
         self.packing = False
         self.train_steps = 0
+        self._model: nn.Module | None = None  # load_model's, until build_engine wraps it
         self._ipc_arena: Any = None  # cuda_ipc: the GPU buffer the engines on this GPU map once (align.weight_sync)
 
     # -------------------------------------------------------------- set-up
@@ -149,14 +150,14 @@ class Learner:
             )  # fmt: skip
         if cfg.freeze:  # after LoRA, so that a pattern also keeps the adapters of its modules out of training
             print(f"learner {self.rank}: learner.freeze kept {freeze_matching(model, cfg.freeze):,} parameters out of training", flush=True)
-        self._model: nn.Module | None = model
+        self._model = model
 
     def build_engine(self, total_steps: int) -> None:
         deepspeed = import_deepspeed()
 
+        if self._model is None:  # load_model failed (the caller reports that failure) or never ran
+            raise RuntimeError("Learner.build_engine needs a model: load_model did not finish")
         model, cfg, self._model = self._model, self.cfg, None
-        if model is None:
-            raise RuntimeError("Learner.build_engine needs load_model first")
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))

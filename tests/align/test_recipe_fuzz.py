@@ -148,6 +148,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("bad-yaml.yaml", [], "bad-yaml.yaml: not valid YAML"),
     (SFT, ["learner.lr"], "learner.lr"),
     (SFT, ["learner..lr=1"], "learner..lr"),
+    (RL, [r"learner.freeze=[layers\.[03]\.mixer\.]"], "Quote items"),  # an unquoted [ inside a list item
+    (SFT, ["data.generated.envs={math: 1.0"], "not a YAML list or mapping"),
 ]
 
 ACCEPTED: list[tuple[str, list[str]]] = [
@@ -158,6 +160,7 @@ ACCEPTED: list[tuple[str, list[str]]] = [
     (RL, ["envs.0.weight=0.5"]),
     (SFT, ["data.generated.envs={math: 1.0, code: 0.0}"]),
     (SFT, ["learner.lr=1e-3"]),  # YAML reads 1e-3 as a string; pydantic parses it
+    (RL, [r"learner.freeze=['layers\.[03]\.mixer\.']"]),  # the quoted form of the case above
     (PIPE, []),
 ]
 

@@ -18,7 +18,7 @@ class TwoCalls:
         raise ValueError("learner.freeze: no parameter name has a match for layers.9.mixer")
 
     def build_engine(self) -> None:
-        raise AttributeError("'Learner' object has no attribute '_model'")
+        raise RuntimeError("Learner.build_engine needs a model: load_model did not finish")
 
     def load_other(self) -> None:
         raise OSError("disk full")  # no recipe key fixes it
@@ -35,7 +35,7 @@ def steps() -> list[Step]:
 
 
 def test_the_first_failed_call_of_the_actor_is_the_one_reported(steps: list[Step]) -> None:
-    step, error = _first_failure(steps, steps[1], AttributeError("later"))
+    step, error = _first_failure(steps, steps[1], RuntimeError("later"))
     assert step is steps[0] and "learner.freeze" in str(error)
     assert _first_failure(steps, steps[0], ValueError("first"))[0] is steps[0]
 
@@ -55,3 +55,10 @@ def test_a_failure_no_key_fixes_is_raised_as_it_is_the_first_one() -> None:
     ray.wait([s.ref for s in steps], num_returns=2)
     with pytest.raises(OSError, match="disk full"):
         wait_setup(steps, deadline_in(30), 30)
+
+
+def test_build_engine_after_a_failed_load_model_names_it() -> None:
+    from align.learner.engine import Learner
+
+    with pytest.raises(RuntimeError, match="load_model did not finish"):
+        Learner(rank=0, world_size=1).build_engine(total_steps=1)
