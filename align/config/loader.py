@@ -115,7 +115,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
             problem = getattr(e, "problem", None) or str(e).splitlines()[0]
             raise RecipeError(
                 f"{OVERRIDE_SOURCE} '{text}': the value is not a YAML list or mapping ({problem}). "
-                f"Quote items that hold [ ] {{ }} , or ': ', e.g. {key}=['layers\\.[03]\\.mixer\\.']"
+                f"Quote items that hold [ ] {{ }} , or ': ', as in ['layers\\.[03]\\.mixer\\.', 'a, b']"
             ) from None
         value = raw  # a plain string the YAML reader trips on (a ': ' inside, say)
     return key.split("."), value

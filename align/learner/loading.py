@@ -46,8 +46,8 @@ def freeze_matching(model: nn.Module, patterns: Sequence[str]) -> int:
         if hits:
             frozen += param.numel() if param.requires_grad else 0
             param.requires_grad_(False)
-    names = [n for n, _ in model.named_parameters()]
     if missing := [p for p, hit in found.items() if not hit]:
+        names = [n for n, _ in model.named_parameters()]
         raise ValueError(f"learner.freeze: no parameter name has a match for {' or '.join(missing)}; "
                          f"the model's names look like {', '.join(names[:2])}, ..., {names[-1]}")
     if not any(p.requires_grad for p in model.parameters()):
