@@ -10,7 +10,10 @@ Decoding is greedy (temperature 0), one sample per task and mode: the numbers ar
 deterministic behaviour, not a sampling estimate. One mode may sample instead
 (:func:`standard_modes`' ``sampled_temperature``): ``think_sampled`` plays /think once per task
 at the RL stage's temperature, the quantity GRPO's reward optimizes. A policy can gain there
-(it samples its right answers more often) while its greedy answer stays the same.
+(it samples its right answers more often) while its greedy answer stays the same. With
+``sampled_k`` > 1 it plays k samples per task, and its cells add pass@k (any of the k right) and
+the share of tasks with mixed outcomes: the groups GRPO can learn from at group size k, since an
+all-right or all-wrong group has no advantage.
 """
 
 from __future__ import annotations
@@ -37,14 +40,15 @@ class EvalMode:
     label: str  # "think", "no_think", "budget_32", "think_sampled"
     mode: ReasoningMode
     temperature: float = 0.0  # 0: greedy
+    samples: int = 1  # per task
 
 
-def standard_modes(budgets: Sequence[int] = (), sampled_temperature: float | None = None) -> list[EvalMode]:
-    """/think, /no_think, each budget (greedy), and /think sampled once at ``sampled_temperature`` if given."""
+def standard_modes(budgets: Sequence[int] = (), sampled_temperature: float | None = None, sampled_k: int = 1) -> list[EvalMode]:
+    """/think, /no_think, each budget (greedy), and /think sampled ``sampled_k`` times at ``sampled_temperature`` if given."""
     modes = [EvalMode("think", ReasoningMode(True)), EvalMode("no_think", ReasoningMode(False))]
     modes += [EvalMode(f"budget_{b}", ReasoningMode(True, b)) for b in budgets]
     if sampled_temperature is not None:
-        modes.append(EvalMode("think_sampled", ReasoningMode(True), temperature=sampled_temperature))
+        modes.append(EvalMode("think_sampled", ReasoningMode(True), temperature=sampled_temperature, samples=sampled_k))
     return modes
 
 
@@ -60,6 +64,9 @@ class EvalCell(TypedDict):
     errors: int
     toggle_compliance: NotRequired[float | None]  # no_think cells
     budget_adherence: NotRequired[float | None]  # budget cells
+    samples_per_task: NotRequired[int]  # cells with more than one sample per task: think_sampled with sampled_k > 1
+    pass_at_k: NotRequired[float]  # share of tasks with any sample right
+    mixed_share: NotRequired[float]  # share of tasks with some samples right and some wrong
 
 
 EvalSummary = dict[str, dict[str, EvalCell]]  # environment (and "all") -> mode label -> cell
@@ -75,8 +82,9 @@ def summarize(results: Sequence[tuple[str, Trajectory]]) -> EvalSummary:
     Per cell: ``n``, ``accuracy`` (share with ``correct`` true; a crashed sample counts as
     wrong), ``reward`` (environment reward), ``thinking_tokens`` (mean), ``forced_close_rate``,
     ``errors``; for ``no_think`` cells ``toggle_compliance`` (share with zero thinking tokens);
-    for budget cells ``budget_adherence`` (thinking <= budget and no forced close). An ``all``
-    environment aggregates every environment.
+    for budget cells ``budget_adherence`` (thinking <= budget and no forced close); for cells with
+    k > 1 samples of each task ``samples_per_task``, ``pass_at_k`` and ``mixed_share`` (accuracy is
+    then the mean over all samples). An ``all`` environment aggregates every environment.
     """
     cells: dict[tuple[str, str], list[Trajectory]] = defaultdict(list)
     for label, t in results:
@@ -97,6 +105,13 @@ def summarize(results: Sequence[tuple[str, Trajectory]]) -> EvalSummary:
             cell["toggle_compliance"] = _mean([1.0 if t.thinking_tokens == 0 else 0.0 for t in ts])
         if ts[0].mode.thinking and ts[0].budget is not None:
             cell["budget_adherence"] = _mean([1.0 if (t.thinking_tokens <= t.budget and not t.forced_close) else 0.0 for t in ts])
+        by_task: dict[tuple[str, str], list[bool]] = defaultdict(list)
+        for t in ts:
+            by_task[(t.env, t.task.id)].append(bool(t.correct))
+        if len(by_task) < len(ts):
+            cell["samples_per_task"] = max(len(v) for v in by_task.values())
+            cell["pass_at_k"] = sum(any(v) for v in by_task.values()) / len(by_task)
+            cell["mixed_share"] = sum(any(v) and not all(v) for v in by_task.values()) / len(by_task)
         out[env][label] = cell
     return dict(out)
 
@@ -122,19 +137,19 @@ async def play(
 
     batcher = Batcher(generate)
 
-    def one(temperature: float, ms: list[EvalMode]) -> Any:
+    def one(temperature: float, samples: int, ms: list[EvalMode]) -> Any:
         pairs = [(task, m.mode) for m in ms for task in tasks]
-        return collect(envs, pairs, 1, tokenizer=tokenizer, generate=batcher, sampling=sampling.model_copy(update={"temperature": temperature}),
+        return collect(envs, pairs, samples, tokenizer=tokenizer, generate=batcher, sampling=sampling.model_copy(update={"temperature": temperature}),
                        max_turns=max_turns, seed=seed, budget_grace_fraction=budget_grace_fraction)  # fmt: skip
 
-    by_temperature: dict[float, list[EvalMode]] = defaultdict(list)
+    by_play: dict[tuple[float, int], list[EvalMode]] = defaultdict(list)
     for m in modes:
-        by_temperature[m.temperature].append(m)
-    played = await asyncio.gather(*(one(t, ms) for t, ms in by_temperature.items()))
+        by_play[(m.temperature, m.samples)].append(m)
+    played = await asyncio.gather(*(one(t, k, ms) for (t, k), ms in by_play.items()))
     out = []
-    for ms, groups in zip(by_temperature.values(), played, strict=True):
+    for ms, groups in zip(by_play.values(), played, strict=True):
         labels = [m.label for m in ms for _ in tasks]
-        out += [(label, g[0]) for label, g in zip(labels, groups, strict=True)]
+        out += [(label, t) for label, g in zip(labels, groups, strict=True) for t in g]
     return out
 
 
@@ -212,7 +227,7 @@ def print_table(summary: EvalSummary, title: str) -> None:
     from rich.table import Table
 
     table = Table(title=title)
-    for col in ("env", "mode", "n", "accuracy", "reward", "thinking", "forced", "toggle", "adherence"):
+    for col in ("env", "mode", "n", "accuracy", "reward", "thinking", "forced", "toggle", "adherence", "pass@k", "mixed"):
         table.add_column(col)
 
     def fmt(x: Any) -> str:
@@ -221,7 +236,8 @@ def print_table(summary: EvalSummary, title: str) -> None:
     for env, modes in summary.items():
         for label, c in modes.items():
             table.add_row(env, label, fmt(c["n"]), fmt(c["accuracy"]), fmt(c["reward"]), fmt(c["thinking_tokens"]),
-                          fmt(c["forced_close_rate"]), fmt(c.get("toggle_compliance")), fmt(c.get("budget_adherence")))  # fmt: skip
+                          fmt(c["forced_close_rate"]), fmt(c.get("toggle_compliance")), fmt(c.get("budget_adherence")),
+                          fmt(c.get("pass_at_k")), fmt(c.get("mixed_share")))  # fmt: skip
     Console(width=140).print(table)
 
 
@@ -245,12 +261,14 @@ def cmd_eval(args: Any) -> int:
         raise AlignError(f"--model: no HF checkpoint at '{model}' (expected config.json)")
     if isinstance(r, PipelineRecipe):
         counts, budgets, seed = dict(r.eval.envs), list(r.eval.budgets), r.seed
+        modes = standard_modes(budgets, r.eval.sampled_temperature, r.eval.sampled_k)
         sampling = SamplingConfig(max_new_tokens=r.eval.max_new_tokens, max_answer_tokens=r.eval.max_answer_tokens)
         max_turns, grace = r.eval.max_turns, r.eval.budget_grace_fraction
         stages, _ = load_stages(r)
         params: dict[str, dict[str, Any]] = {}
     elif isinstance(r, RLRecipe):
         counts, budgets, seed = {s.name: s.num_eval for s in r.envs}, list(r.reasoning.eval_budgets), r.seed
+        modes = standard_modes(budgets)
         sampling, max_turns, stages = r.rollout.sampling, r.rollout.max_turns, [loaded]
         grace = r.reasoning.budget_grace_fraction
         params = {s.name: s.params for s in r.envs}  # the run's environments, e.g. tiny-rlhf's chat grades
@@ -258,7 +276,7 @@ def cmd_eval(args: Any) -> int:
         raise AlignError(f"align eval takes a pipeline or rl recipe; '{loaded.name}' is a {r.job} recipe")
     envs = make_envs(list(counts), params)
     tasks = heldout_tasks(envs, counts, training_prompts(envs, stages), seed)
-    summary = evaluate_checkpoint(model, envs, tasks, standard_modes(budgets), sampling, max_turns, seed,
+    summary = evaluate_checkpoint(model, envs, tasks, modes, sampling, max_turns, seed,
                                   samples_path=model / "eval_samples.jsonl", budget_grace_fraction=grace)  # fmt: skip
     print_table(summary, f"{model}: held-out evaluation ({len(tasks)} tasks)")
     (model / "eval.json").write_text(json.dumps(summary, indent=2))

@@ -44,9 +44,9 @@ def read_outcomes(samples_path: Path) -> dict[str, dict[str, dict[str, bool]]]:
     out: dict[str, dict[str, dict[str, bool]]] = {}
     for line in samples_path.read_text().splitlines():
         row = json.loads(line)
-        correct = bool(row["correct"])
-        out.setdefault(row["env"], {}).setdefault(row["mode"], {})[str(row["task"])] = correct
-        out.setdefault("all", {}).setdefault(row["mode"], {})[f"{row['env']}/{row['task']}"] = correct
+        correct = bool(row["correct"])  # with k samples of a task (think_sampled), its first counts
+        out.setdefault(row["env"], {}).setdefault(row["mode"], {}).setdefault(str(row["task"]), correct)
+        out.setdefault("all", {}).setdefault(row["mode"], {}).setdefault(f"{row['env']}/{row['task']}", correct)
     return out
 
 
@@ -63,6 +63,8 @@ def headline(summary: dict[str, Any], budgets: list[int]) -> dict[str, float | N
         row[f"accuracy_budget_{b}"] = a.get(f"budget_{b}", {}).get("accuracy")
     if "think_sampled" in a:
         row["accuracy_think_sampled"] = a["think_sampled"]["accuracy"]
+        if "pass_at_k" in a["think_sampled"]:
+            row["think_sampled_pass_at_k"] = a["think_sampled"]["pass_at_k"]
     return row
 
 
@@ -90,7 +92,7 @@ def _with_interval(cell: dict[str, Any] | None, key: str = "accuracy") -> str:
     """``0.714 [0.61, 0.80]``: the share and its 95% Wilson interval over the cell's tasks."""
     if not cell or cell.get(key) is None:
         return "-"
-    n = int(cell["n"])
+    n = int(cell["n"]) // int(cell.get("samples_per_task", 1))  # k samples of a task are not k tasks
     lo, hi = wilson_interval(round(cell[key] * n), n)
     return f"{cell[key]:.3f} [{lo:.2f}, {hi:.2f}]"
 
@@ -120,7 +122,8 @@ def write_report(run_dir: Path, r: PipelineRecipe, evals: dict[str, Any], timing
     changes = _Changes(evals)
     lines = ["# align pipeline report", "", f"Recipe `{r.description or 'pipeline'}`, seed {r.seed}. Held-out tasks per environment: "
              + ", ".join(f"{k} {v}" for k, v in evals["tasks_per_env"].items()) + " (greedy decoding"
-             + (f"; think_sampled at temperature {r.eval.sampled_temperature}" if r.eval.sampled_temperature else "") + ").", ""]  # fmt: skip
+             + (f"; think_sampled at temperature {r.eval.sampled_temperature}" if r.eval.sampled_temperature else "")
+             + (f", {r.eval.sampled_k} samples per task" if r.eval.sampled_k > 1 else "") + ").", ""]  # fmt: skip
     short = heldout_shortfall(evals["tasks_per_env"], r.eval.envs)
     lines += short + ([""] if short else [])
     cols = list(next(iter(heads.values())).keys()) if heads else []
@@ -144,6 +147,7 @@ def write_report(run_dir: Path, r: PipelineRecipe, evals: dict[str, Any], timing
                  evals[s][e][m]["accuracy"]) for e in env_names for m in modes]  # fmt: skip
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
         prev = s
+    lines += _pass_at_k_table(evals, stages, ["all", *env_names])
     lines += _budget_table(evals, stages, ["all", *env_names], r.eval.budgets)
     lines += _significance_table(changes, stages, ["all", *env_names], evals)
     lines += ["", "## Wall time per stage", "", "| stage | seconds |", "|---|---|"] + [f"| {k} | {v:.0f} |" for k, v in timings.items()]
@@ -159,8 +163,23 @@ NOTE = (
     "Brackets: 95% Wilson interval. Parenthesised: change from the stage before; `*` marks an accuracy change beyond "
     "noise, McNemar's exact test p < 0.05 on the paired tasks (every stage plays the same held-out tasks, greedy). "
     "`think_sampled` (if present): /think with one sample per task at the RL stage's temperature, what GRPO optimizes; "
-    "its changes carry the sampling noise of one draw per task on top."
+    "its changes carry the sampling noise of one draw per task on top (with k samples per task, the test takes each task's first)."
 )
+
+
+def _pass_at_k_table(evals: dict[str, Any], stages: list[str], envs: list[str]) -> list[str]:
+    """think_sampled with k > 1 samples per task: mean accuracy, pass@k, and the share of tasks with mixed outcomes."""
+    cells = [(e, s, evals[s].get(e, {}).get("think_sampled")) for e in envs for s in stages]
+    cells = [(e, s, c) for e, s, c in cells if c and "pass_at_k" in c]
+    if not cells:
+        return []
+    k = cells[0][2]["samples_per_task"]
+    lines = ["", f"## Sampled /think, {k} samples per task", "",
+             f"Mixed: tasks with some of their {k} samples right and some wrong, the groups GRPO learns from at group size {k}; "
+             "an all-right or all-wrong group has no advantage.", "",
+             "| env | stage | accuracy (mean) | pass@k | mixed |", "|---|---|---|---|---|"]  # fmt: skip
+    lines += [f"| {e} | {s} | {_fmt(c['accuracy'])} | {_fmt(c['pass_at_k'])} | {_fmt(c['mixed_share'])} |" for e, s, c in cells]
+    return lines
 
 
 def _budget_table(evals: dict[str, Any], stages: list[str], envs: list[str], budgets: list[int]) -> list[str]:

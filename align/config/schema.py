@@ -302,6 +302,15 @@ class PipelineEval(Strict):
     # Also play /think once per task at this temperature (the RL stage's sampling one): GRPO's own
     # objective, reported as think_sampled next to the greedy modes. null: greedy modes only.
     sampled_temperature: float | None = Field(None, gt=0)
+    # think_sampled's samples per task. Above 1 the report adds pass@k and the share of tasks with
+    # mixed outcomes (what GRPO can learn from at group size k); each costs one more /think pass.
+    sampled_k: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _k_needs_a_temperature(self) -> "PipelineEval":
+        if self.sampled_k > 1 and self.sampled_temperature is None:
+            raise ValueError("eval.sampled_k > 1 samples think_sampled; set eval.sampled_temperature (e.g. 1.0) too")
+        return self
 
 
 class PipelineRecipe(Strict):

@@ -1,6 +1,8 @@
 """Evaluation metrics on constructed trajectories with known answers."""
 
 from dataclasses import dataclass, field
+from itertools import count
+from types import SimpleNamespace
 
 import pytest
 
@@ -23,6 +25,10 @@ class T:
     budget: int | None = None
     num_policy_tokens: int = 10
     info: dict = field(default_factory=dict)
+    task: SimpleNamespace = field(default_factory=lambda: SimpleNamespace(id=f"task-{next(_IDS)}"))  # a task of its own
+
+
+_IDS = count()
 
 
 def test_accuracy_toggle_and_budget_metrics() -> None:
@@ -54,13 +60,30 @@ def test_accuracy_toggle_and_budget_metrics() -> None:
     assert h["accuracy_budget_16"] == 0.75
 
 
+def test_k_samples_per_task_give_pass_at_k_and_the_mixed_share() -> None:
+    """Three tasks, four samples each: one right once, one never, one always."""
+    think = ReasoningMode(True)
+    verdicts = {"a": [True, False, False, False], "b": [False] * 4, "c": [True] * 4}
+    tasks = {name: SimpleNamespace(id=name) for name in verdicts}
+    results = [("think_sampled", T("math", think, ok, float(ok), task=tasks[name])) for name, oks in verdicts.items() for ok in oks]
+    results += [("think", T("math", think, True, 1.0, task=tasks[name])) for name in verdicts]  # greedy: one per task
+    s = summarize(results)
+    cell = s["math"]["think_sampled"]
+    assert (cell["n"], cell["samples_per_task"]) == (12, 4)
+    assert cell["accuracy"] == pytest.approx(5 / 12)  # the mean over every sample
+    assert cell["pass_at_k"] == pytest.approx(2 / 3) and cell["mixed_share"] == pytest.approx(1 / 3)
+    assert s["all"]["think_sampled"]["pass_at_k"] == pytest.approx(2 / 3)
+    assert "pass_at_k" not in s["math"]["think"] and "samples_per_task" not in s["math"]["think"]
+
+
 def test_standard_modes() -> None:
     labels = [m.label for m in standard_modes([16, 64])]
     assert labels == ["think", "no_think", "budget_16", "budget_64"]
     assert standard_modes([16])[2].mode == ReasoningMode(True, 16)
     assert {m.temperature for m in standard_modes([16])} == {0.0}
     sampled = standard_modes([16], sampled_temperature=0.8)[-1]
-    assert (sampled.label, sampled.mode, sampled.temperature) == ("think_sampled", ReasoningMode(True), 0.8)
+    assert (sampled.label, sampled.mode, sampled.temperature, sampled.samples) == ("think_sampled", ReasoningMode(True), 0.8, 1)
+    assert standard_modes([16], sampled_temperature=0.8, sampled_k=8)[-1].samples == 8
 
 
 def test_play_samples_only_the_sampled_mode_at_its_temperature(tiny_tokenizer) -> None:
@@ -90,6 +113,41 @@ def test_play_samples_only_the_sampled_mode_at_its_temperature(tiny_tokenizer) -
         by_label.setdefault(label, []).append(t.task.id)
     assert by_label == {m.label: [t.id for t in tasks] for m in modes}
     assert all(t.mode == ReasoningMode(True) for label, t in results if label == "think_sampled")
+
+
+def test_play_draws_k_samples_per_task_for_the_sampled_mode_only(tiny_tokenizer) -> None:
+    import asyncio
+    from collections import Counter
+
+    from align.evaluate import play
+    from envs.math.env import MathEnv, MathParams
+    from rollout.types import GenOutput
+
+    env = MathEnv(MathParams())
+    tasks = env.generate(3, seed=0)
+    seen: list[tuple[float, int | None]] = []
+    answer = tiny_tokenizer.encode("<think>1</think>\\boxed{1}", add_special_tokens=False) + [tiny_tokenizer.eos_token_id]
+
+    async def generate(requests):
+        seen.extend((r.temperature, r.seed) for r in requests)
+        return [GenOutput(answer, [0.0] * len(answer), "stop") for _ in requests]
+
+    modes = standard_modes([], sampled_temperature=1.0, sampled_k=4)
+    sampling = SamplingConfig(max_new_tokens=32, max_answer_tokens=8)
+    results = asyncio.run(play({"math": env}, tasks, modes, tiny_tokenizer, generate, sampling, max_turns=1, seed=0))
+    assert Counter(label for label, _ in results) == {"think": 3, "no_think": 3, "think_sampled": 12}
+    assert Counter(t.task.id for label, t in results if label == "think_sampled") == {t.id: 4 for t in tasks}
+    sampled_seeds = [seed for temperature, seed in seen if temperature == 1.0]
+    assert len(sampled_seeds) == 12 and len(set(sampled_seeds)) == 12  # four different draws of each task
+
+
+def test_eval_sampled_k_needs_a_temperature() -> None:
+    from align.config import load_recipe
+    from align.config.recipes import RecipeError
+
+    with pytest.raises(RecipeError, match="sampled_temperature"):
+        load_recipe("tiny", ["eval.sampled_temperature=null", "eval.sampled_k=4"])
+    assert load_recipe("tiny", ["eval.sampled_k=4"]).recipe.eval.sampled_k == 4
 
 
 def test_align_eval_names_a_missing_model(tmp_path, capsys) -> None:

@@ -175,3 +175,33 @@ def test_sampled_think_gets_its_columns_and_paired_test(tmp_path: Path) -> None:
     modes = [line.split("|")[2].strip() for line in text.split("paired changes")[1].splitlines() if line.startswith("| math |")]
     assert modes == ["think", "no_think", "budget_16", "think_sampled"]
     assert "| math | think_sampled | 20 | 0.200 | 0.600 | +0.400 | 8 | 0 | 0.00781 | yes |" in text
+
+
+def test_sampled_think_with_k_samples_gets_pass_at_k(tmp_path: Path) -> None:
+    """eval.sampled_k=4: the headline adds pass@k, a table gives pass@k and the mixed share per
+    environment, and the interval counts tasks (20), not samples (80)."""
+    from types import SimpleNamespace
+
+    from align.config import load_recipe
+
+    r = load_recipe("tiny", [f"output_dir={tmp_path}", "eval.budgets=[16]", "eval.sampled_k=4"]).recipe
+    stages, outs = {}, {}
+    for name, solved in (("sft", 5), ("rl", 10)):  # tasks right in every sample; tasks 10-14 right in one sample of four
+        summary, outcomes = _stage({"math": 10}, 20)
+        tasks = [SimpleNamespace(id=f"math-{i}") for i in range(20)]
+        rows = [("think_sampled", T("math", THINK, i < solved or (10 <= i < 15 and j == 0), 1.0, task=tasks[i])) for i in range(20) for j in range(4)]
+        extra = summarize(rows)
+        for env in ("math", "all"):
+            summary[env]["think_sampled"] = extra[env]["think_sampled"]
+        stages[name], outs[name] = summary, outcomes
+    evals = {"tasks_per_env": {"math": 20}, **stages, OUTCOMES: outs}
+    text = write_report(tmp_path, r, evals, {"sft": 1.0, "rl": 2.0}, {"sft": tmp_path / "sft", "rl": tmp_path / "rl"}).read_text()
+    assert "think_sampled at temperature 1.0, 4 samples per task" in text
+    head = text.split("## Headline")[1].splitlines()
+    assert head[2].endswith("| accuracy_think_sampled | think_sampled_pass_at_k |"), head[2]
+    # sft: (5 * 4 + 5) / 80 = 0.3125 of samples right, pass@4 10/20; the interval is over 20 tasks: 0.3125 * 20 ~ 6 of 20.
+    lo, hi = wilson_interval(6, 20)
+    assert head[4].endswith(f"| 0.312 [{lo:.2f}, {hi:.2f}] | 0.500 |"), head[4]
+    assert head[5].endswith("| 0.750 (+0.250) |"), head[5]
+    assert "| math | sft | 0.312 | 0.500 | 0.250 |" in text  # mixed: tasks 10-14, 5 of 20
+    assert "| math | rl | 0.562 | 0.750 | 0.250 |" in text
