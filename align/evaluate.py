@@ -108,8 +108,9 @@ def summarize(results: Sequence[tuple[str, Trajectory]]) -> EvalSummary:
         by_task: dict[tuple[str, str], list[bool]] = defaultdict(list)
         for t in ts:
             by_task[(t.env, t.task.id)].append(bool(t.correct))
-        if len(by_task) < len(ts):
-            cell["samples_per_task"] = max(len(v) for v in by_task.values())
+        ks = {len(v) for v in by_task.values()}
+        if len(ks) == 1 and ks != {1}:  # k samples of every task (a data set's repeated ids give uneven counts)
+            cell["samples_per_task"] = ks.pop()
             cell["pass_at_k"] = sum(any(v) for v in by_task.values()) / len(by_task)
             cell["mixed_share"] = sum(any(v) and not all(v) for v in by_task.values()) / len(by_task)
         out[env][label] = cell
