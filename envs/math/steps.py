@@ -23,7 +23,7 @@ import re
 from fractions import Fraction
 
 # Not inside a longer expression (2+3*4=14 is true; 3*4=14 must not be read out of it) nor a decimal.
-_STEP = re.compile(r"(?<![\d+\-*/^(])(?<!\d\.)(\d+)([+\-*/])(\d+)(?:([+\-])(\d+))?=(\d+)(?![\d+\-*/^)]|\.\d)")
+STEP = re.compile(r"(?<![\d+\-*/^(])(?<!\d\.)(\d+)([+\-*/])(\d+)(?:([+\-])(\d+))?=(\d+)(?![\d+\-*/^)]|\.\d)")
 
 
 def _value(a: int, op: str, b: int) -> Fraction | None:
@@ -34,7 +34,7 @@ def _value(a: int, op: str, b: int) -> Fraction | None:
 
 def first_false_step(text: str) -> tuple[int, int] | None:
     """(start, end) of the result of the first false step in ``text``, else None."""
-    for m in _STEP.finditer(text):
+    for m in STEP.finditer(text):
         a, op, b, op2, c, r = m.groups()
         value = _value(int(a), op, int(b))
         if value is not None and op2:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import doctest
+import json
 import random
 import threading
 import time
@@ -13,6 +14,7 @@ import pytest
 from align.plugins import PluginParamsError
 from envs.base import Task
 from envs.cli import play
+from envs.math import misses
 from envs.math import MathEnv, MathParams, compare, extract_answer, is_equivalent, load_examples
 from envs.math.verify import plain_number
 from envs.registry import make_env
@@ -291,6 +293,33 @@ def test_a_wrong_answer_is_blamed_on_its_first_false_step() -> None:
     assert "blame" not in _step(env, task, "<think>85-71 is 14</think>\\boxed{13}").info  # wrong, but no false step to blame
     right_by_luck = "<think>74+11: 4+1=6. 14</think>\\boxed{14}"
     assert "blame" not in _step(env, task, right_by_luck).info  # only wrong answers are blamed
+
+
+def test_misses_counts_wrong_answers_with_a_false_step(tmp_path, capsys) -> None:
+    rows = [
+        {"env": "math", "mode": "think", "correct": False, "completion": "<think>47+38: 7+8=15, 4+3+1=7. 75</think>\\boxed{75}"},
+        {"env": "math", "mode": "think", "correct": False, "completion": "<think>47+38 is 84</think>\\boxed{84}"},  # no step
+        {"env": "math", "mode": "think", "correct": True, "completion": "<think>47+38: 7+8=15, 4+3+1=8. 85</think>\\boxed{85}"},
+        {"env": "math", "mode": "no_think", "correct": False, "completion": "3+4=9"},  # another mode: not read
+        {"env": "code", "mode": "think", "correct": False, "completion": "<think>1+1=3</think>"},  # another env
+    ]
+    path = tmp_path / "eval_sft.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert misses.main([str(path)]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    # 3 answers, 2 wrong, 1 of them with a false step; 3 of 4 steps true (4+3+1=7 is false)
+    assert line == f"| {path} | 3 | 2 | 1 | 0 | 3/4 = 0.750 |"
+    step_after_think = {"env": "math", "mode": "think", "correct": False, "completion": "<think>2+2=4</think>2+2=5"}
+    assert misses.summarize([step_after_think])["wrong_false_step"] == 0  # only the think block is read
+
+
+def test_misses_names_an_unreadable_file_and_exits_2(tmp_path, capsys) -> None:
+    assert misses.main([str(tmp_path / "missing.jsonl")]) == 2
+    assert "missing.jsonl: cannot read it" in capsys.readouterr().err
+    bad = tmp_path / "report.md"
+    bad.write_text("# report\n")
+    assert misses.main([str(bad)]) == 2
+    assert "report.md: line 1 is not JSON" in capsys.readouterr().err
 
 
 def test_answer_inside_the_think_block_does_not_count() -> None:
