@@ -24,7 +24,10 @@ def evaluate_stages(r: PipelineRecipe, finals: dict[str, Path], stages: list[Loa
     envs = make_envs(list(r.eval.envs))
     tasks = heldout_tasks(envs, r.eval.envs, training_prompts(envs, stages), r.seed)
     sampling = SamplingConfig(max_new_tokens=r.eval.max_new_tokens, max_answer_tokens=r.eval.max_answer_tokens)
-    out: dict[str, Any] = {"tasks_per_env": {n: sum(t.env == n for t in tasks) for n in envs}, OUTCOMES: {}}
+    out: dict[str, Any] = {"tasks_per_env": {n: sum(t.env == n for t in tasks) for n in envs}, OUTCOMES: {}, GRADES: {}}
+    for t in tasks:
+        if t.meta.get("grade") is not None:
+            out[GRADES].setdefault(t.env, {})[str(t.id)] = t.meta["grade"]
     for name, path in finals.items():
         samples = Path(r.output_dir) / f"eval_{name}.jsonl"
         summary = evaluate_checkpoint(path, envs, tasks, standard_modes(r.eval.budgets, r.eval.sampled_temperature), sampling, r.eval.max_turns,
@@ -36,7 +39,8 @@ def evaluate_stages(r: PipelineRecipe, finals: dict[str, Path], stages: list[Loa
 
 
 OUTCOMES = "outcomes"
-_NOT_STAGES = ("tasks_per_env", OUTCOMES)
+GRADES = "grades"  # environment -> task id -> its generator's difficulty grade (Task.meta["grade"])
+_NOT_STAGES = ("tasks_per_env", OUTCOMES, GRADES)
 
 
 def read_outcomes(samples_path: Path) -> dict[str, dict[str, dict[str, bool]]]:
@@ -147,6 +151,7 @@ def write_report(run_dir: Path, r: PipelineRecipe, evals: dict[str, Any], timing
                  evals[s][e][m]["accuracy"]) for e in env_names for m in modes]  # fmt: skip
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
         prev = s
+    lines += _grade_table(changes, stages, evals.get(GRADES, {}))
     lines += _pass_at_k_table(evals, stages, ["all", *env_names])
     lines += _budget_table(evals, stages, ["all", *env_names], r.eval.budgets)
     lines += _significance_table(changes, stages, ["all", *env_names], evals)
@@ -165,6 +170,34 @@ NOTE = (
     "`think_sampled` (if present): /think with one sample per task at the RL stage's temperature, what GRPO optimizes; "
     "its changes carry the sampling noise of one draw per task on top (with k samples per task, the test takes each task's first)."
 )
+
+
+def _grade_table(changes: _Changes, stages: list[str], grades: dict[str, dict[str, Any]]) -> list[str]:
+    """Greedy /think accuracy per difficulty grade of each environment, from the paired outcomes: where a stage gains."""
+    if not grades or not changes.outcomes:
+        return []
+    lines = ["", "## /think accuracy per grade", "", "Grades are the generators' difficulty levels (`meta.grade`); changes are "
+             "tested as above, on the grade's tasks.", "", "| env | grade | tasks | " + " | ".join(stages) + " |", "|---" * (len(stages) + 3) + "|"]  # fmt: skip
+    for env, by_task in grades.items():
+        for grade in sorted(set(by_task.values()), key=str):
+            ids = {t for t, g in by_task.items() if g == grade}
+            cells, prev_out = [], None
+            for s in stages:
+                out = {t: ok for t, ok in changes.outcomes.get(s, {}).get(env, {}).get("think", {}).items() if t in ids}
+                if not out:
+                    cells.append("-")
+                    prev_out = None
+                    continue
+                right = sum(out.values())
+                lo, hi = wilson_interval(right, len(out))
+                cell = f"{right / len(out):.3f} [{lo:.2f}, {hi:.2f}]"
+                if prev_out:
+                    c = paired_change(prev_out, out)
+                    cell += f" ({c.delta:+.3f}{' *' if c.significant() else ''})"
+                cells.append(cell)
+                prev_out = out
+            lines.append(f"| {env} | {grade} | {len(ids)} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _pass_at_k_table(evals: dict[str, Any], stages: list[str], envs: list[str]) -> list[str]:

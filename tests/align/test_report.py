@@ -9,7 +9,7 @@ import pytest
 
 from align.evaluate import summarize
 from align.reasoning import ReasoningMode
-from align.report import OUTCOMES, read_outcomes, write_report
+from align.report import GRADES, OUTCOMES, read_outcomes, write_report
 from align.stats import mcnemar_exact, paired_change, wilson_interval
 from tests.align.test_evaluate import T
 
@@ -79,7 +79,7 @@ def _stage(right: dict[str, int], n: int) -> tuple[dict, dict]:
     return summarize(rows), outcomes
 
 
-def _report(tmp_path: Path, with_outcomes: bool = True) -> str:
+def _report(tmp_path: Path, with_outcomes: bool = True, grades: dict | None = None) -> str:
     from align.config import load_recipe
 
     r = load_recipe("tiny", [f"output_dir={tmp_path}", "eval.budgets=[16]"]).recipe
@@ -94,6 +94,8 @@ def _report(tmp_path: Path, with_outcomes: bool = True) -> str:
     evals = {"tasks_per_env": {"math": 20, "code": 20}, "sft": sft, "rl": rl}
     if with_outcomes:
         evals[OUTCOMES] = {"sft": sft_out, "rl": rl_out}
+    if grades is not None:
+        evals[GRADES] = grades
     return write_report(tmp_path, r, evals, {"sft": 1.0, "rl": 2.0}, {"sft": tmp_path / "sft", "rl": tmp_path / "rl"}).read_text()
 
 
@@ -111,6 +113,18 @@ def test_report_marks_only_changes_beyond_noise(tmp_path: Path) -> None:
     assert "| all | think | 40 | 0.500 | 0.700 | +0.200 | 11 | 3 | 0.0574 | no |" in text
     head = next(line for line in text.split("## Headline")[1].splitlines() if line.startswith("| rl |"))
     assert "0.700 [0.55, 0.82] (+0.200) |" in head and "*" not in head
+
+
+def test_report_gives_think_accuracy_per_grade(tmp_path: Path) -> None:
+    # math: tasks 0-9 grade 1 (right at both stages), 10-19 grade 2 (sft 0 of 10, rl 6: 6 gained, p = 0.031).
+    grades = {"math": {f"math-{i}": 1 if i < 10 else 2 for i in range(20)}}
+    text = _report(tmp_path, grades=grades)
+    table = text.split("## /think accuracy per grade")[1].split("##")[0]
+    assert "| env | grade | tasks | sft | rl |" in table
+    assert "| math | 1 | 10 | 1.000 [0.72, 1.00] | 1.000 [0.72, 1.00] (+0.000) |" in table
+    assert "| math | 2 | 10 | 0.000 [0.00, 0.28] | 0.600 [0.31, 0.83] (+0.600 *) |" in table
+    assert "| code |" not in table  # no grades given for code
+    assert "per grade" not in _report(tmp_path)  # no grades, no table
 
 
 def test_report_without_per_task_outcomes_marks_nothing(tmp_path: Path) -> None:
