@@ -41,7 +41,10 @@ def tiny_config(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> Nemotro
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None,
-        tie_word_embeddings=True,
+        # Llama ties its output head to the embeddings. NemotronH never does, in transformers
+        # (_tied_weights_keys is empty) and in vLLM alike, whatever the flag says, so its config says
+        # false: a loader that honoured a true would swap the trained lm_head for the embeddings.
+        tie_word_embeddings=cfg.arch == "llama",
     )
     if cfg.arch == "llama":
         return LlamaConfig(num_hidden_layers=t.num_hidden_layers, **common)

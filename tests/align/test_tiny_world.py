@@ -86,6 +86,9 @@ def test_factory_saves_a_model_transformers_loads(tmp_path: Path, arch: str) -> 
     ids = tok.apply_chat_template([{"role": "user", "content": "What is 1 + 1?"}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
     out = model.generate(**ids, max_new_tokens=5, do_sample=False)
     assert out.shape[1] == ids["input_ids"].shape[1] + 5
+    # The config says whether the output head is the embedding matrix, as the loaded model has it.
+    tied = model.lm_head.weight is model.get_input_embeddings().weight
+    assert model.config.tie_word_embeddings is tied is (arch == "llama")
     # Idempotent: a second call reuses the folder (same weights for a resumed run).
     again = prepare_initial_checkpoint(ModelConfig(arch=arch), TokenizerConfig(vocab_size=400), tmp_path / "m", texts=["other"])
     assert torch.equal(load_model(again).lm_head.weight, model.lm_head.weight)
