@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
-from align.config.schema import SamplingConfig
+from align.config.schema import PipelineEval, SamplingConfig
 from align.reasoning import ReasoningMode
 from envs.base import Environment, Task, task_source
 from rollout.types import GenerateFn, Trajectory
@@ -50,6 +50,13 @@ def standard_modes(budgets: Sequence[int] = (), sampled_temperature: float | Non
     if sampled_temperature is not None:
         modes.append(EvalMode("think_sampled", ReasoningMode(True), temperature=sampled_temperature, samples=sampled_k))
     return modes
+
+
+def pipeline_plan(e: PipelineEval) -> tuple[list[EvalMode], SamplingConfig]:
+    """The modes and sampling a pipeline recipe's ``eval`` section asks for: its report
+    (align/report.py) and ``align eval`` on it play the same."""
+    sampling = SamplingConfig(max_new_tokens=e.max_new_tokens, max_answer_tokens=e.max_answer_tokens)
+    return standard_modes(e.budgets, e.sampled_temperature, e.sampled_k), sampling
 
 
 class EvalCell(TypedDict):
@@ -261,15 +268,14 @@ def cmd_eval(args: Any) -> int:
     if not (model / "config.json").is_file():
         raise AlignError(f"--model: no HF checkpoint at '{model}' (expected config.json)")
     if isinstance(r, PipelineRecipe):
-        counts, budgets, seed = dict(r.eval.envs), list(r.eval.budgets), r.seed
-        modes = standard_modes(budgets, r.eval.sampled_temperature, r.eval.sampled_k)
-        sampling = SamplingConfig(max_new_tokens=r.eval.max_new_tokens, max_answer_tokens=r.eval.max_answer_tokens)
+        counts, seed = dict(r.eval.envs), r.seed
+        modes, sampling = pipeline_plan(r.eval)
         max_turns, grace = r.eval.max_turns, r.eval.budget_grace_fraction
         stages, _ = load_stages(r)
         params: dict[str, dict[str, Any]] = {}
     elif isinstance(r, RLRecipe):
-        counts, budgets, seed = {s.name: s.num_eval for s in r.envs}, list(r.reasoning.eval_budgets), r.seed
-        modes = standard_modes(budgets)
+        counts, seed = {s.name: s.num_eval for s in r.envs}, r.seed
+        modes = standard_modes(r.reasoning.eval_budgets)
         sampling, max_turns, stages = r.rollout.sampling, r.rollout.max_turns, [loaded]
         grace = r.reasoning.budget_grace_fraction
         params = {s.name: s.params for s in r.envs}  # the run's environments, e.g. tiny-rlhf's chat grades

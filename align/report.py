@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from align.config import LoadedRecipe
-from align.config.schema import PipelineRecipe, SamplingConfig
-from align.evaluate import evaluate_checkpoint, make_envs, print_table, standard_modes
+from align.config.schema import PipelineRecipe
+from align.evaluate import evaluate_checkpoint, make_envs, pipeline_plan, print_table
 from align.heldout import heldout_tasks, training_prompts
 from align.stats import PairedChange, paired_change, wilson_interval
 
@@ -23,14 +23,14 @@ def evaluate_stages(r: PipelineRecipe, finals: dict[str, Path], stages: list[Loa
     ``outcomes`` (stage -> environment -> mode -> task id -> correct, for the paired tests)."""
     envs = make_envs(list(r.eval.envs))
     tasks = heldout_tasks(envs, r.eval.envs, training_prompts(envs, stages), r.seed)
-    sampling = SamplingConfig(max_new_tokens=r.eval.max_new_tokens, max_answer_tokens=r.eval.max_answer_tokens)
+    modes, sampling = pipeline_plan(r.eval)
     out: dict[str, Any] = {"tasks_per_env": {n: sum(t.env == n for t in tasks) for n in envs}, OUTCOMES: {}, GRADES: {}}
     for t in tasks:
         if t.meta.get("grade") is not None:
             out[GRADES].setdefault(t.env, {})[str(t.id)] = t.meta["grade"]
     for name, path in finals.items():
         samples = Path(r.output_dir) / f"eval_{name}.jsonl"
-        summary = evaluate_checkpoint(path, envs, tasks, standard_modes(r.eval.budgets, r.eval.sampled_temperature), sampling, r.eval.max_turns,
+        summary = evaluate_checkpoint(path, envs, tasks, modes, sampling, r.eval.max_turns,
                                       r.seed, samples_path=samples, budget_grace_fraction=r.eval.budget_grace_fraction)  # fmt: skip
         print_table(summary, f"stage {name}: held-out evaluation")
         out[name] = summary

@@ -219,3 +219,28 @@ def test_sampled_think_with_k_samples_gets_pass_at_k(tmp_path: Path) -> None:
     assert head[5].endswith("| 0.750 (+0.250) |"), head[5]
     assert "| math | sft | 0.312 | 0.500 | 0.250 |" in text  # mixed: tasks 10-14, 5 of 20
     assert "| math | rl | 0.562 | 0.750 | 0.250 |" in text
+
+
+def test_the_report_plays_what_the_eval_section_asks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """evaluate_stages and align eval on a pipeline recipe play the same modes: eval.sampled_k
+    samples of think_sampled (the report's header and pass@k table rest on them)."""
+    import align.report as report
+    from align.config import load_recipe
+    from align.config.stages import load_stages
+    from align.evaluate import pipeline_plan
+
+    r = load_recipe("tiny", [f"output_dir={tmp_path}", "eval.sampled_temperature=1.0", "eval.sampled_k=4"]).recipe
+    played = []
+
+    def fake_evaluate(path, envs, tasks, modes, sampling, *args, samples_path, **kwargs):  # no policy to play on CPU in a unit test
+        played.append((modes, sampling))
+        samples_path.write_text("")
+        return {}
+
+    monkeypatch.setattr(report, "evaluate_checkpoint", fake_evaluate)
+    monkeypatch.setattr(report, "print_table", lambda *a: None)
+    report.evaluate_stages(r, {"sft": tmp_path}, load_stages(r)[0])
+    (modes, sampling), = played
+    assert (modes, sampling) == pipeline_plan(r.eval)
+    assert (modes[-1].label, modes[-1].temperature, modes[-1].samples) == ("think_sampled", 1.0, 4)
+    assert sampling.max_new_tokens == r.eval.max_new_tokens
