@@ -188,9 +188,7 @@ def _grade_table(changes: _Changes, stages: list[str], grades: dict[str, dict[st
                     cells.append("-")
                     prev_out = None
                     continue
-                right = sum(out.values())
-                lo, hi = wilson_interval(right, len(out))
-                cell = f"{right / len(out):.3f} [{lo:.2f}, {hi:.2f}]"
+                cell = _with_interval({"n": len(out), "accuracy": sum(out.values()) / len(out)})
                 if prev_out:
                     c = paired_change(prev_out, out)
                     cell += f" ({c.delta:+.3f}{' *' if c.significant() else ''})"
