@@ -27,10 +27,10 @@ def summarize(rows: Iterable[dict[str, Any]]) -> dict[str, int]:
     out = dict.fromkeys(FIELDS, 0)
     for row in rows:
         thought = str(row["completion"]).split("</think>")[0]
-        steps = [m.group(0) for m in STEP.finditer(thought)]
-        out["steps"] += len(steps)
-        out["true_steps"] += sum(first_false_step(s) is None for s in steps)
-        false = first_false_step(thought) is not None
+        true = [first_false_step(m.group(0)) is None for m in STEP.finditer(thought)]
+        out["steps"] += len(true)
+        out["true_steps"] += sum(true)
+        false = not all(true)  # the thought states a false step
         out["answers"] += 1
         if row["correct"]:
             out["right_false_step"] += false
