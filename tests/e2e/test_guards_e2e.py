@@ -3,6 +3,10 @@
 Each run is a fresh interpreter through ``align.cli.main`` (its exit code is what a user sees).
 The recipe loader refuses ``learner.lr=.inf`` (tests/align/test_recipe_fuzz.py), so the first
 script swaps the loaded recipe's lr after loading: the guard behind the loader is what is tested.
+
+Each script arms ``faulthandler`` to print every thread's stack and exit well before the
+subprocess and pytest time limits: a run that hangs fails with where it hung, not with a bare
+pytest timeout that loses the child's output (CI, 2026-12-03).
 """
 
 import json
@@ -17,7 +21,10 @@ SFT_SMALL = [
     "sft.num_eval_samples_to_generate=0", "sft.eval_every_steps=100", "sft.max_steps=6",
 ]  # fmt: skip
 
-INF_LR = """
+WATCHDOG_S = 240  # each run takes 15-30 s on 2 cores
+WATCHDOG = f"import faulthandler; faulthandler.dump_traceback_later({WATCHDOG_S}, exit=True)\n"
+
+INF_LR = WATCHDOG + """
 import dataclasses, sys
 import align.cli as cli
 
@@ -32,9 +39,8 @@ cli.load_recipe = with_inf_lr
 sys.exit(cli.main(sys.argv[1:]))
 """
 
-ALWAYS_RAISES = """
+ALWAYS_RAISES = WATCHDOG + """
 import sys
-import align.algorithms.rl.driver as driver
 import align.cli as cli
 from envs.math.env import MathEnv
 from envs.registry import register_env
@@ -50,9 +56,7 @@ class AlwaysRaises(MathEnv):
 
 
 register_env(AlwaysRaises)
-run = driver.run
-driver.run = lambda loaded, resume=False, prestart=None: run(loaded, resume, in_process=True)  # no Ray: one learner, one engine (init_from=null: nothing prestarted)
-sys.exit(cli.main(["rl", "--recipe", "nano3-multienv-tiny", *sys.argv[1:]]))
+sys.exit(cli.main(["rl", "--in-process", "--recipe", "nano3-multienv-tiny", *sys.argv[1:]]))  # no Ray: one learner, one engine
 """
 
 
@@ -65,8 +69,8 @@ def _train_records(run_dir: Path) -> dict[int, dict]:
 def test_inf_lr_stops_with_exit_3_and_writes_no_final(tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-c", INF_LR, "sft", "--recipe", "tiny-sft", *SFT_SMALL, "checkpoint.every_steps=1",
-                           f"output_dir={out}"], capture_output=True, text=True, timeout=600, cwd=ROOT)  # fmt: skip
-    assert proc.returncode == 3, proc.stderr[-3000:]
+                           f"output_dir={out}"], capture_output=True, text=True, timeout=2 * WATCHDOG_S, cwd=ROOT)  # fmt: skip
+    assert proc.returncode == 3, proc.stderr[-12000:]
     assert "run stopped: step 1: the weights are no longer finite" in proc.stderr, proc.stderr[-3000:]
     assert not (out / "final").exists() and not (out / "checkpoints" / "latest").exists()
     assert _train_records(out) == {}  # nothing logged as a trained step
@@ -78,8 +82,8 @@ def test_always_raising_environment_stops_the_run(tmp_path: Path) -> None:
             "rollout.sampling.max_new_tokens=16", "rollout.sampling.max_answer_tokens=8", "rollout.kv_cache_memory_mb=128",
             "reasoning.eval_budgets=[16]", "grpo.max_refill_rounds=0", "grpo.max_steps=6", "grpo.eval_every_steps=100",
             f"output_dir={tmp_path}"]  # fmt: skip
-    proc = subprocess.run([sys.executable, "-c", ALWAYS_RAISES, *args], capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert proc.returncode == 3, proc.stderr[-3000:]
+    proc = subprocess.run([sys.executable, "-c", ALWAYS_RAISES, *args], capture_output=True, text=True, timeout=2 * WATCHDOG_S, cwd=ROOT)
+    assert proc.returncode == 3, proc.stderr[-12000:]
     assert "environment 'always_raises' failed 16/16 samples" in proc.stderr and "3 steps in a row" in proc.stderr
     assert "RuntimeError: the grader is down" in proc.stderr
     for step in (1, 2):
