@@ -69,7 +69,10 @@ def test_judge_and_policy_engines_share_one_ray_session(checkpoint: Path) -> Non
         ray.shutdown()
 
 
+# Every thread's stack, and exit, at 240 s: a hang fails with where it hung, before the 480 s
+# subprocess limit and pytest's 600 s one (which would lose the child's output).
 IN_PROCESS = """
+import faulthandler; faulthandler.dump_traceback_later(240, exit=True)
 import sys
 from align.algorithms.rl.driver import run
 from align.config import load_recipe
@@ -93,7 +96,7 @@ def test_rlhf_step_logs_judge_cost_and_win_rate(tmp_path: Path, checkpoint: Path
         "rollout.kv_cache_memory_mb=128",
         f"rewards=[{{name: genrm, params: {{path: '{checkpoint}', num_engines: 0, kv_cache_memory_mb: 64, max_new_tokens: 8}}}}]",
     ]  # fmt: skip
-    proc = subprocess.run([sys.executable, "-c", IN_PROCESS, *args], capture_output=True, text=True, timeout=600, cwd=root)
+    proc = subprocess.run([sys.executable, "-c", IN_PROCESS, *args], capture_output=True, text=True, timeout=480, cwd=root)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if line]
     step = next(r for r in rows if r["split"] == "train" and r["step"] == 1)

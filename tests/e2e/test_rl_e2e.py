@@ -49,7 +49,10 @@ def kill_9_after_step(args: list[str], env: dict[str, str], run_dir: Path, step:
             pass
 
 
+# Every thread's stack, and exit, at 240 s: a hang fails with where it hung, before the 480 s
+# subprocess limit and pytest's 600 s one (which would lose the child's output).
 IN_PROCESS = """
+import faulthandler; faulthandler.dump_traceback_later(240, exit=True)
 import sys
 from align.algorithms.rl.driver import run
 from align.config import load_recipe
@@ -63,7 +66,7 @@ def test_one_full_rl_step_in_process(tmp_path: Path) -> None:
     interpreter, not pytest's: both leave process-wide state (torch.distributed, vLLM) behind."""
     # Two optimizer updates of 8 sequences each (grpo.mini_batches), both against one old-log-prob pass.
     args = [*QUICK, "grpo.max_steps=1", "grpo.eval_every_steps=1", "grpo.max_seq_logprob_error=2", "grpo.mini_batches=2", f"output_dir={tmp_path}"]
-    proc = subprocess.run([sys.executable, "-c", IN_PROCESS, *args], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-c", IN_PROCESS, *args], capture_output=True, text=True, timeout=480, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "a pass of their own before each step; 2 update(s) per step" in proc.stdout, proc.stdout[-2000:]
     step = _records(tmp_path, "train")[1]
@@ -93,7 +96,7 @@ def test_rl_on_public_format_data_paths_in_process(tmp_path: Path) -> None:
             f"{{name: instruction_following, data_path: '{ifeval}', num_eval: 1}}]")  # fmt: skip
     args = [*QUICK, envs, "grpo.dynamic_sampling=false", "grpo.overlong_filtering=false", "grpo.max_steps=1", "grpo.eval_every_steps=1",
             f"output_dir={tmp_path / 'run'}"]  # every group trains, so the step has a gradient
-    proc = subprocess.run([sys.executable, "-c", IN_PROCESS, *args], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-c", IN_PROCESS, *args], capture_output=True, text=True, timeout=480, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     step = _records(tmp_path / "run", "train")[1]
     assert {"math/reward", "instruction_following/reward"} <= set(step) and step["grad_norm"] > 0
@@ -113,7 +116,7 @@ def test_kl_and_off_policy_overlap_in_process(tmp_path: Path) -> None:
     args = [*QUICK, "grpo.kl_coef=0.05", "grpo.off_policy_overlap=true", "grpo.max_staleness=1", "grpo.dynamic_sampling=false",
             "grpo.overlong_filtering=false", "learner.lr=1e-3", "learner.lr_schedule=constant", "grpo.eval_every_steps=100",
             "checkpoint.every_steps=1", "grpo.max_steps=3", f"output_dir={tmp_path}"]  # fmt: skip
-    proc = subprocess.run([sys.executable, "-c", IN_PROCESS, *args], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-c", IN_PROCESS, *args], capture_output=True, text=True, timeout=480, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     train = _records(tmp_path, "train")
     assert sorted(train) == [1, 2, 3]
