@@ -23,10 +23,12 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from align.errors import AlignError
 from align.learner import ds_build
 from align.quiet import QUIET_ENV, VERBOSE_ENV, verbose
 
@@ -39,6 +41,14 @@ _PROPAGATED_ENV = ("TORCH_EXTENSIONS_DIR", "HF_HOME", "PIP_CACHE_DIR", "PYTHONPA
 
 _early: tuple[threading.Thread, threading.Event] | None = None  # the starting thread, set when ray.init returned
 _early_error: list[BaseException] = []
+_early_deadline = 0.0  # time.monotonic() past which waiting for that start raises RayStartTimeout
+_early_timeout_s = 0.0  # the recipe's cluster.ray_start_timeout_s
+_early_what = ""  # what it starts, for the messages: "an embedded Ray" or "joining Ray at ADDRESS"
+REPORT_EVERY_S = 30.0  # while waiting for Ray, say so this often
+
+
+class RayStartTimeout(AlignError, RuntimeError):
+    """``ray.init`` did not return within ``cluster.ray_start_timeout_s``."""
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -57,7 +67,14 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     # single-process trainer does); on a 2-core machine this took seconds off every start-up.
     env_vars["RAY_worker_niceness"] = "0"
     if address:
-        ray.init(address=address, runtime_env={"env_vars": env_vars}, log_to_driver=True, logging_level="INFO" if verbose() else "WARNING")
+        try:
+            ray.init(address=address, runtime_env={"env_vars": env_vars}, log_to_driver=True, logging_level="INFO" if verbose() else "WARNING")
+        except ConnectionError as e:  # Ray's own message names neither the setting nor what to do
+            raise AlignError(
+                f"could not join the Ray cluster at {address} (cluster.ray_address, --ray-address or RAY_ADDRESS): {e}. "
+                "Check the address and that `ray status --address ADDRESS` answers from this machine, or leave it "
+                "unset to start Ray on this machine."
+            ) from e
     else:
         # Embedded, every Ray process starts from this one (the raylet, then the actors' workers),
         # so the variables go into this process's environment instead of a runtime_env. A job's
@@ -113,19 +130,23 @@ def begin(recipe: Any, then: Callable[[], None] | None = None) -> None:
     not start here): the RL job spawns its actors there (``align/algorithms/rl/prestart.py``).
     It must catch its own errors.
     """
-    global _early
     ray = sys.modules.get("ray")
     if _early is not None or (ray is not None and ray.is_initialized()):  # started already, or joined (tests, pipelines)
         return
     if recipe.cluster.gpus_needed(with_rollout=True) > 0 and not recipe.cluster.ray_address:
         return  # the driver first checks that this machine has the GPUs (rl's check_machine): no Ray for a job refused
-    logging.getLogger("ray._private.worker").addFilter(_NotMainThread())
+    _start_thread(recipe.cluster, ray_cpus(recipe), then)
 
+
+def _start_thread(cluster: Any, num_cpus: int, then: Callable[[], None] | None = None) -> None:
+    """``init_ray`` on a thread of its own, which :func:`wait_started` waits for with a deadline."""
+    global _early, _early_deadline, _early_timeout_s, _early_what
+    logging.getLogger("ray._private.worker").addFilter(_NotMainThread())
     done = threading.Event()
 
     def target() -> None:
         try:
-            init_ray(recipe.cluster.ray_address, num_cpus=ray_cpus(recipe))
+            init_ray(cluster.ray_address, num_cpus=num_cpus)
         except BaseException as e:  # noqa: BLE001 - handed to the main thread by start_ray
             _early_error.append(e)
         done.set()
@@ -135,6 +156,10 @@ def begin(recipe: Any, then: Callable[[], None] | None = None) -> None:
         # that started them ends: this thread must live as long as the process (a daemon, it ends with it).
         threading.Event().wait()
 
+    address = cluster.ray_address or os.environ.get("RAY_ADDRESS")
+    _early_what = f"joining Ray at {address}" if address else "an embedded Ray"
+    _early_timeout_s = cluster.ray_start_timeout_s
+    _early_deadline = time.monotonic() + _early_timeout_s
     _early = (threading.Thread(target=target, name="align-ray-start", daemon=True), done)
     _early[0].start()
 
@@ -145,9 +170,24 @@ def wait_started() -> None:
     ``ray.init`` runs Python on its thread, and on a small machine it also waits for Ray's own
     Python processes to start: heavy imports on the main thread meanwhile slow it (the GIL, the
     CPU), and everything an RL job spawns waits for it (``align/algorithms/rl/prestart.py``).
+
+    It says every 30 s what it waits for, and raises :class:`RayStartTimeout` (exit 2) once the
+    start has taken longer than the recipe's ``cluster.ray_start_timeout_s``: nothing else bounds
+    ``ray.init``, which waited on without end for an address where nothing listens (127.0.0.1:1).
     """
-    if _early is not None:
-        _early[1].wait()
+    if _early is None:
+        return
+    started = time.monotonic()
+    while not _early[1].wait(max(0.0, min(REPORT_EVERY_S, _early_deadline - time.monotonic()))):
+        if time.monotonic() >= _early_deadline:
+            raise RayStartTimeout(
+                f"Ray did not start ({_early_what}): ray.init had not returned within "
+                f"{_early_timeout_s:.0f} s (cluster.ray_start_timeout_s). "
+                "If a cluster address was given, check that `ray status --address ADDRESS` answers from this "
+                "machine; otherwise the Ray logs (/tmp/ray/session_latest/logs on this machine) say where it "
+                "waits. On a slow or loaded machine, raise cluster.ray_start_timeout_s."
+            )
+        logging.getLogger(__name__).warning("still waiting for Ray to start (%s): %.0f s", _early_what, time.monotonic() - started)
 
 
 def _join_early() -> None:
@@ -160,13 +200,23 @@ def start_ray(*recipes: Any) -> None:
     """Start (or join) Ray sized for the largest of ``recipes`` (a pipeline's stages): the first start fixes its size.
 
     When :func:`begin` already started it, wait for that start (and raise its error, if any).
+    Otherwise start it the same way, on a thread, so that the same deadline bounds the wait.
     """
-    if _early is not None:
+    global _early
+    if _early is None:
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            return
+        _start_thread(recipes[0].cluster, max(ray_cpus(r) for r in recipes))
+        try:
+            _join_early()
+        finally:
+            _early = None  # started for this call alone: a later job starts (or joins) afresh
+            _early_error.clear()
+    else:
         _join_early()
-        if threading.current_thread() is threading.main_thread():  # what ray.init does on the main thread
-            signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
-        return
-    init_ray(recipes[0].cluster.ray_address, num_cpus=max(ray_cpus(r) for r in recipes))
+    if threading.current_thread() is threading.main_thread():  # what ray.init does on the main thread
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
 
 
 def finish_early_start() -> None:

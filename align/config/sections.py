@@ -94,6 +94,9 @@ class ClusterConfig(Strict):
     # Fail with the stuck actor and step named if an actor's set-up (model load, DeepSpeed engine,
     # vLLM start) takes longer than this.
     setup_timeout_s: float = Field(900.0, gt=0)
+    # Fail with what it was starting if Ray itself is not up within this (an embedded start takes
+    # 2-3 s; a join that never answers made ray.init wait on without end, align/ray_start.py).
+    ray_start_timeout_s: float = Field(120.0, gt=0)
 
     def gpus_needed(self, with_rollout: bool) -> float:
         rollout = self.num_rollout_engines * self.gpus_per_rollout_engine if with_rollout else 0.0
