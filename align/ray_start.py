@@ -9,11 +9,12 @@ imports until Ray is up (:func:`wait_started`): its engines, spawned then, are t
 of its start-up. This module imports neither
 torch nor transformers, so that a job can call it before those imports.
 
-A recipe that asks for GPUs of the embedded cluster starts Ray where it did before, after the
-driver has checked that the machine has them. An error that stops the job while Ray is still
+A recipe that asks for GPUs of the embedded cluster starts Ray only in :func:`start_ray`, after
+the driver has checked that the machine has them. An error that stops the job while Ray is still
 starting (a missing data file, a bad checkpoint) waits for the start to end
 (:func:`finish_early_start`, at most the 2-3 s it takes), so that Ray's exit hook stops what it
-started and no Ray process outlives the job.
+started and no Ray process outlives the job. Every wait for a start is bounded by
+``cluster.ray_start_timeout_s`` (:func:`wait_started`).
 """
 
 from __future__ import annotations
