@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 from align.errors import AlignError
@@ -40,12 +41,21 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # Environment the actors need to find the same caches as the driver.
 _PROPAGATED_ENV = ("TORCH_EXTENSIONS_DIR", "HF_HOME", "PIP_CACHE_DIR", "PYTHONPATH", VERBOSE_ENV, *QUIET_ENV)
 
-_early: tuple[threading.Thread, threading.Event] | None = None  # the starting thread, set when ray.init returned
-_early_error: list[BaseException] = []
-_early_deadline = 0.0  # time.monotonic() past which waiting for that start raises RayStartTimeout
-_early_timeout_s = 0.0  # the recipe's cluster.ray_start_timeout_s
-_early_what = ""  # what it starts, for the messages: "an embedded Ray" or "joining Ray at ADDRESS"
 REPORT_EVERY_S = 30.0  # while waiting for Ray, say so this often
+
+
+@dataclass
+class _Start:
+    """A ``ray.init`` running on its own thread (:func:`_start_thread`)."""
+
+    what: str  # for the messages: "an embedded Ray" or "joining Ray at ADDRESS"
+    timeout_s: float  # the recipe's cluster.ray_start_timeout_s
+    deadline: float  # time.monotonic() past which waiting for it raises RayStartTimeout
+    done: threading.Event = field(default_factory=threading.Event)  # set when ray.init returned, well or not
+    error: BaseException | None = None  # what ray.init raised
+
+
+_early: _Start | None = None
 
 
 class RayStartTimeout(AlignError, RuntimeError):
@@ -141,28 +151,26 @@ def begin(recipe: Any, then: Callable[[], None] | None = None) -> None:
 
 def _start_thread(cluster: Any, num_cpus: int, then: Callable[[], None] | None = None) -> None:
     """``init_ray`` on a thread of its own, which :func:`wait_started` waits for with a deadline."""
-    global _early, _early_deadline, _early_timeout_s, _early_what
+    global _early
     logging.getLogger("ray._private.worker").addFilter(_NotMainThread())
-    done = threading.Event()
+    address = cluster.ray_address or os.environ.get("RAY_ADDRESS")
+    start = _Start(f"joining Ray at {address}" if address else "an embedded Ray", cluster.ray_start_timeout_s,
+                   time.monotonic() + cluster.ray_start_timeout_s)  # fmt: skip
 
     def target() -> None:
         try:
             init_ray(cluster.ray_address, num_cpus=num_cpus)
         except BaseException as e:  # noqa: BLE001 - handed to the main thread by start_ray
-            _early_error.append(e)
-        done.set()
-        if then is not None and not _early_error:
+            start.error = e
+        start.done.set()
+        if then is not None and start.error is None:
             then()
         # Ray starts its GCS and raylet with PR_SET_PDEATHSIG, which Linux fires when the *thread*
         # that started them ends: this thread must live as long as the process (a daemon, it ends with it).
         threading.Event().wait()
 
-    address = cluster.ray_address or os.environ.get("RAY_ADDRESS")
-    _early_what = f"joining Ray at {address}" if address else "an embedded Ray"
-    _early_timeout_s = cluster.ray_start_timeout_s
-    _early_deadline = time.monotonic() + _early_timeout_s
-    _early = (threading.Thread(target=target, name="align-ray-start", daemon=True), done)
-    _early[0].start()
+    _early = start
+    threading.Thread(target=target, name="align-ray-start", daemon=True).start()
 
 
 def wait_started() -> None:
@@ -176,25 +184,26 @@ def wait_started() -> None:
     start has taken longer than the recipe's ``cluster.ray_start_timeout_s``: nothing else bounds
     ``ray.init``, which waited on without end for an address where nothing listens (127.0.0.1:1).
     """
-    if _early is None:
+    start = _early
+    if start is None:
         return
-    started = time.monotonic()
-    while not _early[1].wait(max(0.0, min(REPORT_EVERY_S, _early_deadline - time.monotonic()))):
-        if time.monotonic() >= _early_deadline:
+    began = time.monotonic()
+    while not start.done.wait(max(0.0, min(REPORT_EVERY_S, start.deadline - time.monotonic()))):
+        if time.monotonic() >= start.deadline:
             raise RayStartTimeout(
-                f"Ray did not start ({_early_what}): ray.init had not returned within "
-                f"{_early_timeout_s:.0f} s (cluster.ray_start_timeout_s). "
+                f"Ray did not start ({start.what}): ray.init had not returned within "
+                f"{start.timeout_s:.0f} s (cluster.ray_start_timeout_s). "
                 "If a cluster address was given, check that `ray status --address ADDRESS` answers from this "
                 "machine; otherwise the Ray logs (/tmp/ray/session_latest/logs on this machine) say where it "
                 "waits. On a slow or loaded machine, raise cluster.ray_start_timeout_s."
             )
-        logging.getLogger(__name__).warning("still waiting for Ray to start (%s): %.0f s", _early_what, time.monotonic() - started)
+        logging.getLogger(__name__).warning("still waiting for Ray to start (%s): %.0f s", start.what, time.monotonic() - began)
 
 
 def _join_early() -> None:
     wait_started()
-    if _early is not None and _early_error:
-        raise _early_error[0]
+    if _early is not None and _early.error is not None:
+        raise _early.error
 
 
 def start_ray(*recipes: Any) -> None:
@@ -213,7 +222,6 @@ def start_ray(*recipes: Any) -> None:
             _join_early()
         finally:
             _early = None  # started for this call alone: a later job starts (or joins) afresh
-            _early_error.clear()
     else:
         _join_early()
     if threading.current_thread() is threading.main_thread():  # what ray.init does on the main thread
@@ -232,7 +240,6 @@ def finish_early_start() -> None:
     except BaseException:  # noqa: BLE001 - the job's own error is the one to report
         pass
     _early = None
-    _early_error.clear()
 
 
 def started_early() -> bool:

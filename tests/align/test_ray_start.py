@@ -4,11 +4,13 @@ import os
 import threading
 import time
 
+import pytest
 import ray
 
 from align import ray_start
 from align.algorithms.rl.prestart import Prestart
 from align.config import load_recipe
+from align.errors import AlignError
 
 
 def test_ray_started_early_outlives_the_thread_that_started_it() -> None:
@@ -55,8 +57,6 @@ def test_the_rl_prestart_imports_the_learners_part_once_ray_is_up() -> None:
 def test_a_ray_start_that_never_returns_ends_in_a_clear_error(monkeypatch, caplog) -> None:
     """``ray.init`` against an address that never answers cannot be staged cheaply on CPU, so a
     stand-in ``init_ray`` blocks instead; what is tested is the wait's deadline and its messages."""
-    import pytest
-
     release = threading.Event()
     monkeypatch.setattr(ray_start, "init_ray", lambda address, num_cpus: release.wait(60))
     monkeypatch.setattr(ray_start, "REPORT_EVERY_S", 0.5)
@@ -85,10 +85,6 @@ def test_a_ray_start_that_never_returns_ends_in_a_clear_error(monkeypatch, caplo
 def test_an_address_ray_refuses_names_the_setting(monkeypatch) -> None:
     """Ray refuses an unreachable address only after its own retries (24 s here, and what answers
     there depends on the network), so ``ray.init`` raises its ConnectionError at once instead."""
-    import pytest
-
-    from align.errors import AlignError
-
     def refuse(**kwargs: object) -> None:
         raise ConnectionError(f"Failed to connect to Ray cluster at {kwargs['address']}")
 
