@@ -378,5 +378,14 @@ def _build_llm(llm_kwargs: dict[str, Any]) -> Any:
     if current_platform.is_cpu():
         torch._dynamo.config.disable = True
     with imports_without_gc():
-        return vllm.LLM(**llm_kwargs)
-
+        llm = vllm.LLM(**llm_kwargs)
+        from vllm.v1.engine.core_client import InprocClient  # imported by the build
+    # vLLM's process groups are module globals that every engine built in this process reuses (and
+    # that an in-process job shares with DeepSpeed). vLLM's in-process client tears them down from a
+    # finalizer when the collector reaches a dropped engine: at any allocation, on any thread. In
+    # the middle of the next engine's build, that failed CI once ("'GroupCoordinator' object has no
+    # attribute 'device_group'"). They now last as long as the process.
+    client = llm.llm_engine.engine_core
+    if isinstance(client, InprocClient):  # an engine-core process (MPClient) has groups of its own
+        client._finalizer.detach()
+    return llm

@@ -166,6 +166,9 @@ class StepLoop:
                         future.set_result(fn())
                     except BaseException as e:  # noqa: BLE001 - the caller's to handle
                         future.set_exception(e)
+                # A command's closure holds its caller (a VLLMEngine): kept in this frame while the
+                # thread waits, it kept a dropped engine, and so this thread, alive for good.
+                fn = future = None
                 try:
                     item = self._commands.get_nowait()
                 except queue.Empty:
