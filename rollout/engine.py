@@ -385,7 +385,8 @@ def _build_llm(llm_kwargs: dict[str, Any]) -> Any:
     # finalizer when the collector reaches a dropped engine: at any allocation, on any thread. In
     # the middle of the next engine's build, that failed CI once ("'GroupCoordinator' object has no
     # attribute 'device_group'"). They now last as long as the process.
+    # (Not every vLLM release has that finalizer; an engine-core process, MPClient, has groups of its own.)
     client = llm.llm_engine.engine_core
-    if isinstance(client, InprocClient):  # an engine-core process (MPClient) has groups of its own
+    if isinstance(client, InprocClient) and getattr(client, "_finalizer", None) is not None:
         client._finalizer.detach()
     return llm
