@@ -67,15 +67,20 @@ def test_resume_after_kill_9_reproduces_uninterrupted_losses(tmp_path: Path) -> 
             os.killpg(proc.pid, signal.SIGKILL)  # and whatever Ray processes it had started
         except ProcessLookupError:
             pass
-    assert (run_dir / "checkpoints" / "latest").read_text() == "step_000005"
+    # The kill lands once step 7 is logged: usually before step 10's checkpoint, but a busy machine
+    # can let the run reach it first (a fresh-clone `make test`, 2026-12-04). Either is a kill
+    # between checkpoints.
+    latest = (run_dir / "checkpoints" / "latest").read_text()
+    assert latest in ("step_000005", "step_000010"), latest
     assert not (run_dir / "final").exists()
+    at = int(latest.removeprefix("step_"))
 
     resumed = _run([*common, f"output_dir={run_dir}", "--resume"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from" in resumed.stdout and "at step 5" in resumed.stdout
+    assert "resumed from" in resumed.stdout and f"at step {at}" in resumed.stdout
     got = _train_losses(run_dir)
     assert sorted(got) == list(range(1, 15))
-    for step in range(6, 15):
+    for step in range(at + 1, 15):
         assert got[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-6), step
 
 
